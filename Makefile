@@ -1,0 +1,37 @@
+# One command each on a fresh clone: `make test`, `make demo`.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: venv test lint demo serve bench clean
+
+venv: $(STAMP)
+
+# torch is pinned (an unpinned torch pulls a multi-GB CUDA build) and installed first so
+# the [train] extra's pin is already satisfied.
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet torch==2.13.0
+	$(BIN)/python -m pip install --quiet -e '.[cpu,train,dev]'
+	touch $(STAMP)
+
+lint: venv
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+test: lint
+	$(BIN)/python -m pytest -q
+
+demo: venv
+	$(BIN)/python -m registry.demo
+
+serve: venv
+	$(BIN)/genreg serve
+
+bench: venv
+	$(BIN)/python benchmarks/flow.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache *.egg-info

@@ -1,0 +1,1 @@
+"""Built-in model families, each a plugin registered through genreg's hooks."""

@@ -1,0 +1,1 @@
+"""Helpers shared by the PyTorch-trained built-in families (imported only when training)."""

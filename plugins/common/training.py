@@ -1,0 +1,107 @@
+"""A minibatch training loop with early stopping, a time budget and a progress bar."""
+
+from __future__ import annotations
+
+import copy
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from registry.family import TrainControl
+
+
+@dataclass
+class FitResult:
+    epochs: int
+    best_epoch: int
+    best_validation: float
+    seconds: float
+    stopped: str  # "early-stopping", "epochs" or "time-budget"
+
+
+def seed_everything(seed: int) -> torch.Generator:
+    torch.manual_seed(seed)
+    np.random.seed(seed % (2**32))
+    return torch.Generator().manual_seed(seed)
+
+
+def pick_device(control: TrainControl) -> torch.device:
+    if control.device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(control.device)
+
+
+def fit(
+    module: torch.nn.Module,
+    train: torch.Tensor,
+    *,
+    loss_fn: Callable[[torch.Tensor, torch.Generator], torch.Tensor],
+    validate: Callable[[], float],
+    control: TrainControl,
+    epochs: int,
+    batch_size: int,
+    lr: float,
+    weight_decay: float,
+    patience: int,
+    grad_clip: float,
+    unit: str = "bits/dim",
+) -> FitResult:
+    """Minimise ``loss_fn`` over shuffled minibatches of ``train``; keep the best validation state.
+
+    ``validate`` returns a number to minimise, in ``unit``. A non-finite loss stops the
+    epoch's update (the step is skipped) rather than poisoning the weights.
+    """
+    generator = seed_everything(control.seed)
+    device = train.device
+    opt = torch.optim.AdamW(module.parameters(), lr=lr, weight_decay=weight_decay)
+    epochs = control.epochs or epochs
+    steps_per_epoch = -(-len(train) // batch_size)
+    # Cosine decay over the planned steps: the late small steps are what settle a flow's
+    # density on the modes; a time budget simply stops partway down the curve.
+    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=epochs * steps_per_epoch)
+    deadline = time.monotonic() + control.time_budget if control.time_budget else math.inf
+    best = (math.inf, 0)
+    best_state = copy.deepcopy(module.state_dict())
+    start = time.monotonic()
+    stopped = "epochs"
+    bar = tqdm(range(1, epochs + 1), disable=not control.progress, unit="epoch", dynamic_ncols=True)
+    epoch = 0
+    for epoch in bar:
+        module.train()
+        perm = torch.randperm(len(train), generator=generator).to(device)
+        total, count = 0.0, 0
+        for i in range(0, len(train), batch_size):
+            batch = train[perm[i : i + batch_size]]
+            loss = loss_fn(batch, generator)
+            if not torch.isfinite(loss):
+                continue
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(module.parameters(), grad_clip)
+            opt.step()
+            schedule.step()
+            total += float(loss.detach()) * len(batch)
+            count += len(batch)
+        module.eval()
+        val = validate()
+        if val < best[0]:
+            best = (val, epoch)
+            best_state = copy.deepcopy(module.state_dict())
+        bar.set_postfix_str(
+            f"train {total / max(count, 1):.3f} val {val:.3f} {unit} (best {best[0]:.3f} @ {best[1]})"
+        )
+        if epoch - best[1] >= patience:
+            stopped = "early-stopping"
+            break
+        if time.monotonic() > deadline:
+            stopped = "time-budget"
+            break
+    bar.close()
+    module.load_state_dict(best_state)
+    module.eval()
+    return FitResult(epoch, best[1], best[0], time.monotonic() - start, stopped)

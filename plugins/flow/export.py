@@ -1,0 +1,62 @@
+"""The flow's ONNX graphs: sampler (z -> x) and scorer (x[, u] -> log-likelihood or bound)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from plugins.flow.family import FlowModel
+from registry.export import export_torch
+from registry.family import GraphSpec, NoiseInput
+
+
+class _Sampler(nn.Module):
+    def __init__(self, flow: nn.Module) -> None:
+        super().__init__()
+        self.flow = flow
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        return self.flow.sample(z)
+
+
+class _Bound(nn.Module):
+    """log p(x + u): one draw of the uniform dequantisation bound."""
+
+    def __init__(self, flow: nn.Module) -> None:
+        super().__init__()
+        self.flow = flow
+
+    def forward(self, x: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+        return self.flow.log_prob(x + u)
+
+
+class _LogProb(nn.Module):
+    def __init__(self, flow: nn.Module) -> None:
+        super().__init__()
+        self.flow = flow
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.flow.log_prob(x)
+
+
+def export_flow(model: FlowModel, directory: Path) -> list[GraphSpec]:
+    flow = model.flow.eval()
+    d = model.dim
+    example = torch.zeros(4, d)
+    z = NoiseInput(name="z", dist="normal", dim=d)
+    export_torch(_Sampler(flow), {"z": example}, "x", directory / "sampler.onnx")
+    graphs = [GraphSpec(role="sampler", file="sampler.onnx", x_input=None, noise=[z], output="x")]
+    if model.levels:
+        u = NoiseInput(name="u", dist="uniform", dim=d)
+        export_torch(
+            _Bound(flow), {"x": example, "u": example + 0.5}, "log_likelihood", directory / "scorer.onnx"
+        )
+        graphs.append(
+            GraphSpec(role="scorer", file="scorer.onnx", kind="bound", noise=[u], output="log_likelihood")
+        )
+    else:
+        export_torch(_LogProb(flow), {"x": example}, "log_likelihood", directory / "scorer.onnx")
+        graphs.append(GraphSpec(role="scorer", file="scorer.onnx", kind="log_prob", output="log_likelihood"))
+    return graphs

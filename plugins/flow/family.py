@@ -1,0 +1,123 @@
+"""The `flow` family: exact log-likelihood on continuous data, a dequantisation bound on discrete.
+
+torch is imported only when a method that trains, evaluates or exports runs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from pydantic import Field
+
+from registry.data import Dataset
+from registry.family import Capability, Family, FamilyConfig, GraphSpec, TrainControl
+
+
+class FlowConfig(FamilyConfig):
+    """Options for `genreg train flow -o key=value`. Unset ones follow the data (see resolve)."""
+
+    n_blocks: int | None = Field(None, ge=1, le=64, description="coupling blocks")
+    hidden: int | None = Field(None, ge=8, le=4096, description="conditioner width")
+    depth: int = Field(2, ge=1, le=8, description="hidden layers per conditioner")
+    dropout: float | None = Field(None, ge=0, lt=1, description="conditioner dropout")
+    clamp: float | None = Field(None, gt=0, le=10, description="bound on each log-scale")
+    alpha: float = Field(0.01, gt=0, lt=0.5, description="logit pre-processing constant")
+    lr: float | None = Field(None, gt=0, le=1, description="peak AdamW learning rate (cosine decay)")
+    weight_decay: float | None = Field(None, ge=0, description="AdamW weight decay")
+    batch_size: int | None = Field(None, ge=1, le=65536)
+    epochs: int | None = Field(None, ge=1, le=100000, description="max epochs")
+    patience: int | None = Field(None, ge=1, description="early stopping: epochs without improvement")
+    grad_clip: float = Field(5.0, gt=0)
+
+    def resolve(self, data: Dataset) -> FlowConfig:
+        """Fill unset options with defaults chosen for the data's kind.
+
+        Images (about 1,250 digits, 64 dimensions: a flow overfits within a few dozen epochs):
+        6 blocks of width 256 with dropout 0.3, weight decay 1e-3 and early stopping on
+        validation. 2-D toys (unlimited data, many separated modes): 10 blocks of width 128,
+        no regularisation, batches of 2,048 and a higher peak learning rate; the per-step cost
+        is mostly overhead, so large batches buy accuracy almost for free.
+        """
+        image = data.dim > 2
+        preset = (
+            {
+                "n_blocks": 6,
+                "hidden": 256,
+                "dropout": 0.3,
+                "weight_decay": 1e-3,
+                "batch_size": 64,
+                "epochs": 150,
+                "lr": 1e-3,
+                "clamp": 2.0,
+                "patience": 15,
+            }
+            if image
+            else {
+                "n_blocks": 10,
+                "hidden": 128,
+                "dropout": 0.0,
+                "weight_decay": 0.0,
+                "batch_size": 2048,
+                "epochs": 200,
+                "lr": 3e-3,
+                "clamp": 3.0,
+                "patience": 40,
+            }
+        )
+        values = {k: v if getattr(self, k) is None else getattr(self, k) for k, v in preset.items()}
+        return self.model_copy(update=values)
+
+
+@dataclass
+class FlowModel:
+    config: FlowConfig
+    flow: Any  # plugins.flow.model.Flow
+    dim: int
+    levels: int | None
+    fit: dict[str, Any]
+
+
+class FlowFamily(Family):
+    name = "flow"
+    description = "RealNVP/Glow coupling flow: affine couplings, actnorm, LU-parametrised mixing"
+    capabilities = frozenset({Capability.SAMPLE, Capability.LOG_PROB, Capability.BOUND})
+    Config = FlowConfig
+
+    def train(self, data: Dataset, config: FlowConfig, control: TrainControl) -> FlowModel:
+        from plugins.flow.train import train_flow
+
+        return train_flow(data, config.resolve(data), control)
+
+    def model_capabilities(self, model: FlowModel) -> set[Capability]:
+        score = Capability.BOUND if model.levels else Capability.LOG_PROB
+        return {Capability.SAMPLE, score}
+
+    def _run(self, fn, *arrays: np.ndarray) -> np.ndarray:
+        import torch
+
+        with torch.no_grad():
+            tensors = [torch.as_tensor(np.asarray(a, dtype=np.float32)) for a in arrays]
+            return fn(*tensors).double().numpy()
+
+    def sample(self, model: FlowModel, noise: dict[str, np.ndarray]) -> np.ndarray:
+        return self._run(model.flow.sample, noise["z"])
+
+    def log_prob(self, model: FlowModel, x: np.ndarray, noise: dict[str, np.ndarray]) -> np.ndarray:
+        if model.levels:
+            raise ValueError("a flow on discrete data has a bound, not an exact log_prob")
+        return self._run(model.flow.log_prob, x)
+
+    def bound(self, model: FlowModel, x: np.ndarray, noise: dict[str, np.ndarray]) -> np.ndarray:
+        # log P(x) >= E_u log p(x + u): one uniform draw per row; average rows or draws for E_u.
+        return self._run(lambda a, u: model.flow.log_prob(a + u), x, noise["u"])
+
+    def export(self, model: FlowModel, directory: Path) -> list[GraphSpec]:
+        from plugins.flow.export import export_flow
+
+        return export_flow(model, directory)
+
+    def weights(self, model: FlowModel) -> dict[str, np.ndarray]:
+        return {k: v.detach().cpu().numpy() for k, v in model.flow.state_dict().items()}

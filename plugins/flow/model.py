@@ -1,0 +1,212 @@
+"""RealNVP/Glow-style coupling flow in PyTorch.
+
+Every log-determinant is computed in closed form so the forward (scoring) pass exports to
+ONNX without linalg ops; the inverse (sampling) pass uses matrices inverted once, outside
+the graph, by :meth:`Flow.freeze_inverse`.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+LOG_2PI = math.log(2 * math.pi)
+
+
+class ActNorm(nn.Module):
+    """Per-dimension affine map initialised from the first batch (Glow)."""
+
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        self.loc = nn.Parameter(torch.zeros(dim))
+        self.log_scale = nn.Parameter(torch.zeros(dim))
+        self.register_buffer("initialized", torch.tensor(False))
+
+    @torch.no_grad()
+    def _init(self, h: torch.Tensor) -> None:
+        self.loc.copy_(-h.mean(0))
+        self.log_scale.copy_(-torch.log(h.std(0) + 1e-6))
+        self.initialized.fill_(True)
+
+    def forward(self, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.training and not bool(self.initialized):
+            self._init(h)
+        out = (h + self.loc) * torch.exp(self.log_scale)
+        return out, self.log_scale.sum().expand(h.shape[0])
+
+    def inverse(self, h: torch.Tensor) -> torch.Tensor:
+        return h * torch.exp(-self.log_scale) - self.loc
+
+
+class InvertibleLinear(nn.Module):
+    """Glow's 1x1 convolution on a flat vector, LU-parametrised: W = P L (U + diag(s)).
+
+    The log-determinant is sum(log|s|), so no slogdet is needed in the exported graph.
+    """
+
+    def __init__(self, dim: int, generator: torch.Generator) -> None:
+        super().__init__()
+        q, _ = torch.linalg.qr(torch.randn(dim, dim, generator=generator))
+        p, lower, upper = torch.linalg.lu(q)
+        s = torch.diagonal(upper)
+        self.register_buffer("perm", p)
+        self.register_buffer("sign_s", torch.sign(s))
+        self.register_buffer("lower_mask", torch.tril(torch.ones(dim, dim), -1))
+        self.register_buffer("eye", torch.eye(dim))
+        self.lower = nn.Parameter(lower)
+        self.upper = nn.Parameter(torch.triu(upper, 1))
+        self.log_s = nn.Parameter(torch.log(torch.abs(s)))
+        self.register_buffer("w_inv", torch.eye(dim))
+        self.register_buffer("w_frozen", torch.eye(dim))
+        self.frozen = False  # a plain attribute: export must not branch on a tensor
+
+    def weight(self) -> torch.Tensor:
+        lower = self.lower * self.lower_mask + self.eye
+        upper = self.upper * self.lower_mask.T + torch.diag(self.sign_s * torch.exp(self.log_s))
+        return self.perm @ lower @ upper
+
+    def forward(self, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        # After training the product P L U is fixed: use it as one constant matrix, so PyTorch
+        # and ONNX Runtime multiply by the very same weights.
+        weight = self.w_frozen if self.frozen and not self.training else self.weight()
+        return h @ weight.T, self.log_s.sum().expand(h.shape[0])
+
+    def freeze_inverse(self) -> None:
+        with torch.no_grad():
+            weight = self.weight().double()
+            self.w_frozen.copy_(weight.float())
+            self.w_inv.copy_(torch.linalg.inv(weight).float())
+            self.frozen = True
+
+    def inverse(self, h: torch.Tensor) -> torch.Tensor:
+        return h @ self.w_inv.T
+
+
+class AffineCoupling(nn.Module):
+    """Transforms one half of the vector with a scale and shift computed from the other.
+
+    The log-scale is soft-clamped to [-clamp, clamp]: unbounded scales are what make affine
+    couplings diverge to NaN on 2-D toys at ordinary learning rates.
+    """
+
+    def __init__(self, dim: int, hidden: int, depth: int, dropout: float, clamp: float) -> None:
+        super().__init__()
+        self.d_keep = dim // 2
+        self.d_change = dim - self.d_keep
+        layers: list[nn.Module] = []
+        width = self.d_keep
+        for _ in range(depth):
+            layers += [nn.Linear(width, hidden), nn.GELU()]
+            if dropout > 0:
+                layers.append(nn.Dropout(dropout))
+            width = hidden
+        last = nn.Linear(width, 2 * self.d_change)
+        nn.init.zeros_(last.weight)
+        nn.init.zeros_(last.bias)
+        layers.append(last)
+        self.net = nn.Sequential(*layers)
+        self.clamp = clamp
+
+    def _params(self, keep: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        raw_scale, shift = self.net(keep).chunk(2, dim=1)
+        log_scale = self.clamp * torch.tanh(raw_scale / self.clamp)
+        return log_scale, shift
+
+    def forward(self, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        keep, change = h[:, : self.d_keep], h[:, self.d_keep :]
+        log_scale, shift = self._params(keep)
+        change = change * torch.exp(log_scale) + shift
+        return torch.cat([keep, change], dim=1), log_scale.sum(1)
+
+    def inverse(self, h: torch.Tensor) -> torch.Tensor:
+        keep, change = h[:, : self.d_keep], h[:, self.d_keep :]
+        log_scale, shift = self._params(keep)
+        change = (change - shift) * torch.exp(-log_scale)
+        return torch.cat([keep, change], dim=1)
+
+
+class Preprocess(nn.Module):
+    """Maps data units to an unbounded space, with its log-determinant.
+
+    Discrete data with ``levels`` L: y = (x + u) / L in [0, 1), s = a + (1 - 2a) y, h = logit(s).
+    The constant ``a`` keeps the logit away from the infinite ends of [0, 1]. Continuous data
+    is standardised with the training mean and std.
+    """
+
+    def __init__(self, dim: int, levels: int | None, alpha: float) -> None:
+        super().__init__()
+        self.levels = levels
+        self.alpha = alpha
+        self.register_buffer("mean", torch.zeros(dim))
+        self.register_buffer("std", torch.ones(dim))
+
+    def forward(self, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.levels is None:
+            h = (y - self.mean) / self.std
+            return h, (-torch.log(self.std)).sum().expand(y.shape[0])
+        a = self.alpha
+        s = a + (1 - 2 * a) * (y / self.levels)
+        h = torch.log(s) - torch.log1p(-s)
+        log_det = math.log(1 - 2 * a) - math.log(self.levels) - torch.log(s) - torch.log1p(-s)
+        return h, log_det.sum(1)
+
+    def inverse(self, h: torch.Tensor) -> torch.Tensor:
+        if self.levels is None:
+            return h * self.std + self.mean
+        s = torch.sigmoid(h)
+        y = (s - self.alpha) / (1 - 2 * self.alpha) * self.levels
+        # Samples land on the data's own lattice: the level whose unit bin holds y.
+        return torch.clamp(torch.floor(y), 0, self.levels - 1)
+
+
+class Flow(nn.Module):
+    """x -> h (preprocess) -> [ActNorm, InvertibleLinear, AffineCoupling] * K -> z ~ N(0, I)."""
+
+    def __init__(
+        self,
+        dim: int,
+        levels: int | None,
+        *,
+        n_blocks: int,
+        hidden: int,
+        depth: int,
+        dropout: float,
+        clamp: float,
+        alpha: float,
+        seed: int,
+    ) -> None:
+        super().__init__()
+        self.dim = dim
+        generator = torch.Generator().manual_seed(seed)
+        self.pre = Preprocess(dim, levels, alpha)
+        steps: list[nn.Module] = []
+        for _ in range(n_blocks):
+            steps += [
+                ActNorm(dim),
+                InvertibleLinear(dim, generator),
+                AffineCoupling(dim, hidden, depth, dropout, clamp),
+            ]
+        self.steps = nn.ModuleList(steps)
+
+    def log_prob(self, y: torch.Tensor) -> torch.Tensor:
+        """Log-density of y (dequantised x for discrete data), in nats per row."""
+        h, log_det = self.pre(y)
+        for step in self.steps:
+            h, ld = step(h)
+            log_det = log_det + ld
+        log_base = -0.5 * (h * h).sum(1) - 0.5 * self.dim * LOG_2PI
+        return log_base + log_det
+
+    def freeze_inverse(self) -> None:
+        for step in self.steps:
+            if isinstance(step, InvertibleLinear):
+                step.freeze_inverse()
+
+    def sample(self, z: torch.Tensor) -> torch.Tensor:
+        """Maps base noise to data units; call :meth:`freeze_inverse` after training first."""
+        h = z
+        for step in reversed(self.steps):
+            h = step.inverse(h)
+        return self.pre.inverse(h)

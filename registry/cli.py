@@ -1,0 +1,219 @@
+"""`genreg`: train, list, sample, score and serve generative models."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import numpy as np
+import typer
+from pydantic import ValidationError
+
+from registry.data import BUILTIN_DATASETS, DataError, load_dataset, read_array
+from registry.export import ExportError
+from registry.inference import CapabilityError
+from registry.plugins import FamilyError, get_plugins
+from registry.store import StoreError
+
+app = typer.Typer(
+    help="genreg: a registry and serving service for deep generative models.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+
+USER_ERRORS = (DataError, FamilyError, StoreError, CapabilityError, ExportError, ValueError)
+
+
+def fail(message: str) -> None:
+    typer.secho(f"error: {message}", err=True, fg=typer.colors.RED)
+    raise typer.Exit(2)
+
+
+def parse_options(pairs: list[str], config_cls: type) -> Any:
+    """`-o key=value` pairs validated by the family's pydantic config."""
+    values: dict[str, Any] = {}
+    fields = config_cls.model_fields
+    for pair in pairs:
+        key, sep, raw = pair.partition("=")
+        key = key.strip()
+        if not sep or not key:
+            fail(f"option {pair!r} must look like key=value")
+        if key not in fields:
+            valid = ", ".join(sorted(fields)) or "none"
+            fail(f"unknown option {key!r} for this family; valid options: {valid}")
+        values[key] = raw
+    try:
+        return config_cls.model_validate(values)
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+        fail(f"invalid option: {problems}")
+
+
+@app.command()
+def train(
+    family: Annotated[str, typer.Argument(help="family name (see `genreg plugins`)")],
+    data: Annotated[
+        str, typer.Option("--data", "-d", help=f"{', '.join(BUILTIN_DATASETS)} or a .npy/.npz/.csv file")
+    ],
+    name: Annotated[str | None, typer.Option(help="model name (default FAMILY-DATA)")] = None,
+    epochs: Annotated[int | None, typer.Option(min=1, help="max epochs")] = None,
+    time_budget: Annotated[float | None, typer.Option(min=1, help="stop after this many seconds")] = None,
+    seed: Annotated[int, typer.Option(help="random seed")] = 0,
+    option: Annotated[
+        list[str] | None, typer.Option("--option", "-o", help="family option key=value")
+    ] = None,
+    levels: Annotated[int | None, typer.Option(help="user data: discrete levels 0..L-1")] = None,
+    validation: Annotated[Path | None, typer.Option(help="user data: separate validation file")] = None,
+    device: Annotated[str, typer.Option(help="cpu, cuda or auto")] = "auto",
+    quiet: Annotated[bool, typer.Option(help="no progress bar")] = False,
+) -> None:
+    """Train a family on data, export it to ONNX, check parity and store a new version."""
+    from registry.family import TrainControl
+    from registry.pipeline import default_name, train_and_store
+
+    plugins = get_plugins()
+    try:
+        fam = plugins.get(family)
+        config = parse_options(option or [], fam.Config)
+        dataset = load_dataset(data, levels=levels, validation=validation)
+        for note in dataset.notes:
+            typer.echo(note, err=True)
+        entry = plugins.families[family]
+        typer.echo(
+            f"training {family} on {dataset.name} ({len(dataset.train)} rows, dim {dataset.dim}"
+            f"{f', {dataset.levels} levels' if dataset.levels else ''})",
+            err=True,
+        )
+        stored = train_and_store(
+            fam,
+            dataset,
+            config,
+            TrainControl(
+                seed=seed, epochs=epochs, time_budget=time_budget, device=device, progress=not quiet
+            ),
+            name=name or default_name(family, dataset.name),
+            plugin={"name": entry.plugin, "distribution": entry.distribution},
+        )
+    except USER_ERRORS as exc:
+        fail(str(exc))
+        return
+    test = stored.metrics.get("test", {})
+    parts = [f"saved {stored.tag}"]
+    if "bits_per_dim" in test:
+        parts.append(f"test {test['kind']} {test['nats']:.3f} nats = {test['bits_per_dim']:.4f} bits/dim")
+    if "kl" in test:
+        parts.append(f"KL(data||model) {test['kl']:.4f} nats")
+    parts.append("parity " + ", ".join(f"{k} {v:.2g}" for k, v in stored.meta["parity"].items()))
+    typer.echo("; ".join(parts))
+
+
+@app.command("list")
+def list_cmd(as_json: Annotated[bool, typer.Option("--json", help="machine-readable")] = False) -> None:
+    """List stored model versions, newest first."""
+    from registry.store import list_models
+
+    entries = [m.summary() for m in list_models()]
+    if as_json:
+        typer.echo(json.dumps(entries, indent=2))
+        return
+    if not entries:
+        typer.echo("no models stored yet; try `genreg train flow --data digits`")
+        return
+    for e in entries:
+        test = e["metrics"].get("test", {})
+        score = f"{test['bits_per_dim']:.4f} bits/dim" if "bits_per_dim" in test else ""
+        kl = f" KL {test['kl']:.4f}" if "kl" in test else ""
+        typer.echo(
+            f"{e['tag']:<42} {e['family']:<12} {e['data']['name']:<14} {','.join(e['capabilities']):<22} {score}{kl}"
+        )
+
+
+def _loaded(model: str):
+    from registry.inference import LoadedModel
+    from registry.store import get_model
+
+    return LoadedModel(get_model(model))
+
+
+@app.command()
+def sample(
+    model: Annotated[str, typer.Argument(help="name or name:version")],
+    n: Annotated[int, typer.Option("-n", min=1, max=100_000, help="number of samples")] = 16,
+    seed: Annotated[int | None, typer.Option(help="random seed (same seed, same samples)")] = None,
+    temperature: Annotated[float, typer.Option(min=0.0, max=10.0, help="scale of the noise")] = 1.0,
+    out: Annotated[Path | None, typer.Option(help=".npy, .csv or .png (image data)")] = None,
+) -> None:
+    """Draw samples from a stored model (ONNX Runtime)."""
+    try:
+        loaded = _loaded(model)
+        x = loaded.sample(n, seed=seed, temperature=temperature)
+    except USER_ERRORS as exc:
+        fail(str(exc))
+        return
+    if out is None:
+        np.savetxt(sys.stdout, x, fmt="%.6g", delimiter=",")
+        return
+    suffix = out.suffix.lower()
+    if suffix == ".npy":
+        np.save(out, x)
+    elif suffix == ".csv":
+        np.savetxt(out, x, fmt="%.6g", delimiter=",")
+    elif suffix == ".png":
+        from registry.images import png_grid
+
+        shape = loaded.stored.data.get("image_shape")
+        if not shape:
+            fail(f"{loaded.stored.tag} was not trained on images; write .npy or .csv instead")
+        out.write_bytes(png_grid(x, tuple(shape), high=loaded.stored.data.get("high") or float(x.max())))
+    else:
+        fail(f"unsupported output {out.name!r}: use .npy, .csv or .png")
+    typer.echo(f"wrote {n} samples from {loaded.stored.tag} to {out}")
+
+
+@app.command()
+def score(
+    model: Annotated[str, typer.Argument(help="name or name:version")],
+    file: Annotated[Path, typer.Option("--file", "-f", help=".npy, .npz or .csv rows")],
+    kind: Annotated[str | None, typer.Option(help="log_prob, bound or discriminator")] = None,
+    seed: Annotated[int | None, typer.Option(help="seed for dequantisation noise")] = 0,
+) -> None:
+    """Score rows: log-likelihood or bound in nats and bits/dim (one line per row, then the mean)."""
+    from registry.validation import check_input
+
+    try:
+        loaded = _loaded(model)
+        x = check_input(read_array(file), loaded.stored.data, what=str(file))
+        kind, scores, bpd = loaded.score(x, kind, seed=seed)
+    except USER_ERRORS as exc:
+        fail(str(exc))
+        return
+    for i, s in enumerate(scores):
+        typer.echo(f"{s:.6f}" + (f"\t{bpd[i]:.6f}" if bpd is not None else ""))
+    summary = f"mean {kind} {scores.mean():.6f}" + (" nats" if bpd is not None else "")
+    if bpd is not None:
+        summary += f" = {bpd.mean():.6f} bits/dim"
+    typer.echo(summary, err=True)
+
+
+@app.command()
+def plugins() -> None:
+    """List model families, their capabilities and the distribution each came from."""
+    reg = get_plugins()
+    for name, entry in sorted(reg.families.items()):
+        caps = ",".join(sorted(c.value for c in entry.family.capabilities))
+        typer.echo(f"{name:<14} {caps:<30} {entry.distribution} ({entry.plugin})  {entry.family.description}")
+    for err in reg.errors:
+        typer.secho(
+            f"failed: {err.plugin} ({err.distribution}): {err.error}", err=True, fg=typer.colors.YELLOW
+        )
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,134 @@
+"""The Family contract: what a model family plugin provides, and its capabilities as data."""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict
+
+if TYPE_CHECKING:
+    from registry.data import Dataset
+
+
+class Capability(enum.StrEnum):
+    """What a family (and each model it trains) can do."""
+
+    SAMPLE = "sample"
+    LOG_PROB = "log_prob"  # exact, normalised log-likelihood
+    BOUND = "bound"  # a lower bound on the log-likelihood (ELBO, dequantisation bound)
+    DISCRIMINATE = "discriminate"  # probability that a row is real
+
+
+# Which Family method each capability obliges the family to implement.
+CAPABILITY_METHODS: dict[Capability, str] = {
+    Capability.SAMPLE: "sample",
+    Capability.LOG_PROB: "log_prob",
+    Capability.BOUND: "bound",
+    Capability.DISCRIMINATE: "discriminate",
+}
+
+
+class FamilyConfig(BaseModel):
+    """Base for a family's options (set with ``-o key=value``); unknown keys are refused."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+NoiseDist = Literal["normal", "uniform"]
+
+
+class NoiseInput(BaseModel):
+    """A random draw fed to a graph as an explicit input, so the caller controls the seed."""
+
+    name: str
+    dist: NoiseDist
+    dim: int
+
+
+class GraphSpec(BaseModel):
+    """One exported ONNX graph and how to call it.
+
+    ``role`` is ``sampler`` (noise -> x in data units), ``scorer`` (x, noise -> per-row
+    log-likelihood or bound in nats) or ``discriminator`` (x -> logit). ``kind`` names the
+    score a scorer returns (``log_prob`` or ``bound``).
+    """
+
+    role: Literal["sampler", "scorer", "discriminator"]
+    file: str
+    kind: Literal["log_prob", "bound"] | None = None
+    x_input: str | None = "x"
+    noise: list[NoiseInput] = []
+    output: str
+
+
+@dataclass
+class TrainControl:
+    """How long and how reproducibly to train; shared by every family."""
+
+    seed: int = 0
+    epochs: int | None = None
+    time_budget: float | None = None
+    device: str = "cpu"
+    progress: bool = True
+    log: Callable[[str], None] = print
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class Family:
+    """A model family. Subclass it, set the class attributes, implement what you claim.
+
+    ``train`` returns a family-specific trained model object that the other methods take.
+    Reference methods take the noise explicitly (as the exported graphs do) so that ONNX
+    parity can be checked row for row. Every score is in nats per row.
+    """
+
+    name: ClassVar[str]
+    description: ClassVar[str] = ""
+    capabilities: ClassVar[frozenset[Capability]] = frozenset()
+    Config: ClassVar[type[FamilyConfig]] = FamilyConfig
+
+    def train(self, data: Dataset, config: FamilyConfig, control: TrainControl) -> Any:
+        """Fit the family to ``data.train`` (validate on ``data.validation``)."""
+        raise NotImplementedError
+
+    def model_capabilities(self, model: Any) -> set[Capability]:
+        """The capabilities of one trained model (e.g. a flow gives a bound on discrete data)."""
+        return set(self.capabilities)
+
+    def sample(self, model: Any, noise: dict[str, np.ndarray]) -> np.ndarray:
+        """Map explicit noise inputs to samples in data units."""
+        raise NotImplementedError
+
+    def log_prob(self, model: Any, x: np.ndarray, noise: dict[str, np.ndarray]) -> np.ndarray:
+        """Exact log-likelihood per row, in nats."""
+        raise NotImplementedError
+
+    def bound(self, model: Any, x: np.ndarray, noise: dict[str, np.ndarray]) -> np.ndarray:
+        """A lower bound on the log-likelihood per row, in nats."""
+        raise NotImplementedError
+
+    def discriminate(self, model: Any, x: np.ndarray) -> np.ndarray:
+        """Logit that each row is real data."""
+        raise NotImplementedError
+
+    def export(self, model: Any, directory: Path) -> list[GraphSpec]:
+        """Write ONNX graphs into ``directory`` and describe them."""
+        raise NotImplementedError
+
+    def weights(self, model: Any) -> dict[str, np.ndarray]:
+        """Named arrays that fully describe the trained model (stored as .npz, no pickle)."""
+        return {}
+
+    def config_of(self, model: Any) -> FamilyConfig:
+        """The config the model was trained with."""
+        return model.config
+
+
+def implements(family: type[Family], method: str) -> bool:
+    """Whether ``family`` overrides ``method`` of the base contract."""
+    return getattr(family, method, None) is not getattr(Family, method)

@@ -1,0 +1,29 @@
+"""PNG grids of image samples (Pillow only, so the service can draw them without torch)."""
+
+from __future__ import annotations
+
+import io
+import math
+
+import numpy as np
+
+
+def png_grid(x: np.ndarray, shape: tuple[int, int], high: float, scale: int = 4, pad: int = 1) -> bytes:
+    """A near-square grid of grayscale images; each pixel value v maps to 255 * v / high."""
+    from PIL import Image
+
+    h, w = shape
+    n = len(x)
+    cols = math.ceil(math.sqrt(n))
+    rows = math.ceil(n / cols)
+    canvas = np.full((rows * (h + pad) + pad, cols * (w + pad) + pad), 64, dtype=np.uint8)
+    pixels = np.clip(np.asarray(x, dtype=np.float64) / max(high, 1e-12), 0, 1) * 255
+    for i, img in enumerate(pixels.reshape(n, h, w)):
+        r, c = divmod(i, cols)
+        top, left = pad + r * (h + pad), pad + c * (w + pad)
+        canvas[top : top + h, left : left + w] = img.astype(np.uint8)
+    image = Image.fromarray(canvas, mode="L")
+    image = image.resize((canvas.shape[1] * scale, canvas.shape[0] * scale), Image.NEAREST)
+    buf = io.BytesIO()
+    image.save(buf, format="PNG")
+    return buf.getvalue()

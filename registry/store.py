@@ -1,0 +1,183 @@
+"""Versioned model store on BentoML's model store (``BENTOML_HOME``), with checksums.
+
+Each save is a new BentoML model version whose directory holds the ONNX graphs, the weights
+(.npz, never pickle) and ``genreg.json``; the model's metadata carries the sha256 of every
+artifact, and loading refuses an entry whose files do not match.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from registry.family import GraphSpec
+
+MODULE = "genreg"  # BentoML's `module` field marks the store entries that are ours
+MANIFEST = "genreg.json"
+
+
+class StoreError(RuntimeError):
+    """The store cannot give or take a model; the message says which and why."""
+
+
+class ModelNotFound(StoreError):
+    """No model (or no such version) of that name is stored."""
+
+
+class IntegrityError(StoreError):
+    """A stored artifact does not match the checksum recorded when it was saved."""
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+@dataclass
+class StoredModel:
+    """A stored model version: where its files are and what they are."""
+
+    name: str
+    version: str
+    path: Path
+    meta: dict[str, Any]
+
+    @property
+    def tag(self) -> str:
+        return f"{self.name}:{self.version}"
+
+    @property
+    def family(self) -> str:
+        return self.meta["family"]
+
+    @property
+    def capabilities(self) -> list[str]:
+        return list(self.meta["capabilities"])
+
+    @property
+    def data(self) -> dict[str, Any]:
+        return self.meta["data"]
+
+    @property
+    def metrics(self) -> dict[str, Any]:
+        return self.meta.get("metrics", {})
+
+    @property
+    def graphs(self) -> list[GraphSpec]:
+        return [GraphSpec.model_validate(g) for g in self.meta["graphs"]]
+
+    def graph(self, role: str, kind: str | None = None) -> GraphSpec | None:
+        for g in self.graphs:
+            if g.role == role and (kind is None or g.kind == kind):
+                return g
+        return None
+
+    def file(self, name: str) -> Path:
+        return self.path / name
+
+    def verify(self) -> None:
+        """Recompute every artifact's sha256; raise IntegrityError naming a mismatched file."""
+        for name, expected in self.meta["checksums"].items():
+            path = self.path / name
+            if not path.is_file():
+                raise IntegrityError(f"{self.tag}: artifact {name} is missing")
+            if sha256_file(path) != expected:
+                raise IntegrityError(
+                    f"{self.tag}: artifact {name} does not match its recorded sha256; refusing to load"
+                )
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "version": self.version,
+            "tag": self.tag,
+            "family": self.family,
+            "capabilities": self.capabilities,
+            "data": self.data,
+            "metrics": self.metrics,
+            "created": self.meta.get("created"),
+        }
+
+
+def _bentoml():
+    import bentoml
+
+    return bentoml
+
+
+def _to_stored(model: Any) -> StoredModel:
+    # BentoML's metadata takes no None values, so the manifest travels as one JSON string.
+    info = model.info.metadata
+    meta = {**json.loads(info["manifest"]), "checksums": dict(info["checksums"])}
+    return StoredModel(model.tag.name, str(model.tag.version), Path(model.path), meta)
+
+
+def save_model(name: str, artifact_dir: Path, meta: dict[str, Any]) -> StoredModel:
+    """Store every file of ``artifact_dir`` as a new version of ``name``, with checksums."""
+    bentoml = _bentoml()
+    files = sorted(p for p in artifact_dir.iterdir() if p.is_file())
+    if not files:
+        raise StoreError(f"nothing to store in {artifact_dir}")
+    manifest = json.dumps(meta, sort_keys=True, default=str)
+    (artifact_dir / MANIFEST).write_text(json.dumps(json.loads(manifest), indent=2, sort_keys=True))
+    files = sorted(p for p in artifact_dir.iterdir() if p.is_file())
+    checksums = {p.name: sha256_file(p) for p in files}
+    # BentoML writes the entry to a temporary folder and moves it into the store only when
+    # the block exits cleanly, so a failure here leaves no half-written version behind.
+    with bentoml.models.create(
+        name,
+        module=MODULE,
+        labels={"family": str(meta["family"]), "data": str(meta["data"]["name"])},
+        metadata={"manifest": manifest, "checksums": checksums},
+    ) as model:
+        for p in files:
+            shutil.copy2(p, Path(model.path) / p.name)
+    stored = get_model(str(model.tag))
+    return stored
+
+
+def _split_ref(ref: str) -> tuple[str, str | None]:
+    name, _, version = ref.partition(":")
+    return name, (version or None)
+
+
+def get_model(ref: str, *, verify: bool = True) -> StoredModel:
+    """A stored model by ``name`` (newest version) or ``name:version``."""
+    bentoml = _bentoml()
+    from bentoml.exceptions import BentoMLException, NotFound
+
+    name, version = _split_ref(ref)
+    try:
+        model = bentoml.models.get(f"{name}:{version or 'latest'}")
+    except NotFound:
+        raise ModelNotFound(_not_found_message(name, version)) from None
+    except BentoMLException as exc:  # e.g. an invalid tag
+        raise ModelNotFound(f"no model {ref!r}: {exc}") from None
+    if model.info.module != MODULE:
+        raise ModelNotFound(f"{ref!r} is a BentoML model, but not a genreg model")
+    stored = _to_stored(model)
+    if verify:
+        stored.verify()
+    return stored
+
+
+def _not_found_message(name: str, version: str | None) -> str:
+    versions = [m.version for m in list_models() if m.name == name]
+    if version and versions:
+        return f"model {name!r} has no version {version!r}; stored versions: {', '.join(versions)}"
+    return f"no model named {name!r} in the store"
+
+
+def list_models() -> list[StoredModel]:
+    """Every genreg model version in the store, newest first within each name."""
+    bentoml = _bentoml()
+    models = [m for m in bentoml.models.list() if m.info.module == MODULE]
+    models.sort(key=lambda m: (m.tag.name, -m.info.creation_time.timestamp()))
+    return [_to_stored(m) for m in models]

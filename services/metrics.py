@@ -1,0 +1,32 @@
+"""Model-level Prometheus metrics, defined once at module level.
+
+BentoML serves the default registry at /metrics and, with several workers, aggregates the
+workers' values through prometheus_client's multiprocess mode.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram
+
+ROWS = Counter(
+    "genreg_rows",
+    "Rows sampled or scored, by model and kind (sample, log_prob, bound, discriminator)",
+    ["model", "kind"],
+)
+INFERENCE_SECONDS = Histogram(
+    "genreg_inference_seconds",
+    "ONNX Runtime inference latency by model and graph",
+    ["model", "graph"],
+    buckets=(0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0, 5.0),
+)
+MODEL_LOAD_SECONDS = Gauge(
+    "genreg_model_load_seconds",
+    "Time to verify a model's checksums and open its ONNX Runtime sessions",
+    ["model"],
+    multiprocess_mode="max",
+)
+ERRORS = Counter(
+    "genreg_errors",
+    "Requests answered with an error, by endpoint and reason",
+    ["endpoint", "reason"],
+)

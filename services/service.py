@@ -1,0 +1,251 @@
+"""The BentoML service: /sample, /score, /models over the model store, ONNX Runtime only.
+
+Requests are validated by :mod:`services.schemas`; every problem is answered with a 4xx
+JSON body ``{"error", "field"}`` (404 for an unknown model, 422 for a kind the model lacks,
+400 for anything else wrong in the body), counted in ``genreg_errors_total``, and logged
+as one line, never as a traceback.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import logging
+import os
+import time
+from typing import Any
+
+import anyio
+import bentoml
+import numpy as np
+from pydantic import BaseModel, ValidationError
+from starlette.responses import JSONResponse
+
+from registry.images import png_grid
+from registry.inference import CapabilityError, LoadedModel
+from registry.store import ModelNotFound, StoreError
+from registry.validation import InputError, check_input
+from services.metrics import ERRORS, INFERENCE_SECONDS, ROWS
+from services.runtime import ModelCache
+from services.schemas import ModelInfo, SampleRequest, ScoreRequest
+
+log = logging.getLogger("genreg.service")
+WORKERS = int(os.environ.get("GENREG_WORKERS", "1"))
+ORT_THREADS = int(os.environ.get("GENREG_ORT_THREADS", "0"))
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, field: str | None, message: str, reason: str) -> None:
+        super().__init__(message)
+        self.status, self.field, self.message, self.reason = status, field, message, reason
+
+
+def _error_response(endpoint: str, err: ApiError) -> JSONResponse:
+    ERRORS.labels(endpoint=endpoint, reason=err.reason).inc()
+    log.info("%s %d %s: %s", endpoint, err.status, err.field or "-", err.message)
+    return JSONResponse({"error": err.message, "field": err.field}, status_code=err.status)
+
+
+def _validate(model: type[BaseModel], body: dict[str, Any]) -> Any:
+    try:
+        return model.model_validate(body)
+    except ValidationError as exc:
+        first = exc.errors(include_url=False)[0]
+        field = ".".join(str(p) for p in first["loc"]) or "body"
+        top = str(first["loc"][0]) if first["loc"] else "body"
+        message = "unknown field" if first["type"] == "extra_forbidden" else first["msg"]
+        raise ApiError(400, top, f"{field}: {message}", f"invalid_{top}") from None
+
+
+def model_info(loaded: LoadedModel) -> dict[str, Any]:
+    return ModelInfo(**loaded.stored.summary(), kinds=loaded.kinds).model_dump()
+
+
+def _list_models(cache: ModelCache) -> list[dict[str, Any]]:
+    return [model_info(m) for m in cache.models()]
+
+
+_CACHE: list[ModelCache] = []  # the worker's cache, for the GET routes below
+
+
+MAX_BODY_BYTES = int(os.environ.get("GENREG_MAX_BODY_BYTES", str(64 * 1024 * 1024)))
+API_PATHS = {"/sample": "sample", "/score": "score", "/models": "models"}
+
+
+class ApiGate:
+    """ASGI middleware in front of BentoML's router.
+
+    It answers GET /models itself (BentoML's API routes are POST only), and for POST to our
+    APIs refuses an oversized body (413) or one that is not a JSON object (400) before
+    BentoML's parser would turn it into a 500 with a traceback. A good body is replayed.
+    """
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        path = scope["path"].rstrip("/") or "/"
+        if scope["method"] == "GET" and path == "/models":
+            models = _list_models(_CACHE[0]) if _CACHE else []
+            await JSONResponse({"models": models})(scope, receive, send)
+            return
+        endpoint = API_PATHS.get(path)
+        if scope["method"] != "POST" or endpoint is None:
+            await self.app(scope, receive, send)
+            return
+        chunks, size = [], 0
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > MAX_BODY_BYTES:
+                err = ApiError(413, "body", f"the request body exceeds {MAX_BODY_BYTES} bytes", "too_large")
+                await _error_response(endpoint, err)(scope, receive, send)
+                return
+            chunks.append(chunk)
+            if not message.get("more_body", False):
+                break
+        body = b"".join(chunks)
+        if path != "/models" or body.strip():
+            try:
+                parsed = json.loads(body)
+            except (ValueError, UnicodeDecodeError):
+                parsed = None
+            if not isinstance(parsed, dict):
+                err = ApiError(400, "body", "the request body must be a JSON object", "invalid_json")
+                await _error_response(endpoint, err)(scope, receive, send)
+                return
+        else:
+            body = b"{}"
+        sent = False
+
+        async def replay() -> dict[str, Any]:
+            nonlocal sent
+            if sent:
+                return await receive()
+            sent = True
+            return {"type": "http.request", "body": body, "more_body": False}
+
+        await self.app(scope, replay, send)
+
+
+@bentoml.service(name="genreg", workers=WORKERS, traffic={"timeout": 60, "max_concurrency": 256})
+class Genreg:
+    """Serves every model in the store (or GENREG_MODELS) from ONNX Runtime sessions."""
+
+    def __init__(self) -> None:
+        self.cache = ModelCache(threads=ORT_THREADS)
+        start = time.perf_counter()
+        self.cache.load_all()
+        for loaded in self.cache.loaded.values():
+            self._instrument(loaded)
+        _CACHE[:] = [self.cache]
+        log.info(
+            "loaded %d models in %.2fs on %s",
+            len(self.cache.loaded),
+            time.perf_counter() - start,
+            self.cache.providers,
+        )
+
+    def __is_ready__(self) -> bool:
+        return self.cache.ready
+
+    @staticmethod
+    def _instrument(loaded: LoadedModel) -> None:
+        name = loaded.stored.name
+
+        def observe(graph: str, seconds: float) -> None:
+            INFERENCE_SECONDS.labels(model=name, graph=graph).observe(seconds)
+
+        loaded.on_run = observe
+
+    def _resolve(self, ref: str) -> LoadedModel:
+        try:
+            loaded = self.cache.resolve(ref)
+        except ModelNotFound as exc:
+            raise ApiError(404, "model", str(exc), "unknown_model") from None
+        except StoreError as exc:
+            raise ApiError(409, "model", str(exc), "store_error") from None
+        if loaded.on_run is None:
+            self._instrument(loaded)
+        return loaded
+
+    # --- /sample ---------------------------------------------------------------------------
+    def _sample(self, req: SampleRequest) -> dict[str, Any]:
+        loaded = self._resolve(req.model)
+        shape = loaded.stored.data.get("image_shape")
+        if req.format == "png" and not shape:
+            raise ApiError(
+                400,
+                "format",
+                f"{loaded.stored.tag} was not trained on images: png is unavailable",
+                "invalid_format",
+            )
+        try:
+            x = loaded.sample(req.n, seed=req.seed, temperature=req.temperature)
+        except CapabilityError as exc:
+            raise ApiError(422, "model", str(exc), "missing_capability") from None
+        ROWS.labels(model=loaded.stored.name, kind="sample").inc(req.n)
+        out: dict[str, Any] = {"model": loaded.stored.tag}
+        if req.format == "png":
+            high = loaded.stored.data.get("high") or float(np.max(x))
+            out["png"] = base64.b64encode(png_grid(x, tuple(shape), high=high)).decode()
+        else:
+            out["samples"] = x.tolist()
+        return out
+
+    # The body arrives whole (a positional-only parameter is BentoML's root input) so that
+    # validation, and its errors, are ours.
+    @bentoml.api(route="/sample")
+    async def sample(self, body: dict[str, Any], /) -> Any:
+        """Draw `n` samples: {"model", "n", "seed"?, "temperature"?, "format"?: "json"|"png"}."""
+        try:
+            req = _validate(SampleRequest, body)
+            return JSONResponse(await anyio.to_thread.run_sync(self._sample, req))
+        except ApiError as err:
+            return _error_response("sample", err)
+
+    # --- /score ----------------------------------------------------------------------------
+    def _score(self, req: ScoreRequest) -> dict[str, Any]:
+        loaded = self._resolve(req.model)
+        kind = req.kind or (loaded.kinds[0] if loaded.kinds else None)
+        if kind not in loaded.kinds:
+            raise ApiError(
+                422,
+                "kind",
+                f"{loaded.stored.tag} cannot score kind {kind!r}; it has: {', '.join(loaded.kinds) or 'none'}",
+                "missing_capability",
+            )
+        try:
+            x = check_input(req.x, loaded.stored.data, what="x")
+        except InputError as exc:
+            raise ApiError(400, exc.field, str(exc), "invalid_x") from None
+        kind, scores, bpd = loaded.score(x, kind, seed=req.seed)
+        ROWS.labels(model=loaded.stored.name, kind=kind).inc(len(x))
+        out: dict[str, Any] = {"model": loaded.stored.tag, "kind": kind, "scores": scores.tolist()}
+        if bpd is not None:
+            out["bits_per_dim"] = bpd.tolist()
+        return out
+
+    @bentoml.api(route="/score")
+    async def score(self, body: dict[str, Any], /) -> Any:
+        """Score rows: {"model", "x": [[...]], "kind"?: "log_prob"|"bound"|"discriminator", "seed"?}."""
+        try:
+            req = _validate(ScoreRequest, body)
+            return JSONResponse(await anyio.to_thread.run_sync(self._score, req))
+        except ApiError as err:
+            return _error_response("score", err)
+
+    # --- /models (POST; GET /models is the mounted route) ------------------------------------
+    @bentoml.api(route="/models")
+    async def models(self, body: dict[str, Any] | None = None, /) -> Any:
+        """The served models: name, version, family, capabilities, score kinds, data, metrics."""
+        return JSONResponse({"models": _list_models(self.cache)})
+
+
+Genreg.add_asgi_middleware(ApiGate)

@@ -1,0 +1,96 @@
+"""Shared fixtures: a private model store, trained models, and fixture plugins on entry points."""
+
+from __future__ import annotations
+
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+import pytest
+
+# The store lives in BentoML's home; point it at a private folder before bentoml is used.
+_HOME = tempfile.mkdtemp(prefix="genreg-test-home-")
+os.environ["BENTOML_HOME"] = _HOME
+os.environ.setdefault("BENTOML_DO_NOT_TRACK", "True")
+
+ROOT = Path(__file__).resolve().parent.parent
+FIXTURES = Path(__file__).resolve().parent / "fixture_plugins"
+
+# Budgets small enough for CI's 2 cores, large enough for the checks the tests make.
+TEST_EPOCHS = {"flow-digits": 40}
+
+
+@pytest.fixture(scope="session")
+def bentoml_home() -> Path:
+    return Path(_HOME)
+
+
+def _train(family: str, data: str, epochs: int | None = None):
+    import torch
+
+    from registry.data import load_dataset
+    from registry.family import TrainControl
+    from registry.pipeline import train_and_store
+    from registry.plugins import get_plugins
+
+    torch.set_num_threads(2)
+    fam = get_plugins().get(family)
+    return train_and_store(
+        fam,
+        load_dataset(data),
+        fam.Config(),
+        TrainControl(seed=0, epochs=epochs, progress=False),
+        plugin={"name": "test", "distribution": "genreg"},
+    )
+
+
+@pytest.fixture(scope="session")
+def trained(bentoml_home):
+    """The default models, trained once per test session into the private store."""
+    models = {}
+    for family, data in [
+        ("categorical", "digits"),
+        ("gaussian", "digits"),
+        ("flow", "digits"),
+        ("flow", "8gaussians"),
+    ]:
+        name = f"{family}-{data}"
+        models[name] = _train(family, data, TEST_EPOCHS.get(name))
+    return models
+
+
+def write_dist(site: Path, dist: str, entry_points: dict[str, str]) -> None:
+    """A minimal installed distribution (a .dist-info folder) exposing `genreg` entry points."""
+    info = site / f"{dist.replace('-', '_')}-0.1.dist-info"
+    info.mkdir(parents=True, exist_ok=True)
+    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {dist}\nVersion: 0.1\n")
+    lines = "\n".join(f"{name} = {target}" for name, target in entry_points.items())
+    (info / "entry_points.txt").write_text(f"[genreg]\n{lines}\n")
+
+
+@pytest.fixture()
+def fixture_site(tmp_path, monkeypatch):
+    """Installs the fixture plugins as entry points for this test (and its subprocesses)."""
+    site = tmp_path / "site"
+    site.mkdir()
+    write_dist(
+        site,
+        "genreg-fixtures",
+        {
+            "box": "box_plugin",
+            "broken": "broken_plugin",
+            "misspelled": "misspelled_plugin",
+            "duplicate": "duplicate_plugin",
+            "liar": "liar_plugin",
+        },
+    )
+    for path in (str(site), str(FIXTURES)):
+        monkeypatch.syspath_prepend(path)
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(site), str(FIXTURES), str(ROOT)]))
+    import importlib
+
+    importlib.invalidate_caches()
+    yield site
+    for mod in ("box_plugin", "broken_plugin", "misspelled_plugin", "duplicate_plugin", "liar_plugin"):
+        sys.modules.pop(mod, None)

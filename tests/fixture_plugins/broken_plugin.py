@@ -1,0 +1,3 @@
+"""Fixture plugin that fails to import."""
+
+raise ImportError("this fixture plugin is broken on purpose")

@@ -1,0 +1,151 @@
+"""The flow family: normalisation, dequantisation bound, quality against baselines, export."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from plugins.flow.model import Flow
+from registry.data import Dataset, load_dataset
+from registry.family import TrainControl
+from registry.inference import LoadedModel
+from registry.plugins import get_plugins
+
+
+def _grid(lim: float, n: int) -> tuple[np.ndarray, float]:
+    g = np.linspace(-lim, lim, n)
+    xx, yy = np.meshgrid(g, g)
+    return np.stack([xx.ravel(), yy.ravel()], 1).astype(np.float32), float((g[1] - g[0]) ** 2)
+
+
+def test_flow_is_invertible_and_logdet_matches_autograd():
+    torch.manual_seed(0)
+    flow = Flow(4, None, n_blocks=3, hidden=16, depth=1, dropout=0.0, clamp=2.0, alpha=0.01, seed=0)
+    x = torch.randn(64, 4)
+    flow.train()
+    flow.log_prob(x)  # actnorm's data-dependent initialisation
+    for p in flow.parameters():  # move away from the identity the zero-init starts at
+        p.data += 0.05 * torch.randn_like(p)
+    flow.eval()
+    flow.freeze_inverse()
+    with torch.no_grad():
+        z = torch.randn(8, 4)
+        back = flow.sample(z)
+        # Forward of the sample gives back z: recover z through the steps.
+        h, _ = flow.pre(back)
+        for step in flow.steps:
+            h, _ = step(h)
+        assert torch.allclose(h, z, atol=1e-4)
+
+    # Change of variables: log p(x) = log N(f(x)) + log|det J_f(x)|, with J from autograd.
+    def f(v):
+        h, _ = flow.pre(v[None])
+        for step in flow.steps:
+            h, _ = step(h)
+        return h[0]
+
+    v = torch.randn(4)
+    jac = torch.autograd.functional.jacobian(f, v)
+    z = f(v)
+    expected = -0.5 * (z @ z) - 2 * math.log(2 * math.pi) + torch.linalg.slogdet(jac)[1]
+    assert flow.log_prob(v[None])[0].item() == pytest.approx(expected.item(), abs=1e-4)
+
+
+def test_dequantisation_bound_below_discrete_mass():
+    """On 2-D data with 4 levels: E_u log p(x+u) <= log P(x) per cell, and masses sum to <= 1.
+
+    The logit pre-processing maps the whole real line back to a slightly wider interval than
+    [0, L), so a little density falls outside the data's cells: the masses of the 16 cells
+    sum to at most 1 (which keeps every bound a true lower bound), and close to it.
+    """
+    rng = np.random.default_rng(0)
+    probs = rng.dirichlet(np.ones(16))
+    cells = rng.choice(16, size=4000, p=probs)
+    x = np.stack([cells // 4, cells % 4], 1).astype(np.float32)
+    data = Dataset("grid4", x[:3000], x[3000:3500], x[3500:], levels=4)
+    fam = get_plugins().get("flow")
+    cfg = fam.Config(n_blocks=4, hidden=32, epochs=15, batch_size=256, dropout=0.0, weight_decay=0.0)
+    model = fam.train(data, cfg, TrainControl(seed=0, progress=False))
+    # P(x) = integral of p over the unit cell [x, x+1)^2 (midpoint rule, 60x60 points per cell).
+    m = 60
+    offsets = (np.arange(m) + 0.5) / m
+    ou, ov = np.meshgrid(offsets, offsets)
+    inner = np.stack([ou.ravel(), ov.ravel()], 1)
+    total = 0.0
+    for a in range(4):
+        for b in range(4):
+            pts = (np.array([a, b]) + inner).astype(np.float32)
+            dens = np.exp(fam.bound(model, np.zeros_like(pts), {"u": pts}))
+            mass = dens.mean()
+            total += mass
+            bound = fam.bound(
+                model, np.tile([a, b], (len(pts), 1)).astype(np.float32), {"u": inner.astype(np.float32)}
+            ).mean()
+            assert bound <= math.log(mass) + 1e-6
+    assert 0.95 < total <= 1.0 + 1e-3
+
+
+@pytest.mark.slow
+def test_flow_log_prob_integrates_to_one(trained):
+    loaded = LoadedModel(trained["flow-8gaussians"])
+    pts, cell = _grid(7.0, 500)
+    _, logp, _ = loaded.score(pts, "log_prob")
+    assert np.all(np.isfinite(logp))
+    assert np.exp(logp).sum() * cell == pytest.approx(1.0, abs=0.02)
+
+
+@pytest.mark.slow
+def test_flow_kl_on_8gaussians_below_threshold(trained):
+    test = trained["flow-8gaussians"].metrics["test"]
+    assert test["n"] == 20_000
+    assert test["kl"] < 0.1, test
+
+
+@pytest.mark.slow
+def test_flow_beats_baselines_on_digits(trained):
+    flow = trained["flow-digits"].metrics["test"]["bits_per_dim"]
+    gauss = trained["gaussian-digits"].metrics["test"]["bits_per_dim"]
+    cat = trained["categorical-digits"].metrics["test"]["bits_per_dim"]
+    assert trained["categorical-digits"].metrics["test"]["kind"] == "log_prob"
+    assert trained["flow-digits"].metrics["test"]["kind"] == "bound"
+    assert flow < math.log2(17)
+    assert flow < gauss, (flow, gauss)
+    assert flow < cat, (flow, cat)
+
+
+@pytest.mark.slow
+def test_flow_parity_recorded_and_within_tolerance(trained):
+    for name in ("flow-digits", "flow-8gaussians"):
+        parity = trained[name].meta["parity"]
+        scorer = [v for k, v in parity.items() if k.startswith("scorer")]
+        assert scorer and max(scorer) <= 1e-4
+
+
+@pytest.mark.slow
+def test_flow_samples_are_digits_and_reproducible(trained):
+    loaded = LoadedModel(trained["flow-digits"])
+    a = loaded.sample(64, seed=7)
+    b = loaded.sample(64, seed=7)
+    c = loaded.sample(64, seed=8)
+    assert a.shape == (64, 64)
+    assert np.array_equal(a, b) and not np.array_equal(a, c)
+    assert set(np.unique(a)) <= set(range(17))
+    # Recognisable digits: dark borders and ink in the middle, like the data.
+    data = load_dataset("digits").test
+    assert abs(a.mean() - data.mean()) < 1.5
+    border = a.reshape(-1, 8, 8)[:, :, 0].mean()
+    assert border < 1.0
+
+
+@pytest.mark.slow
+def test_temperature_shrinks_sample_spread(trained):
+    loaded = LoadedModel(trained["flow-8gaussians"])
+    hot = loaded.sample(2000, seed=1, temperature=1.0)
+    cold = loaded.sample(2000, seed=1, temperature=0.3)
+    radius = np.linalg.norm(hot, axis=1)
+    cold_r = np.linalg.norm(cold, axis=1)
+    # At low temperature samples collapse towards the modes: less spread around the ring.
+    assert np.std(cold_r) < np.std(radius)

@@ -1,0 +1,81 @@
+"""The plugin system: built-ins through the hooks, entry points, and failures reported by name."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from registry import Capability, Family
+from registry.plugins import FamilyError, load_plugins, validate_family
+
+
+def test_builtin_families_register_through_hooks():
+    reg = load_plugins(include_entry_points=False)
+    assert {"flow", "gaussian", "categorical"} <= set(reg.families)
+    assert reg.errors == []
+    flow = reg.families["flow"]
+    assert flow.distribution == "genreg" and flow.plugin == "plugins.flow"
+    assert {Capability.SAMPLE, Capability.BOUND, Capability.LOG_PROB} <= flow.family.capabilities
+
+
+def test_fixture_plugins_loaded_and_failures_reported_by_name(fixture_site):
+    reg = load_plugins()
+    assert "box" in reg.families, reg.errors
+    assert reg.families["box"].distribution == "genreg-fixtures"
+    errors = {e.plugin: e.error for e in reg.errors}
+    assert "broken" in errors and "broken on purpose" in errors["broken"]
+    assert "misspelled" in errors and "register_familys" in errors["misspelled"]
+    assert "duplicate" in errors and "already registered" in errors["duplicate"]
+    assert "liar" in errors and "missing log_prob" in errors["liar"]
+    # Every other family keeps working, and the built-in 'flow' is not replaced.
+    assert reg.families["flow"].plugin == "plugins.flow"
+    assert {"flow", "gaussian", "categorical", "box"} <= set(reg.families)
+
+
+def test_unknown_family_lists_available_and_broken(fixture_site):
+    reg = load_plugins()
+    with pytest.raises(FamilyError, match=r"available: .*box.*flow.*broken"):
+        reg.get("nope")
+
+
+def test_validate_family_refuses_bad_declarations():
+    class NoName(Family):
+        capabilities = frozenset({Capability.SAMPLE})
+
+    with pytest.raises(FamilyError, match="name"):
+        validate_family(NoName)
+
+    class NotAFamily:
+        name = "x"
+
+    with pytest.raises(FamilyError, match="subclass"):
+        validate_family(NotAFamily)
+
+    class Claims(Family):
+        name = "claims"
+        capabilities = frozenset({Capability.BOUND, Capability.SAMPLE})
+
+        def train(self, data, config, control):
+            return None
+
+        def sample(self, model, noise):
+            return None
+
+        def export(self, model, directory):
+            return []
+
+    with pytest.raises(FamilyError, match="missing bound"):
+        validate_family(Claims)
+
+
+def test_cli_plugins_lists_capabilities_and_distribution(fixture_site):
+    out = subprocess.run(
+        [sys.executable, "-m", "registry.cli", "plugins"], capture_output=True, text=True, check=True
+    )
+    lines = {line.split()[0]: line for line in out.stdout.splitlines()}
+    assert "bound,log_prob,sample" in lines["flow"] and "genreg" in lines["flow"]
+    assert "genreg-fixtures" in lines["box"]
+    assert "failed: broken (genreg-fixtures)" in out.stderr
+    assert "Traceback" not in out.stderr
