@@ -211,6 +211,27 @@ def plugins() -> None:
         )
 
 
+@app.command()
+def serve(
+    host: Annotated[str, typer.Option(help="address to bind")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(min=1, max=65535)] = 3000,
+    workers: Annotated[int, typer.Option(min=1, max=64, help="worker processes")] = 1,
+    models: Annotated[str | None, typer.Option(help="comma-separated allow-list (default: all)")] = None,
+) -> None:
+    """Serve the store's models over HTTP (BentoML + ONNX Runtime)."""
+    import os
+
+    env = dict(os.environ, GENREG_WORKERS=str(workers))
+    if models:
+        env["GENREG_MODELS"] = models
+    root = str(Path(__file__).resolve().parent.parent)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH")) if p)
+    cmd = [sys.executable, "-m", "bentoml", "serve", "services.service:Genreg", "--working-dir", root]
+    cmd += ["--host", host, "--port", str(port)]
+    typer.echo(f"serving on http://{host}:{port} ({workers} worker{'s' if workers > 1 else ''})", err=True)
+    os.execvpe(sys.executable, cmd, env)
+
+
 def main() -> None:
     app()
 

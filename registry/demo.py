@@ -17,6 +17,24 @@ DEFAULT_MODELS: tuple[tuple[str, str, int], ...] = (
 )
 
 
+CURL_EXAMPLES = """
+The service is starting; once it is ready, try:
+
+  curl -s {base}/readyz
+  curl -s {base}/models
+  curl -s -X POST {base}/sample -H 'content-type: application/json' \\
+       -d '{{"model": "flow-8gaussians", "n": 4, "seed": 0}}'
+  curl -s -X POST {base}/sample -H 'content-type: application/json' \\
+       -d '{{"model": "flow-digits", "n": 16, "seed": 0, "format": "png"}}' \\
+       | python3 -c 'import sys, json, base64; sys.stdout.buffer.write(base64.b64decode(json.load(sys.stdin)["png"]))' > samples.png
+  curl -s -X POST {base}/score -H 'content-type: application/json' \\
+       -d '{{"model": "flow-8gaussians", "x": [[0, 2.83], [0, 0]]}}'
+  curl -s -X POST {base}/score -H 'content-type: application/json' \\
+       -d '{{"model": "categorical-digits", "x": [[0,0,5,13,9,1,0,0,0,0,13,15,10,15,5,0,0,3,15,2,0,11,8,0,0,4,12,0,0,8,8,0,0,5,8,0,0,9,8,0,0,4,11,0,1,12,7,0,0,2,14,5,10,12,0,0,0,0,6,13,10,0,0,0]]}}'
+  curl -s {base}/metrics | grep genreg_
+"""
+
+
 def train_defaults(retrain: bool = False) -> list[str]:
     """Train each default model unless a version is already stored; return their names."""
     from registry.store import list_models
@@ -65,6 +83,7 @@ def main() -> None:
     subprocess.run([sys.executable, "-m", "registry.cli", "list"], check=True)
     if args.no_serve:
         return
+    print(CURL_EXAMPLES.format(base=f"http://{args.host}:{args.port}"), flush=True)
     os.execv(
         sys.executable,
         [sys.executable, "-m", "registry.cli", "serve", "--host", args.host, "--port", str(args.port)],

@@ -1,0 +1,232 @@
+"""End-to-end: the real BentoML server (2 workers) on a loopback port, over HTTP."""
+
+from __future__ import annotations
+
+import base64
+import json
+import math
+import os
+import re
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+
+from registry.data import load_digits
+from registry.inference import LoadedModel
+from registry.store import get_model
+
+pytestmark = pytest.mark.slow
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server(trained, tmp_path_factory):
+    port = _free_port()
+    log_path = tmp_path_factory.mktemp("server") / "server.log"
+    env = dict(os.environ, GENREG_MAX_ROWS="5000", GENREG_MAX_N="2000")
+    with log_path.open("w") as log:
+        proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "registry.cli",
+                "serve",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(port),
+                "--workers",
+                "2",
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=env,
+            cwd=ROOT,
+        )
+    base = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 120
+    with httpx.Client(base_url=base, timeout=30) as client:
+        while True:
+            try:
+                if client.get("/readyz").status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            if proc.poll() is not None or time.monotonic() > deadline:
+                proc.kill()
+                pytest.fail(f"server did not become ready:\n{log_path.read_text()[-3000:]}")
+            time.sleep(0.5)
+        yield client, log_path
+    proc.terminate()
+    try:
+        proc.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+
+
+def post(client: httpx.Client, path: str, body) -> httpx.Response:
+    return client.post(path, content=json.dumps(body), headers={"content-type": "application/json"})
+
+
+def test_models_listing(server):
+    client, _ = server
+    for resp in (client.get("/models"), post(client, "/models", {})):
+        assert resp.status_code == 200
+        models = {m["name"]: m for m in resp.json()["models"]}
+        assert {"flow-digits", "flow-8gaussians", "gaussian-digits", "categorical-digits"} <= set(models)
+        flow = models["flow-digits"]
+        assert flow["family"] == "flow" and flow["kinds"] == ["bound"] and "sample" in flow["capabilities"]
+        assert flow["data"]["levels"] == 17 and "bits_per_dim" in flow["metrics"]["test"]
+        assert flow["tag"] == get_model("flow-digits").tag
+
+
+def test_sample_shape_range_and_seed(server):
+    client, _ = server
+    a = post(client, "/sample", {"model": "flow-digits", "n": 9, "seed": 5}).json()
+    b = post(client, "/sample", {"model": "flow-digits", "n": 9, "seed": 5}).json()
+    c = post(client, "/sample", {"model": "flow-digits", "n": 9, "seed": 6}).json()
+    x = np.array(a["samples"])
+    assert x.shape == (9, 64) and a["model"].startswith("flow-digits:")
+    assert x.min() >= 0 and x.max() <= 16 and np.all(x == np.round(x))
+    assert a == b and a != c
+    png = post(client, "/sample", {"model": "flow-digits", "n": 16, "seed": 1, "format": "png"}).json()
+    assert base64.b64decode(png["png"])[:4] == b"\x89PNG"
+    toy = np.array(
+        post(client, "/sample", {"model": "flow-8gaussians", "n": 500, "seed": 2}).json()["samples"]
+    )
+    assert toy.shape == (500, 2) and np.all(np.isfinite(toy))
+
+
+def test_score_matches_in_process_onnx(server):
+    client, _ = server
+    rows = load_digits().test[:20]
+    resp = post(client, "/score", {"model": "flow-digits", "x": rows.tolist(), "seed": 11}).json()
+    kind, expected, bpd = LoadedModel(get_model("flow-digits")).score(rows, None, seed=11)
+    assert resp["kind"] == kind == "bound"
+    np.testing.assert_allclose(resp["scores"], expected, rtol=0, atol=1e-9)
+    np.testing.assert_allclose(resp["bits_per_dim"], bpd, rtol=0, atol=1e-9)
+    again = post(client, "/score", {"model": "flow-digits", "x": rows.tolist(), "seed": 11}).json()
+    assert again == resp
+    cat = post(client, "/score", {"model": "categorical-digits", "x": rows.tolist()}).json()
+    assert cat["kind"] == "log_prob"
+
+
+def test_toy_log_prob_is_the_flow_density(server):
+    """Served log_prob equals the in-process density and integrates to one over a grid."""
+    client, _ = server
+    g = np.linspace(-7, 7, 220)
+    xx, yy = np.meshgrid(g, g)
+    pts = np.stack([xx.ravel(), yy.ravel()], 1)
+    scores = []
+    for i in range(0, len(pts), 5000):
+        resp = post(
+            client,
+            "/score",
+            {"model": "flow-8gaussians", "x": pts[i : i + 5000].tolist(), "kind": "log_prob"},
+        )
+        assert resp.status_code == 200, resp.text
+        scores.extend(resp.json()["scores"])
+    scores = np.array(scores)
+    _, local, _ = LoadedModel(get_model("flow-8gaussians")).score(pts.astype(np.float32), "log_prob")
+    np.testing.assert_allclose(scores, local, atol=1e-9)
+    assert np.exp(scores).sum() * (g[1] - g[0]) ** 2 == pytest.approx(1.0, abs=0.03)
+
+
+BAD = [
+    ("/sample", {"model": "nope", "n": 1}, 404, "model"),
+    ("/score", {"model": "nope", "x": [[0, 0]]}, 404, "model"),
+    ("/sample", {"model": "flow-digits", "n": 0}, 400, "n"),
+    ("/sample", {"model": "flow-digits", "n": 2001}, 400, "n"),
+    ("/sample", {"model": "flow-digits", "n": "many"}, 400, "n"),
+    ("/sample", {"model": "flow-digits", "temperature": -1}, 400, "temperature"),
+    ("/sample", {"model": "flow-8gaussians", "format": "png"}, 400, "format"),
+    ("/sample", {"n": 3}, 400, "model"),
+    ("/sample", {"model": "flow-digits", "colour": 1}, 400, "colour"),
+    ("/score", {"model": "flow-digits", "x": [[0] * 63]}, 400, "x"),
+    ("/score", {"model": "flow-digits", "x": [[17] * 64]}, 400, "x"),
+    ("/score", {"model": "flow-digits", "x": [[-1] * 64]}, 400, "x"),
+    ("/score", {"model": "flow-digits", "x": [[0.5] * 64]}, 400, "x"),
+    ("/score", {"model": "flow-8gaussians", "x": [[float("nan"), 0]]}, 400, "x"),
+    ("/score", {"model": "flow-8gaussians", "x": [[float("inf"), 0]]}, 400, "x"),
+    ("/score", {"model": "flow-8gaussians", "x": [[0, 0], [1]]}, 400, "x"),
+    ("/score", {"model": "flow-8gaussians", "x": []}, 400, "x"),
+    ("/score", {"model": "flow-8gaussians", "x": [[0, 0]] * 5001}, 400, "x"),
+    ("/score", {"model": "flow-8gaussians", "x": [["a", 0]]}, 400, "x"),
+    ("/score", {"model": "flow-8gaussians", "x": [[0, 0]], "kind": "bound"}, 422, "kind"),
+    ("/score", {"model": "flow-digits", "x": [[0] * 64], "kind": "discriminator"}, 422, "kind"),
+    ("/score", {"model": "flow-digits", "x": [[0] * 64], "kind": "likelihood"}, 400, "kind"),
+    ("/score", "not an object", 400, "body"),
+]
+
+
+@pytest.mark.parametrize(("path", "body", "status", "field"), BAD)
+def test_bad_input_gets_4xx_naming_the_field(server, path, body, status, field):
+    client, _ = server
+    resp = post(client, path, body)
+    assert resp.status_code == status, resp.text
+    err = resp.json()
+    assert (err["field"] == field and field in err["error"]) or err["field"] == field
+
+
+def test_invalid_json_and_missing_capability_messages(server):
+    client, log_path = server
+    resp = client.post("/score", content=b"{not json", headers={"content-type": "application/json"})
+    assert resp.status_code == 400 and resp.json()["field"] == "body"
+    resp = post(client, "/score", {"model": "flow-8gaussians", "x": [[0, 0]], "kind": "bound"})
+    assert "it has: log_prob" in resp.json()["error"]
+    log = log_path.read_text()
+    assert "Traceback" not in log and "[ERROR]" not in log
+
+
+def _metric(text: str, name: str, **labels: str) -> float:
+    total = 0.0
+    for line in text.splitlines():
+        if not line.startswith(name + "{"):
+            continue
+        got = dict(re.findall(r'(\w+)="([^"]*)"', line.split("}")[0]))
+        if all(got.get(k) == v for k, v in labels.items()):
+            total += float(line.rsplit(" ", 1)[1])
+    return total
+
+
+def test_metrics_count_rows_and_errors_across_workers(server):
+    client, _ = server
+    before = client.get("/metrics").text
+    for seed in range(6):
+        post(client, "/sample", {"model": "gaussian-digits", "n": 7, "seed": seed})
+    for _ in range(3):
+        post(client, "/score", {"model": "gaussian-digits", "x": [[1] * 64] * 4})
+    post(client, "/score", {"model": "gaussian-digits", "x": [[99] * 64]})
+    after = client.get("/metrics").text
+    delta = lambda name, **kw: _metric(after, name, **kw) - _metric(before, name, **kw)  # noqa: E731
+    assert delta("genreg_rows_total", model="gaussian-digits", kind="sample") == 42
+    assert delta("genreg_rows_total", model="gaussian-digits", kind="bound") == 12
+    assert delta("genreg_errors_total", endpoint="score", reason="invalid_x") == 1
+    assert delta("genreg_inference_seconds_count", model="gaussian-digits", graph="sampler") == 6
+    assert _metric(after, "genreg_model_load_seconds", model="flow-digits") > 0
+    assert "bentoml_service_request_total" in after
+
+
+def test_service_never_imports_torch():
+    code = "import services.service, sys; assert 'torch' not in sys.modules, 'torch imported'"
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT)
+
+
+def test_bits_per_dim_units(server):
+    client, _ = server
+    rows = load_digits().test[:5]
+    resp = post(client, "/score", {"model": "categorical-digits", "x": rows.tolist()}).json()
+    for nats, bpd in zip(resp["scores"], resp["bits_per_dim"], strict=True):
+        assert bpd == pytest.approx(-nats / (64 * math.log(2)))
