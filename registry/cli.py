@@ -179,14 +179,18 @@ def score(
     file: Annotated[Path, typer.Option("--file", "-f", help=".npy, .npz or .csv rows")],
     kind: Annotated[str | None, typer.Option(help="log_prob, bound or discriminator")] = None,
     seed: Annotated[int | None, typer.Option(help="seed for dequantisation noise")] = 0,
+    k: Annotated[int, typer.Option("-k", min=1, max=10_000, help="noise draws per row (bound)")] = 1,
 ) -> None:
-    """Score rows: log-likelihood or bound in nats and bits/dim (one line per row, then the mean)."""
+    """Score rows: log-likelihood or bound in nats and bits/dim (one line per row, then the mean).
+
+    With -k K > 1 a bound is the importance-weighted bound over K noise draws.
+    """
     from registry.validation import check_input
 
     try:
         loaded = _loaded(model)
         x = check_input(read_array(file), loaded.stored.data, what=str(file))
-        kind, scores, bpd = loaded.score(x, kind, seed=seed)
+        kind, scores, bpd = loaded.score(x, kind, seed=seed, k=k)
     except USER_ERRORS as exc:
         fail(str(exc))
         return
@@ -196,6 +200,55 @@ def score(
     if bpd is not None:
         summary += f" = {bpd.mean():.6f} bits/dim"
     typer.echo(summary, err=True)
+
+
+@app.command()
+def evaluate(
+    model: Annotated[str, typer.Argument(help="name or name:version")],
+    surgery: Annotated[bool, typer.Option(help="ELBO surgery (latent-variable models)")] = False,
+    split: Annotated[str, typer.Option(help="train, validation or test (built-in data)")] = "test",
+    draws: Annotated[int, typer.Option(min=1, max=256, help="posterior draws per point")] = 4,
+    seed: Annotated[int, typer.Option()] = 0,
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """Evaluate a stored model on its data: stored metrics, and ELBO surgery with --surgery."""
+    from registry.evaluation import elbo_surgery
+    from registry.inference import LoadedModel
+    from registry.store import get_model
+
+    try:
+        loaded = LoadedModel(get_model(model))
+        result: dict[str, Any] = {"model": loaded.stored.tag, "metrics": loaded.stored.metrics}
+        if surgery:
+            if split not in ("train", "validation", "test"):
+                fail(f"--split must be train, validation or test, not {split!r}")
+            data = load_dataset(loaded.stored.data["name"])
+            if data.fingerprint != loaded.stored.data["fingerprint"]:
+                fail("the model's training data is not a built-in data set; surgery needs it")
+            result["surgery"] = elbo_surgery(loaded, getattr(data, split), draws=draws, seed=seed)
+    except USER_ERRORS as exc:
+        fail(str(exc))
+        return
+    if as_json or not surgery:
+        typer.echo(json.dumps(result, indent=2))
+        return
+    s = result["surgery"]
+    typer.echo(
+        f"ELBO surgery of {result['model']} on {split} ({s['n']} points, {s['draws']} draws, beta {s['beta']:g}), nats:"
+    )
+    for key in (
+        "reconstruction",
+        "mutual_information",
+        "marginal_kl",
+        "kl_posterior_prior",
+        "elbo_beta",
+        "sum_of_terms",
+    ):
+        typer.echo(f"  {key:<20} {s[key]:12.4f}")
+    typer.echo(
+        f"  terms - ELBO_beta    {s['sum_minus_elbo_beta']:12.4f}  (Monte-Carlo stderr {s['monte_carlo_stderr']:.4f};"
+        f" I_q <= log N = {s['log_n']:.3f})"
+    )
 
 
 @app.command()

@@ -35,6 +35,9 @@ class Dataset:
     log_density: Callable[[np.ndarray], np.ndarray] | None = None  # exact, for toys
     source: str = ""
     notes: list[str] = field(default_factory=list)
+    # Known generative factors per split (integer indices), for disentanglement metrics.
+    factors: dict[str, np.ndarray] | None = None
+    factor_names: tuple[str, ...] = ()
 
     @property
     def dim(self) -> int:
@@ -96,6 +99,27 @@ def load_digits() -> Dataset:
     )
 
 
+def load_shapes() -> Dataset:
+    """16x16 binary shapes with known factors (see registry.shapes): 70/15/15 split."""
+    from registry.shapes import FACTOR_NAMES, SIZE, generate
+
+    images, factors = generate()
+    idx = np.random.default_rng(SPLIT_SEED).permutation(len(images))
+    cuts = np.cumsum([round(0.70 * len(images)), round(0.15 * len(images))])
+    parts = dict(zip(("train", "validation", "test"), np.split(idx, cuts), strict=True))
+    return Dataset(
+        "shapes",
+        images[parts["train"]],
+        images[parts["validation"]],
+        images[parts["test"]],
+        levels=2,
+        image_shape=(SIZE, SIZE),
+        source="generated: shape x scale x position grid",
+        factors={split: factors[i] for split, i in parts.items()},
+        factor_names=FACTOR_NAMES,
+    )
+
+
 def load_toy(name: str) -> Dataset:
     toy = TOYS[name]
     # One generator per split keeps each split fixed whatever the size of the others.
@@ -113,7 +137,7 @@ def load_toy(name: str) -> Dataset:
     )
 
 
-BUILTIN_DATASETS: tuple[str, ...] = ("digits", *TOYS)
+BUILTIN_DATASETS: tuple[str, ...] = ("digits", "shapes", *TOYS)
 
 
 def load_dataset(
@@ -127,6 +151,8 @@ def load_dataset(
     """A built-in dataset by name, or a user file (.npy, .npz, .csv) by path."""
     if spec == "digits":
         return load_digits()
+    if spec == "shapes":
+        return load_shapes()
     if spec in TOYS:
         return load_toy(spec)
     path = Path(spec)

@@ -94,9 +94,20 @@ def check_parity(
             feeds[spec.x_input or "x"] = rows
             method = family.log_prob if spec.kind == "log_prob" else family.bound
             expected = method(model, rows, noise)
-        else:
+        elif spec.role == "discriminator":
             feeds[spec.x_input or "x"] = rows
             expected = family.discriminate(model, rows)
+        else:
+            # Auxiliary graphs: data rows in, or standard normal latents for a decoder.
+            sess_input = session.get_inputs()[0]
+            if spec.x_input == "z":
+                width = sess_input.shape[1]
+                feeds["z"] = (
+                    np.random.default_rng(seed).standard_normal((len(rows), width)).astype(np.float32)
+                )
+            else:
+                feeds[spec.x_input or "x"] = rows
+            expected = family.reference(model, spec, feeds)
         got = session.run([spec.output], feeds)[0]
         expected = np.asarray(expected, dtype=np.float64).reshape(got.shape)
         err = float(np.max(np.abs(got - expected)))

@@ -54,11 +54,17 @@ class GraphSpec(BaseModel):
     """One exported ONNX graph and how to call it.
 
     ``role`` is ``sampler`` (noise -> x in data units), ``scorer`` (x, noise -> per-row
-    log-likelihood or bound in nats) or ``discriminator`` (x -> logit). ``kind`` names the
-    score a scorer returns (``log_prob`` or ``bound``).
+    log-likelihood or bound in nats), ``discriminator`` (x -> logit), or an auxiliary graph a
+    family adds (``encoder``, ``decoder``). ``kind`` names the score a scorer returns
+    (``log_prob`` or ``bound``).
+
+    A ``bound`` scorer with noise returns one log importance weight log w per row, with
+    E[w] <= P(x) over its noise: its mean over draws is a lower bound (an ELBO, or the uniform
+    dequantisation bound), and so is log mean_k w_k over k draws (the importance-weighted
+    bound), which tightens as k grows.
     """
 
-    role: Literal["sampler", "scorer", "discriminator"]
+    role: Literal["sampler", "scorer", "discriminator", "encoder", "decoder"]
     file: str
     kind: Literal["log_prob", "bound"] | None = None
     x_input: str | None = "x"
@@ -114,6 +120,10 @@ class Family:
 
     def discriminate(self, model: Any, x: np.ndarray) -> np.ndarray:
         """Logit that each row is real data."""
+        raise NotImplementedError
+
+    def reference(self, model: Any, spec: GraphSpec, feeds: dict[str, np.ndarray]) -> np.ndarray:
+        """Reference output of an auxiliary graph (encoder, decoder) for the parity check."""
         raise NotImplementedError
 
     def export(self, model: Any, directory: Path) -> list[GraphSpec]:

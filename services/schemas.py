@@ -14,6 +14,8 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 MAX_N = int(os.environ.get("GENREG_MAX_N", "4096"))
 MAX_ROWS = int(os.environ.get("GENREG_MAX_ROWS", "4096"))
+MAX_DRAWS = int(os.environ.get("GENREG_MAX_DRAWS", "1000"))
+MAX_DRAW_ROWS = int(os.environ.get("GENREG_MAX_DRAW_ROWS", "262144"))  # rows x k per request
 MODEL_REF = r"^[a-z0-9][a-z0-9._-]*(:[a-z0-9]+)?$"
 
 
@@ -33,7 +35,8 @@ class ScoreRequest(_Strict):
     model: str = Field(pattern=MODEL_REF)
     x: list[list[float]] = Field(min_length=1, max_length=MAX_ROWS, description=f"rows, at most {MAX_ROWS}")
     kind: Literal["log_prob", "bound", "discriminator"] | None = None
-    seed: int | None = Field(0, ge=0, lt=2**63, description="seed of the dequantisation noise")
+    seed: int | None = Field(0, ge=0, lt=2**63, description="seed of the scorer's noise")
+    k: int = Field(1, ge=1, le=MAX_DRAWS, description="noise draws per row for kind=bound")
 
     @field_validator("x")
     @classmethod
@@ -56,6 +59,8 @@ class ScoreResponse(BaseModel):
     kind: str
     scores: list[float]
     bits_per_dim: list[float] | None = None
+    k: int | None = None
+    elbo: list[float] | None = None  # with k > 1: the plain average over draws
 
 
 class ModelInfo(BaseModel):

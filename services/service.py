@@ -22,16 +22,21 @@ from pydantic import BaseModel, ValidationError
 from starlette.responses import JSONResponse
 
 from registry.images import png_grid
-from registry.inference import CapabilityError, LoadedModel
+from registry.inference import CapabilityError, LoadedModel, bound_estimates
 from registry.store import ModelNotFound, StoreError
+from registry.units import bits_per_dim
 from registry.validation import InputError, check_input
+from services.batching import Batcher
 from services.metrics import ERRORS, INFERENCE_SECONDS, ROWS
 from services.runtime import ModelCache
-from services.schemas import ModelInfo, SampleRequest, ScoreRequest
+from services.schemas import MAX_DRAW_ROWS, ModelInfo, SampleRequest, ScoreRequest
 
 log = logging.getLogger("genreg.service")
 WORKERS = int(os.environ.get("GENREG_WORKERS", "1"))
 ORT_THREADS = int(os.environ.get("GENREG_ORT_THREADS", "0"))
+# Adaptive batching of concurrent ONNX Runtime calls per graph (see services.batching and
+# benchmarks/RESULTS.md for when it pays off); 0 turns it off.
+BATCH_MAX_ROWS = int(os.environ.get("GENREG_BATCH_MAX_ROWS", "0"))
 
 
 class ApiError(Exception):
@@ -163,6 +168,8 @@ class Genreg:
             INFERENCE_SECONDS.labels(model=name, graph=graph).observe(seconds)
 
         loaded.on_run = observe
+        if BATCH_MAX_ROWS > 0:
+            loaded.runners = {f: Batcher(run, BATCH_MAX_ROWS) for f, run in loaded.runners.items()}
 
     def _resolve(self, ref: str) -> LoadedModel:
         try:
@@ -225,16 +232,31 @@ class Genreg:
             x = check_input(req.x, loaded.stored.data, what="x")
         except InputError as exc:
             raise ApiError(400, exc.field, str(exc), "invalid_x") from None
-        kind, scores, bpd = loaded.score(x, kind, seed=req.seed)
+        if req.k > 1 and kind != "bound":
+            raise ApiError(400, "k", f"k > 1 applies to kind 'bound' only, not {kind!r}", "invalid_k")
+        if len(x) * req.k > MAX_DRAW_ROWS:
+            raise ApiError(400, "k", f"rows x k = {len(x) * req.k} exceeds {MAX_DRAW_ROWS}", "invalid_k")
+        out: dict[str, Any] = {"model": loaded.stored.tag, "kind": kind}
+        if kind == "bound":
+            elbo, iwae = bound_estimates(loaded.log_weights(x, req.seed, req.k))
+            out.update(scores=iwae.tolist(), bits_per_dim=bits_per_dim(iwae, loaded.dim).tolist(), k=req.k)
+            if req.k > 1:
+                out["elbo"] = elbo.tolist()
+        else:
+            kind, scores, bpd = loaded.score(x, kind, seed=req.seed)
+            out["scores"] = scores.tolist()
+            if bpd is not None:
+                out["bits_per_dim"] = bpd.tolist()
         ROWS.labels(model=loaded.stored.name, kind=kind).inc(len(x))
-        out: dict[str, Any] = {"model": loaded.stored.tag, "kind": kind, "scores": scores.tolist()}
-        if bpd is not None:
-            out["bits_per_dim"] = bpd.tolist()
         return out
 
     @bentoml.api(route="/score")
     async def score(self, body: dict[str, Any], /) -> Any:
-        """Score rows: {"model", "x": [[...]], "kind"?: "log_prob"|"bound"|"discriminator", "seed"?}."""
+        """Score rows: {"model", "x": [[...]], "kind"?: "log_prob"|"bound"|"discriminator", "seed"?, "k"?}.
+
+        For a bound with k > 1 noise draws per row, "scores" is the importance-weighted bound
+        log mean_k w_k and "elbo" the plain average mean_k log w_k; both are lower bounds.
+        """
         try:
             req = _validate(ScoreRequest, body)
             return JSONResponse(await anyio.to_thread.run_sync(self._score, req))

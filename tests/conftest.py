@@ -18,7 +18,7 @@ ROOT = Path(__file__).resolve().parent.parent
 FIXTURES = Path(__file__).resolve().parent / "fixture_plugins"
 
 # Budgets small enough for CI's 2 cores, large enough for the checks the tests make.
-TEST_EPOCHS = {"flow-digits": 40}
+TEST_EPOCHS = {"flow-digits": 40, "vae-digits": 30}
 
 
 @pytest.fixture(scope="session")
@@ -26,7 +26,7 @@ def bentoml_home() -> Path:
     return Path(_HOME)
 
 
-def _train(family: str, data: str, epochs: int | None = None):
+def _train(family: str, data: str, epochs: int | None = None, **options):
     import torch
 
     from registry.data import load_dataset
@@ -39,10 +39,17 @@ def _train(family: str, data: str, epochs: int | None = None):
     return train_and_store(
         fam,
         load_dataset(data),
-        fam.Config(),
+        fam.Config(**{k: v for k, v in options.items() if k != "name"}),
         TrainControl(seed=0, epochs=epochs, progress=False),
+        name=options.get("name"),
         plugin={"name": "test", "distribution": "genreg"},
     )
+
+
+@pytest.fixture(scope="session")
+def train_model(bentoml_home):
+    """train_model(family, data, epochs, **options) -> StoredModel, into the private store."""
+    return _train
 
 
 @pytest.fixture(scope="session")

@@ -230,3 +230,34 @@ def test_bits_per_dim_units(server):
     resp = post(client, "/score", {"model": "categorical-digits", "x": rows.tolist()}).json()
     for nats, bpd in zip(resp["scores"], resp["bits_per_dim"], strict=True):
         assert bpd == pytest.approx(-nats / (64 * math.log(2)))
+
+
+def test_vae_sample_and_importance_weighted_score(server):
+    client, _ = server
+    x = np.array(post(client, "/sample", {"model": "vae-digits", "n": 6, "seed": 1}).json()["samples"])
+    assert x.shape == (6, 64) and x.min() >= 0 and x.max() <= 16 and np.all(x == np.round(x))
+    rows = load_digits().test[:12].tolist()
+    one = post(client, "/score", {"model": "vae-digits", "x": rows, "kind": "bound", "seed": 4}).json()
+    assert one["k"] == 1 and "elbo" not in one
+    many = post(
+        client, "/score", {"model": "vae-digits", "x": rows, "kind": "bound", "seed": 4, "k": 16}
+    ).json()
+    assert many["k"] == 16 and len(many["elbo"]) == 12
+    assert all(s >= e - 1e-9 for s, e in zip(many["scores"], many["elbo"], strict=True))
+    log_w = LoadedModel(get_model("vae-digits")).log_weights(np.array(rows), seed=4, k=16)
+    np.testing.assert_allclose(many["elbo"], log_w.mean(1), atol=1e-9)
+
+
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        ({"model": "vae-digits", "x": [[0] * 64], "k": 0}, "k"),
+        ({"model": "vae-digits", "x": [[0] * 64], "k": 1001}, "k"),
+        ({"model": "flow-8gaussians", "x": [[0, 0]], "k": 4}, "k"),
+        ({"model": "vae-digits", "x": [[0] * 64] * 300, "k": 1000}, "k"),
+    ],
+)
+def test_bad_draw_counts(server, body, field):
+    client, _ = server
+    resp = post(client, "/score", body)
+    assert resp.status_code == 400 and resp.json()["field"] == field, resp.text

@@ -1,0 +1,84 @@
+"""The VAE's networks: Gaussian encoder q(z|x); categorical (discrete data) or Gaussian decoder.
+
+Every function that the exported graphs use takes its noise as an argument.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+LOG_2PI = math.log(2 * math.pi)
+
+
+def _mlp(inp: int, hidden: int, out: int, depth: int) -> nn.Sequential:
+    layers: list[nn.Module] = []
+    width = inp
+    for _ in range(depth):
+        layers += [nn.Linear(width, hidden), nn.GELU()]
+        width = hidden
+    layers.append(nn.Linear(width, out))
+    return nn.Sequential(*layers)
+
+
+def normal_log_pdf(z: torch.Tensor, mean: torch.Tensor, log_var: torch.Tensor) -> torch.Tensor:
+    """Sum over the last dimension of log N(z | mean, exp(log_var))."""
+    return (-0.5 * (LOG_2PI + log_var + (z - mean) ** 2 * torch.exp(-log_var))).sum(-1)
+
+
+class VAE(nn.Module):
+    def __init__(self, dim: int, levels: int | None, latent: int, hidden: int, depth: int) -> None:
+        super().__init__()
+        self.dim, self.levels, self.latent = dim, levels, latent
+        self.encoder = _mlp(dim, hidden, 2 * latent, depth)
+        out = dim * levels if levels else 2 * dim
+        self.decoder = _mlp(latent, hidden, out, depth)
+        self.register_buffer("mean", torch.zeros(dim))
+        self.register_buffer("std", torch.ones(dim))
+
+    def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        h = (x - self.mean) / self.std
+        mean, log_var = self.encoder(h).chunk(2, dim=-1)
+        return mean, torch.clamp(log_var, -12.0, 8.0)
+
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        """Distribution parameters: per-pixel log-probabilities (B, D, L), or (mean, log_var) (B, 2D)."""
+        out = self.decoder(z)
+        if self.levels:
+            return F.log_softmax(out.reshape(*z.shape[:-1], self.dim, self.levels), dim=-1)
+        mean, log_var = out.chunk(2, dim=-1)
+        return torch.cat(
+            [mean * self.std + self.mean, torch.clamp(log_var, -10.0, 6.0) + 2 * torch.log(self.std)], -1
+        )
+
+    def log_likelihood(self, x: torch.Tensor, params: torch.Tensor) -> torch.Tensor:
+        """log p(x|z) summed over dimensions."""
+        if self.levels:
+            levels = torch.arange(self.levels, dtype=x.dtype, device=x.device)
+            one_hot = (x.unsqueeze(-1) == levels).to(params.dtype)
+            return (one_hot * params).sum((-1, -2))
+        mean, log_var = params.chunk(2, dim=-1)
+        return normal_log_pdf(x, mean, log_var)
+
+    def log_weight(
+        self, x: torch.Tensor, eps: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(log p(x|z), log p(z), log q(z|x)) for z = mean + sigma * eps: one importance draw."""
+        mean, log_var = self.encode(x)
+        z = mean + torch.exp(0.5 * log_var) * eps
+        rec = self.log_likelihood(x, self.decode(z))
+        prior = normal_log_pdf(z, torch.zeros_like(z), torch.zeros_like(z))
+        post = normal_log_pdf(z, mean, log_var)
+        return rec, prior, post
+
+    def sample(self, z: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+        """Decode z and draw x from p(x|z) with explicit noise u (uniform for levels, normal else)."""
+        params = self.decode(z)
+        if self.levels:
+            cdf = torch.cumsum(torch.exp(params), -1)[..., :-1]
+            return (u.unsqueeze(-1) >= cdf).to(torch.float32).sum(-1)
+        mean, log_var = params.chunk(2, dim=-1)
+        return mean + torch.exp(0.5 * log_var) * u
