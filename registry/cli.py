@@ -252,6 +252,28 @@ def evaluate(
 
 
 @app.command()
+def critic(
+    model: Annotated[str, typer.Argument(help="name or name:version")],
+    steps: Annotated[int, typer.Option(min=10, max=100_000, help="classifier training steps")] = 2000,
+    seed: Annotated[int, typer.Option()] = 0,
+    replace: Annotated[bool, typer.Option(help="replace an existing discriminator")] = False,
+) -> None:
+    """Train a real-vs-sample classifier for a model and store it as a new version's discriminator."""
+    from registry.critic import attach_critic
+
+    try:
+        stored = attach_critic(model, steps=steps, seed=seed, replace=replace)
+    except USER_ERRORS as exc:
+        fail(str(exc))
+        return
+    m = stored.metrics["critic"]
+    typer.echo(
+        f"saved {stored.tag} (from {stored.meta['parent']}): C2ST accuracy {m['c2st_accuracy']:.3f} "
+        f"(p = {m['c2st_p_value']:.3g}), AUC {m['auc']:.3f}, JSD >= {m['jsd_lower_bound']:.4f} nats"
+    )
+
+
+@app.command()
 def plugins() -> None:
     """List model families, their capabilities and the distribution each came from."""
     reg = get_plugins()

@@ -18,8 +18,10 @@ from registry.export import check_parity
 from registry.family import Family, FamilyConfig, TrainControl
 from registry.inference import LoadedModel, bound_estimates
 from registry.store import StoredModel, get_model, save_model
+from registry.two_sample import c2st, jsd_lower_bound, mmd_test
 
 IWAE_K = 64
+TWO_SAMPLE_ROWS = 1000
 SURGERY_ROWS = 2000
 EVAL_DRAWS = 4  # uniform draws per test row when estimating E_u of a dequantisation bound
 LIBRARIES = ("genreg", "numpy", "torch", "onnx", "onnxruntime", "bentoml", "pluggy", "scikit-learn")
@@ -35,10 +37,28 @@ def library_versions() -> dict[str, str]:
     return versions
 
 
+def likelihood_free(loaded: LoadedModel, real: np.ndarray, seed: int = 0) -> dict[str, Any]:
+    """Two-sample tests (MMD, k-NN C2ST) of held-out rows against as many model samples, and
+    the JSD lower bound from the model's own discriminator when it has one."""
+    real = real[:TWO_SAMPLE_ROWS].astype(np.float64)
+    fake = loaded.sample(len(real), seed=seed).astype(np.float64)
+    out: dict[str, Any] = {
+        "mmd": mmd_test(real, fake, seed=seed),
+        "c2st": c2st(real, fake, seed=seed),
+    }
+    spec = loaded.stored.graph("discriminator")
+    if spec is not None:
+        logit = lambda a: loaded.run(spec, {spec.x_input or "x": a.astype(np.float32)}).reshape(-1)  # noqa: E731
+        out["jsd"] = jsd_lower_bound(logit(real), logit(fake))
+    return out
+
+
 def evaluate(loaded: LoadedModel, data: Dataset, split: str = "test", seed: int = 0) -> dict[str, Any]:
     """Test-split metrics from the exported graphs, i.e. what the service will answer."""
     x = getattr(data, split)
     metrics: dict[str, Any] = {"split": split, "n": len(x)}
+    if loaded.stored.graph("sampler") is not None:
+        metrics["two_sample"] = likelihood_free(loaded, x, seed=seed)
     kinds = [k for k in ("log_prob", "bound") if k in loaded.kinds]
     if not kinds:
         return metrics

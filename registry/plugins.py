@@ -20,7 +20,7 @@ from registry.family import CAPABILITY_METHODS, Capability, Family, FamilyConfig
 
 ENTRY_POINT_GROUP = "genreg"
 # Built-in families, registered through the same hooks as an installed plugin.
-BUILTIN_PLUGINS: tuple[str, ...] = ("plugins.flow", "plugins.vae", "plugins.baselines")
+BUILTIN_PLUGINS: tuple[str, ...] = ("plugins.flow", "plugins.vae", "plugins.gan", "plugins.baselines")
 NAME_PATTERN = re.compile(r"^[a-z][a-z0-9-]{0,40}$")
 
 

@@ -14,9 +14,19 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 MAX_N = int(os.environ.get("GENREG_MAX_N", "4096"))
 MAX_ROWS = int(os.environ.get("GENREG_MAX_ROWS", "4096"))
+MAX_TWO_SAMPLE = int(os.environ.get("GENREG_MAX_TWO_SAMPLE", "2000"))
 MAX_DRAWS = int(os.environ.get("GENREG_MAX_DRAWS", "1000"))
 MAX_DRAW_ROWS = int(os.environ.get("GENREG_MAX_DRAW_ROWS", "262144"))  # rows x k per request
 MODEL_REF = r"^[a-z0-9][a-z0-9._-]*(:[a-z0-9]+)?$"
+
+
+def rectangular(rows: list[list[float]]) -> list[list[float]]:
+    """Refuse ragged rows, naming the first one whose length differs from row 0."""
+    width = len(rows[0])
+    for i, row in enumerate(rows):
+        if len(row) != width:
+            raise ValueError(f"row {i} has {len(row)} values, row 0 has {width}")
+    return rows
 
 
 class _Strict(BaseModel):
@@ -41,11 +51,21 @@ class ScoreRequest(_Strict):
     @field_validator("x")
     @classmethod
     def _rectangular(cls, rows: list[list[float]]) -> list[list[float]]:
-        width = len(rows[0])
-        for i, row in enumerate(rows):
-            if len(row) != width:
-                raise ValueError(f"row {i} has {len(row)} values, row 0 has {width}")
-        return rows
+        return rectangular(rows)
+
+
+class TwoSampleRequest(_Strict):
+    model: str = Field(pattern=MODEL_REF)
+    x: list[list[float]] = Field(min_length=10, max_length=MAX_TWO_SAMPLE, description="real rows")
+    test: Literal["mmd", "c2st"] = "mmd"
+    n_model: int | None = Field(None, ge=10, le=MAX_TWO_SAMPLE, description="model samples (default: len(x))")
+    seed: int = Field(0, ge=0, lt=2**63)
+    permutations: int = Field(200, ge=0, le=2000, description="MMD permutation null size")
+
+    @field_validator("x")
+    @classmethod
+    def _rectangular(cls, rows: list[list[float]]) -> list[list[float]]:
+        return rectangular(rows)
 
 
 class SampleResponse(BaseModel):

@@ -24,12 +24,13 @@ from starlette.responses import JSONResponse
 from registry.images import png_grid
 from registry.inference import CapabilityError, LoadedModel, bound_estimates
 from registry.store import ModelNotFound, StoreError
+from registry.two_sample import c2st, mmd_test
 from registry.units import bits_per_dim
 from registry.validation import InputError, check_input
 from services.batching import Batcher
 from services.metrics import ERRORS, INFERENCE_SECONDS, ROWS
 from services.runtime import ModelCache
-from services.schemas import MAX_DRAW_ROWS, ModelInfo, SampleRequest, ScoreRequest
+from services.schemas import MAX_DRAW_ROWS, ModelInfo, SampleRequest, ScoreRequest, TwoSampleRequest
 
 log = logging.getLogger("genreg.service")
 WORKERS = int(os.environ.get("GENREG_WORKERS", "1"))
@@ -74,7 +75,12 @@ _CACHE: list[ModelCache] = []  # the worker's cache, for the GET routes below
 
 
 MAX_BODY_BYTES = int(os.environ.get("GENREG_MAX_BODY_BYTES", str(64 * 1024 * 1024)))
-API_PATHS = {"/sample": "sample", "/score": "score", "/models": "models"}
+API_PATHS = {
+    "/sample": "sample",
+    "/score": "score",
+    "/models": "models",
+    "/two_sample_test": "two_sample_test",
+}
 
 
 class ApiGate:
@@ -262,6 +268,33 @@ class Genreg:
             return JSONResponse(await anyio.to_thread.run_sync(self._score, req))
         except ApiError as err:
             return _error_response("score", err)
+
+    # --- /two_sample_test -------------------------------------------------------------------
+    def _two_sample(self, req: TwoSampleRequest) -> dict[str, Any]:
+        loaded = self._resolve(req.model)
+        if loaded.stored.graph("sampler") is None:
+            raise ApiError(422, "model", f"{loaded.stored.tag} cannot sample", "missing_capability")
+        try:
+            real = check_input(req.x, loaded.stored.data, what="x").astype(np.float64)
+        except InputError as exc:
+            raise ApiError(400, exc.field, str(exc), "invalid_x") from None
+        fake = loaded.sample(req.n_model or len(real), seed=req.seed).astype(np.float64)
+        ROWS.labels(model=loaded.stored.name, kind="sample").inc(len(fake))
+        if req.test == "mmd":
+            result = mmd_test(real, fake, permutations=req.permutations, seed=req.seed)
+        else:
+            result = c2st(real, fake, seed=req.seed)
+        return {"model": loaded.stored.tag, **result}
+
+    @bentoml.api(route="/two_sample_test")
+    async def two_sample_test(self, body: dict[str, Any], /) -> Any:
+        """Two-sample test of real rows against model samples:
+        {"model", "x", "test": "mmd"|"c2st", "n_model"?, "seed"?, "permutations"?}."""
+        try:
+            req = _validate(TwoSampleRequest, body)
+            return JSONResponse(await anyio.to_thread.run_sync(self._two_sample, req))
+        except ApiError as err:
+            return _error_response("two_sample_test", err)
 
     # --- /models (POST; GET /models is the mounted route) ------------------------------------
     @bentoml.api(route="/models")

@@ -18,7 +18,7 @@ ROOT = Path(__file__).resolve().parent.parent
 FIXTURES = Path(__file__).resolve().parent / "fixture_plugins"
 
 # Budgets small enough for CI's 2 cores, large enough for the checks the tests make.
-TEST_EPOCHS = {"flow-digits": 40, "vae-digits": 30}
+TEST_EPOCHS = {"flow-digits": 40, "vae-digits": 30, "gan-8gaussians": 30}
 
 
 @pytest.fixture(scope="session")
@@ -60,10 +60,16 @@ def trained(bentoml_home):
         ("categorical", "digits"),
         ("gaussian", "digits"),
         ("flow", "digits"),
+        ("vae", "digits"),
         ("flow", "8gaussians"),
+        ("gan", "8gaussians"),
     ]:
         name = f"{family}-{data}"
         models[name] = _train(family, data, TEST_EPOCHS.get(name))
+    from registry.critic import attach_critic
+
+    # A newer version of flow-8gaussians with a critic: the server serves it as the newest.
+    models["flow-8gaussians+critic"] = attach_critic("flow-8gaussians", steps=1500)
     return models
 
 

@@ -261,3 +261,37 @@ def test_bad_draw_counts(server, body, field):
     client, _ = server
     resp = post(client, "/score", body)
     assert resp.status_code == 400 and resp.json()["field"] == field, resp.text
+
+
+def test_gan_and_critic_endpoints(server):
+    client, _ = server
+    x = np.array(post(client, "/sample", {"model": "gan-8gaussians", "n": 50, "seed": 0}).json()["samples"])
+    assert x.shape == (50, 2)
+    resp = post(client, "/score", {"model": "gan-8gaussians", "x": x.tolist()}).json()
+    assert resp["kind"] == "discriminator" and all(0 <= p <= 1 for p in resp["scores"])
+    bad = post(client, "/score", {"model": "gan-8gaussians", "x": [[0, 0]], "kind": "log_prob"})
+    assert bad.status_code == 422 and "it has: discriminator" in bad.json()["error"]
+    flow = post(
+        client, "/score", {"model": "flow-8gaussians", "x": [[0, 2.8], [9, 9]], "kind": "discriminator"}
+    )
+    assert flow.status_code == 200 and len(flow.json()["scores"]) == 2
+
+
+def test_two_sample_endpoint(server):
+    client, _ = server
+    real = load_digits().test[:200].tolist()
+    mmd = post(
+        client, "/two_sample_test", {"model": "gaussian-digits", "x": real, "test": "mmd", "seed": 1}
+    ).json()
+    assert mmd["test"] == "mmd" and mmd["n_x"] == 200 and mmd["n_y"] == 200
+    assert mmd["p_value"] < 0.05  # a diagonal Gaussian's samples are not digits
+    c2 = post(
+        client, "/two_sample_test", {"model": "gaussian-digits", "x": real, "test": "c2st", "n_model": 300}
+    ).json()
+    assert 0 <= c2["accuracy"] <= 1 and 0 <= c2["p_value"] <= 1
+    again = post(
+        client, "/two_sample_test", {"model": "gaussian-digits", "x": real, "test": "mmd", "seed": 1}
+    ).json()
+    assert again == mmd
+    small = post(client, "/two_sample_test", {"model": "gaussian-digits", "x": real[:5]})
+    assert small.status_code == 400 and small.json()["field"] == "x"
