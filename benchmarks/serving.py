@@ -43,6 +43,20 @@ app = Starlette(routes=[Route("/score", echo, methods=["POST"])])
 """
 
 
+BENTO_ECHO = """
+from typing import Any
+
+import bentoml
+
+
+@bentoml.service(workers=1)
+class Echo:
+    @bentoml.api(route="/score")
+    async def score(self, body: dict[str, Any], /) -> dict[str, Any]:
+        return body
+"""
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -239,11 +253,29 @@ def serving(seconds: float) -> list[str]:
         echo.terminate()
         echo.wait(timeout=30)
 
+    # The same echo as a BentoML service: how much of the gap is the framework's own path.
+    (echo_dir / "bento_echo.py").write_text(BENTO_ECHO)
+    bento_port = free_port()
+    bento = subprocess.Popen(
+        [sys.executable, "-m", "bentoml", "serve", "bento_echo:Echo", "--port", str(bento_port)],
+        cwd=echo_dir,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        bento_base = f"http://127.0.0.1:{bento_port}"
+        wait_ready(bento_base, bento, "/readyz")
+        bento1 = asyncio.run(http_load(bento_base, body1, 1, 16, seconds))
+    finally:
+        bento.terminate()
+        bento.wait(timeout=30)
+
     lines = [
         "| measure | rows/s | ratio |",
         "|---|---|---|",
         f"| in-process ONNX Runtime, batch 1 | {inproc1:,.0f} | |",
         f"| bare ASGI echo, batch 1, 16 clients | {echo1:,.0f} | the HTTP ceiling |",
+        f"| BentoML echo service, batch 1, 16 clients | {bento1:,.0f} | {bento1 / echo1:.2f} of echo: the framework's own cost |",
         f"| in-process ONNX Runtime, batch 1024 | {inproc1024:,.0f} | |",
     ]
     for batching, (_, http1, http1024, http1024x4, _) in measured.items():

@@ -122,7 +122,10 @@ def list_cmd(as_json: Annotated[bool, typer.Option("--json", help="machine-reada
     if not entries:
         typer.echo("no models stored yet; try `genreg train flow --data digits`")
         return
+    families = get_plugins().families
     for e in entries:
+        if e["family"] not in families:
+            e["family"] += " (unavailable)"
         test = e["metrics"].get("test", {})
         score = f"{test['bits_per_dim']:.4f} bits/dim" if "bits_per_dim" in test else ""
         kl = f" KL {test['kl']:.4f}" if "kl" in test else ""
@@ -271,6 +274,23 @@ def critic(
         f"saved {stored.tag} (from {stored.meta['parent']}): C2ST accuracy {m['c2st_accuracy']:.3f} "
         f"(p = {m['c2st_p_value']:.3g}), AUC {m['auc']:.3f}, JSD >= {m['jsd_lower_bound']:.4f} nats"
     )
+
+
+@app.command()
+def report(
+    data: Annotated[str, typer.Option("--data", "-d", help="data set name the models were trained on")],
+    out: Annotated[Path, typer.Option(help="output folder")] = Path("report"),
+    seed: Annotated[int, typer.Option()] = 0,
+) -> None:
+    """Table (markdown and HTML), sample grids and a likelihood-vs-C2ST plot for a data set's models."""
+    from registry.report import write_report
+
+    try:
+        path = write_report(data, out, seed=seed)
+    except USER_ERRORS as exc:
+        fail(str(exc))
+        return
+    typer.echo(f"wrote {path} and {out / 'report.html'}")
 
 
 @app.command()

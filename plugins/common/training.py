@@ -105,3 +105,35 @@ def fit(
     module.load_state_dict(best_state)
     module.eval()
     return FitResult(epoch, best[1], best[0], time.monotonic() - start, stopped)
+
+
+def fit_config(
+    module: torch.nn.Module,
+    train: torch.Tensor,
+    config: object,
+    *,
+    loss_fn: Callable[[torch.Tensor, torch.Generator], torch.Tensor],
+    validate: Callable[[], float],
+    control: TrainControl,
+) -> FitResult:
+    """:func:`fit` with the optimisation settings a family config carries under the usual names
+    (epochs, batch_size, lr, weight_decay, patience, grad_clip)."""
+    return fit(
+        module,
+        train,
+        loss_fn=loss_fn,
+        validate=validate,
+        control=control,
+        epochs=config.epochs,
+        batch_size=config.batch_size,
+        lr=config.lr,
+        weight_decay=config.weight_decay,
+        patience=config.patience,
+        grad_clip=config.grad_clip,
+    )
+
+
+def run_numpy(fn: Callable[..., torch.Tensor], *arrays: np.ndarray) -> np.ndarray:
+    """Call a torch function on float32 copies of numpy arrays, without gradients; float64 out."""
+    with torch.no_grad():
+        return fn(*[torch.as_tensor(np.asarray(a, dtype=np.float32)) for a in arrays]).double().numpy()

@@ -96,11 +96,9 @@ class FlowFamily(Family):
         return {Capability.SAMPLE, score}
 
     def _run(self, fn, *arrays: np.ndarray) -> np.ndarray:
-        import torch
+        from plugins.common.training import run_numpy
 
-        with torch.no_grad():
-            tensors = [torch.as_tensor(np.asarray(a, dtype=np.float32)) for a in arrays]
-            return fn(*tensors).double().numpy()
+        return run_numpy(fn, *arrays)
 
     def sample(self, model: FlowModel, noise: dict[str, np.ndarray]) -> np.ndarray:
         return self._run(model.flow.sample, noise["z"])

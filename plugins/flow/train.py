@@ -6,7 +6,7 @@ import math
 
 import torch
 
-from plugins.common.training import fit, pick_device
+from plugins.common.training import fit_config, pick_device
 from plugins.flow.family import FlowConfig, FlowModel
 from plugins.flow.model import Flow
 from registry.data import Dataset
@@ -54,19 +54,7 @@ def train_flow(data: Dataset, config: FlowConfig, control: TrainControl) -> Flow
                 out.append(flow.log_prob(y[i : i + 4096]))
             return float(-torch.cat(out).mean() * nats_to_bpd)
 
-    result = fit(
-        flow,
-        train,
-        loss_fn=loss_fn,
-        validate=validate,
-        control=control,
-        epochs=config.epochs,
-        batch_size=config.batch_size,
-        lr=config.lr,
-        weight_decay=config.weight_decay,
-        patience=config.patience,
-        grad_clip=config.grad_clip,
-    )
+    result = fit_config(flow, train, config, loss_fn=loss_fn, validate=validate, control=control)
     flow.cpu().eval()
     flow.freeze_inverse()
     return FlowModel(config, flow, data.dim, data.levels, fit=result.__dict__)

@@ -23,7 +23,7 @@ class GANConfig(FamilyConfig):
     hidden: int = Field(256, ge=8, le=4096)
     depth: int = Field(3, ge=1, le=8)
     lr: float = Field(2e-4, gt=0, le=1)
-    batch_size: int = Field(256, ge=2, le=65536)
+    batch_size: int | None = Field(None, ge=2, le=65536, description="default: 64 (images), 256 (2-D)")
     epochs: int | None = Field(None, ge=1, le=100000, description="default: 300 (images), 60 (2-D)")
     d_steps: int = Field(1, ge=1, le=10, description="discriminator steps per generator step")
     eval_every: int = Field(5, ge=1, description="epochs between validation MMD checks")
@@ -51,10 +51,9 @@ class GANFamily(Family):
         return train_gan(data, config, control)
 
     def _run(self, fn, *arrays: np.ndarray) -> np.ndarray:
-        import torch
+        from plugins.common.training import run_numpy
 
-        with torch.no_grad():
-            return fn(*[torch.as_tensor(np.asarray(a, dtype=np.float32)) for a in arrays]).double().numpy()
+        return run_numpy(fn, *arrays)
 
     def sample(self, model: GANModel, noise: dict[str, np.ndarray]) -> np.ndarray:
         return self._run(model.generator.sample, noise["z"])

@@ -46,6 +46,8 @@ def train_gan(data: Dataset, config: GANConfig, control: TrainControl) -> GANMod
     opt_g = torch.optim.Adam(gen.parameters(), lr=config.lr, betas=(0.5, 0.999))
     opt_d = torch.optim.Adam(disc.parameters(), lr=config.lr, betas=(0.5, 0.999))
     epochs = control.epochs or config.epochs or (300 if data.dim > 2 else 60)
+    # Digits have ~1,250 images: small batches give the generator enough steps (about 6,000).
+    batch_size = config.batch_size or (64 if data.dim > 2 else 256)
     deadline = time.monotonic() + control.time_budget if control.time_budget else math.inf
     val = data.validation[:QUALITY_ROWS].astype(np.float64)
     quality_z = torch.randn(
@@ -62,8 +64,8 @@ def train_gan(data: Dataset, config: GANConfig, control: TrainControl) -> GANMod
         gen.train()
         disc.train()
         perm = torch.randperm(len(train), generator=generator_rng).to(device)
-        for i in range(0, len(train) - 1, config.batch_size):
-            real = real_batch(train[perm[i : i + config.batch_size]])
+        for i in range(0, len(train) - 1, batch_size):
+            real = real_batch(train[perm[i : i + batch_size]])
             for _ in range(config.d_steps):
                 z = torch.randn(len(real), config.latent, generator=generator_rng).to(device)
                 fake = gen(z).detach()

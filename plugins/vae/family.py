@@ -52,11 +52,9 @@ class VAEFamily(Family):
         return train_vae(data, config, control)
 
     def _run(self, fn, *arrays: np.ndarray) -> np.ndarray:
-        import torch
+        from plugins.common.training import run_numpy
 
-        with torch.no_grad():
-            out = fn(*[torch.as_tensor(np.asarray(a, dtype=np.float32)) for a in arrays])
-            return out.double().numpy()
+        return run_numpy(fn, *arrays)
 
     def sample(self, model: VAEModel, noise: dict[str, np.ndarray]) -> np.ndarray:
         return self._run(model.vae.sample, noise["z"], noise["u"])

@@ -6,7 +6,7 @@ import math
 
 import torch
 
-from plugins.common.training import fit, pick_device
+from plugins.common.training import fit_config, pick_device
 from plugins.vae.family import VAEConfig, VAEModel
 from plugins.vae.model import VAE
 from registry.data import Dataset
@@ -48,18 +48,6 @@ def train_vae(data: Dataset, config: VAEConfig, control: TrainControl) -> VAEMod
             rec = vae.log_likelihood(val, vae.decode(z))
             return float(-(rec - config.beta * kl_to_prior(mean, log_var)).mean() * nats_to_bpd)
 
-    result = fit(
-        vae,
-        train,
-        loss_fn=loss_fn,
-        validate=validate,
-        control=control,
-        epochs=config.epochs,
-        batch_size=config.batch_size,
-        lr=config.lr,
-        weight_decay=config.weight_decay,
-        patience=config.patience,
-        grad_clip=config.grad_clip,
-    )
+    result = fit_config(vae, train, config, loss_fn=loss_fn, validate=validate, control=control)
     vae.cpu().eval()
     return VAEModel(config, vae, data.dim, data.levels, fit=result.__dict__)

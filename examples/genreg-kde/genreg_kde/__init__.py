@@ -1,0 +1,1 @@
+"""Example genreg plugin: `kde` and `noise-mixture` families (the likelihood counter-examples)."""

@@ -1,0 +1,49 @@
+"""Helpers for plugin authors' tests (a pytest plugin: genreg registers it under `pytest11`).
+
+Fixtures:
+- ``genreg_store``: a private, empty model store (BENTOML_HOME in a temporary folder).
+- ``check_family``: ``check_family(FamilyClass, data_name_or_Dataset, **options)`` trains the
+  family briefly, exports it, runs the same parity check as ``genreg train`` and stores it;
+  it returns the StoredModel, so a test can go on to sample and score it with ONNX Runtime.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+
+from registry.data import Dataset, load_dataset
+from registry.family import TrainControl
+from registry.plugins import validate_family
+from registry.store import StoredModel
+
+
+@pytest.fixture()
+def genreg_store(tmp_path, monkeypatch) -> Iterator[Any]:
+    home = tmp_path / "bentoml-home"
+    home.mkdir()
+    monkeypatch.setenv("BENTOML_HOME", str(home))
+    try:  # BentoML caches its store location once configured: point it here for this test
+        from bentoml._internal.configuration.containers import BentoMLContainer
+
+        BentoMLContainer.bentoml_home.set(str(home))
+        BentoMLContainer.model_store.reset()
+    except Exception:  # pragma: no cover - only the environment variable is public
+        pass
+    yield home
+
+
+@pytest.fixture()
+def check_family(genreg_store) -> Callable[..., StoredModel]:
+    from registry.pipeline import train_and_store
+
+    def run(family: type, data: str | Dataset, *, epochs: int | None = 2, **options: Any) -> StoredModel:
+        fam = validate_family(family)()
+        dataset = load_dataset(data) if isinstance(data, str) else data
+        return train_and_store(
+            fam, dataset, fam.Config(**options), TrainControl(epochs=epochs, progress=False)
+        )
+
+    return run
