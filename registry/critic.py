@@ -44,7 +44,7 @@ def attach_critic(ref: str, *, steps: int = 2000, seed: int = 0, replace: bool =
     fit_real, held_real = data.validation, data.test[:5000]
     fit_fake = loaded.sample(max(len(fit_real), 2000), seed=seed)
     held_fake = loaded.sample(len(held_real), seed=seed + 1)
-    critic = train_critic(fit_real, fit_fake, steps=steps, seed=seed)
+    critic = train_critic(fit_real, fit_fake, steps=steps, seed=seed, holdout=0.2)
     lr, lf = critic_logits(critic, held_real), critic_logits(critic, held_fake)
     labels = np.concatenate([np.ones(len(lr)), np.zeros(len(lf))])
     logits = np.concatenate([lr, lf])

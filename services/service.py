@@ -13,13 +13,14 @@ import json
 import logging
 import os
 import time
+from pathlib import Path
 from typing import Any
 
 import anyio
 import bentoml
 import numpy as np
 from pydantic import BaseModel, ValidationError
-from starlette.responses import JSONResponse
+from starlette.responses import JSONResponse, Response
 
 from registry.images import png_grid
 from registry.inference import CapabilityError, LoadedModel, bound_estimates
@@ -83,6 +84,20 @@ API_PATHS = {
 }
 
 
+STATIC = Path(__file__).resolve().parent / "static"
+MEDIA_TYPES = {".html": "text/html; charset=utf-8", ".js": "text/javascript", ".css": "text/css"}
+
+
+def _static(path: str) -> Response:
+    """The gallery page and its assets; only files that exist in services/static are served."""
+    name = "index.html" if path in ("/", "/ui") else path.removeprefix("/static/")
+    files = {p.name: p for p in STATIC.iterdir() if p.is_file()}
+    if name not in files:
+        return JSONResponse({"error": f"no such file: {name}", "field": None}, status_code=404)
+    file = files[name]
+    return Response(file.read_bytes(), media_type=MEDIA_TYPES.get(file.suffix, "application/octet-stream"))
+
+
 class ApiGate:
     """ASGI middleware in front of BentoML's router.
 
@@ -102,6 +117,9 @@ class ApiGate:
         if scope["method"] == "GET" and path == "/models":
             models = _list_models(_CACHE[0]) if _CACHE else []
             await JSONResponse({"models": models})(scope, receive, send)
+            return
+        if scope["method"] == "GET" and (path in ("/", "/ui") or path.startswith("/static/")):
+            await _static(path)(scope, receive, send)
             return
         endpoint = API_PATHS.get(path)
         if scope["method"] != "POST" or endpoint is None:

@@ -73,6 +73,65 @@ def trained(bentoml_home):
     return models
 
 
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def server(trained, tmp_path_factory):
+    """The real service (`genreg serve`, 2 workers) on a free loopback port: (client, log path)."""
+    import subprocess
+    import time
+
+    import httpx
+
+    port = _free_port()
+    log_path = tmp_path_factory.mktemp("server") / "server.log"
+    env = dict(os.environ, GENREG_MAX_ROWS="5000", GENREG_MAX_N="2000")
+    with log_path.open("w") as log:
+        proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "registry.cli",
+                "serve",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(port),
+                "--workers",
+                "2",
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=env,
+            cwd=ROOT,
+        )
+    base = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 120
+    with httpx.Client(base_url=base, timeout=30) as client:
+        while True:
+            try:
+                if client.get("/readyz").status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            if proc.poll() is not None or time.monotonic() > deadline:
+                proc.kill()
+                pytest.fail(f"server did not become ready:\n{log_path.read_text()[-3000:]}")
+            time.sleep(0.5)
+        yield client, log_path
+    proc.terminate()
+    try:
+        proc.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+
+
 def write_dist(site: Path, dist: str, entry_points: dict[str, str]) -> None:
     """A minimal installed distribution (a .dist-info folder) exposing `genreg` entry points."""
     info = site / f"{dist.replace('-', '_')}-0.1.dist-info"

@@ -6,11 +6,15 @@ import torch
 from torch import nn
 
 
-def mlp(inp: int, hidden: int, out: int, depth: int, act: type[nn.Module] = nn.LeakyReLU) -> nn.Sequential:
+def mlp(
+    inp: int, hidden: int, out: int, depth: int, act: nn.Module | None = None, dropout: float = 0.0
+) -> nn.Sequential:
     layers: list[nn.Module] = []
     width = inp
     for _ in range(depth):
-        layers += [nn.Linear(width, hidden), act()]
+        layers += [nn.Linear(width, hidden), act if act is not None else nn.LeakyReLU(0.2)]
+        if dropout > 0:
+            layers.append(nn.Dropout(dropout))
         width = hidden
     layers.append(nn.Linear(width, out))
     return nn.Sequential(*layers)
@@ -35,7 +39,7 @@ class Generator(nn.Module):
     def __init__(self, latent: int, dim: int, levels: int | None, hidden: int, depth: int) -> None:
         super().__init__()
         self.levels = levels
-        self.net = mlp(latent, hidden, dim, depth, nn.ReLU)
+        self.net = mlp(latent, hidden, dim, depth, nn.ReLU())
         self.scaler = Scaler(dim, levels)
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
@@ -52,9 +56,10 @@ class Generator(nn.Module):
 
 
 class Discriminator(nn.Module):
-    def __init__(self, dim: int, levels: int | None, hidden: int, depth: int) -> None:
+    def __init__(self, dim: int, levels: int | None, hidden: int, depth: int, dropout: float = 0.0) -> None:
         super().__init__()
-        self.net = mlp(dim, hidden, 1, depth)
+        # Dropout keeps D from memorising ~1,250 images, which starves G of gradient.
+        self.net = mlp(dim, hidden, 1, depth, dropout=dropout)
         self.scaler = Scaler(dim, levels)
 
     def forward(self, h: torch.Tensor) -> torch.Tensor:

@@ -26,7 +26,9 @@ def train_gan(data: Dataset, config: GANConfig, control: TrainControl) -> GANMod
     generator_rng = seed_everything(control.seed)
     device = pick_device(control)
     gen = Generator(config.latent, data.dim, data.levels, config.hidden, config.depth)
-    disc = Discriminator(data.dim, data.levels, config.hidden, config.depth)
+    disc = Discriminator(
+        data.dim, data.levels, config.hidden, config.depth, dropout=0.3 if data.dim > 2 else 0.0
+    )
     train = torch.as_tensor(data.train, dtype=torch.float32)
     for scaler in (gen.scaler, disc.scaler):
         scaler.mean.copy_(train.mean(0))

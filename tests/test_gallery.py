@@ -1,0 +1,192 @@
+"""The model gallery page in a real headless Chromium (Debian's chromium + chromium-driver).
+
+The browser is installed by this set-up when missing (apt-get, as root); where it cannot be,
+every test here is skipped with the reason, never silently.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from registry.data import load_digits
+
+pytestmark = pytest.mark.slow
+
+
+def _install_chromium() -> str | None:
+    """Install chromium and chromium-driver with apt-get; return why not, or None on success."""
+    if shutil.which("apt-get") is None:
+        return "apt-get is not available to install chromium"
+    if os.geteuid() != 0:
+        return "installing chromium needs root (apt-get)"
+    env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
+    for cmd in (
+        ["apt-get", "update", "-qq"],
+        ["apt-get", "install", "-y", "-qq", "chromium", "chromium-driver"],
+    ):
+        try:
+            proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=900)
+        except subprocess.TimeoutExpired:
+            return f"{' '.join(cmd)} timed out"
+        if proc.returncode != 0:
+            return f"{' '.join(cmd)} failed: {proc.stderr.strip()[-300:]}"
+    return None
+
+
+def _find() -> tuple[str | None, str | None]:
+    return shutil.which("chromium"), shutil.which("chromedriver")
+
+
+@pytest.fixture(scope="session")
+def chromium_paths() -> tuple[str, str]:
+    browser, driver = _find()
+    if not (browser and driver):
+        why = _install_chromium()
+        browser, driver = _find()
+        if not (browser and driver):
+            pytest.skip(
+                f"headless Chromium unavailable: {why or 'chromium/chromedriver not on PATH after install'}"
+            )
+    return browser, driver
+
+
+@pytest.fixture(scope="session")
+def browser(chromium_paths, server, tmp_path_factory):
+    try:
+        from selenium import webdriver
+        from selenium.webdriver.chrome.service import Service
+    except ImportError:
+        pytest.skip("selenium is not installed (pip install -e '.[dev]')")
+    os.environ.setdefault("SE_OFFLINE", "true")  # never let Selenium Manager fetch drivers
+    binary, driver_path = chromium_paths
+    options = webdriver.ChromeOptions()
+    options.binary_location = binary
+    for arg in (
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-dev-shm-usage",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--window-size=1280,1600",
+        f"--user-data-dir={tmp_path_factory.mktemp('chromium')}",
+    ):
+        options.add_argument(arg)
+    driver = webdriver.Chrome(service=Service(executable_path=driver_path), options=options)
+    driver.set_page_load_timeout(60)
+    client, _ = server
+    driver.base = str(client.base_url).rstrip("/")
+    yield driver
+    driver.quit()
+
+
+def wait_for(predicate, timeout: float = 30.0, what: str = "condition"):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            value = predicate()
+        except Exception:
+            value = None
+        if value:
+            return value
+        time.sleep(0.2)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def open_model(driver, name: str) -> None:
+    from selenium.webdriver.common.by import By
+
+    driver.get(driver.base + "/")
+    wait_for(
+        lambda: driver.find_elements(By.CSS_SELECTOR, f"tr[data-model='{name}'] button"), what=f"row {name}"
+    )
+    driver.find_element(By.CSS_SELECTOR, f"tr[data-model='{name}'] button").click()
+    wait_for(lambda: name in driver.find_element(By.ID, "detail-heading").text, what="detail panel")
+
+
+def test_table_lists_the_trained_models(browser, trained):
+    from selenium.webdriver.common.by import By
+
+    browser.get(browser.base + "/")
+    rows = wait_for(lambda: browser.find_elements(By.CSS_SELECTOR, "#models tbody tr"), what="table rows")
+    names = {r.get_attribute("data-model") for r in rows}
+    assert {"flow-digits", "flow-8gaussians", "vae-digits", "gan-8gaussians"} <= names
+    # Sortable: clicking a header reorders the rows.
+    browser.find_element(By.XPATH, "//th/button[starts-with(., 'name')]").click()
+    first = browser.find_elements(By.CSS_SELECTOR, "#models tbody tr")[0].get_attribute("data-model")
+    assert first == sorted(names)[-1]
+
+
+def test_sample_grid_renders_and_changes_with_the_seed(browser):
+    from selenium.webdriver.common.by import By
+
+    open_model(browser, "flow-digits")
+    img = wait_for(lambda: browser.find_element(By.ID, "sample-grid"), what="sample grid")
+    wait_for(
+        lambda: browser.execute_script("return arguments[0].complete && arguments[0].naturalWidth > 0", img),
+        what="image load",
+    )
+    first = img.get_attribute("src")
+    assert first.startswith("data:image/png;base64,")
+    seed = browser.find_element(By.ID, "seed")
+    seed.clear()
+    seed.send_keys("7")
+    browser.execute_script("arguments[0].dispatchEvent(new Event('change'))", seed)
+    wait_for(
+        lambda: browser.find_element(By.ID, "sample-grid").get_attribute("src") != first, what="a new grid"
+    )
+
+
+def test_density_heat_map_renders_for_a_2d_model(browser):
+    from selenium.webdriver.common.by import By
+
+    open_model(browser, "flow-8gaussians")
+    canvas = browser.find_element(By.ID, "density")
+    wait_for(lambda: canvas.get_attribute("data-drawn") == "yes", what="heat map")
+    colours = browser.execute_script(
+        "const c = arguments[0].getContext('2d').getImageData(0, 0, 256, 256).data;"
+        "const s = new Set(); for (let i = 0; i < c.length; i += 4 * 97) s.add(c[i] + ',' + c[i+1] + ',' + c[i+2]);"
+        "return s.size;",
+        canvas,
+    )
+    assert colours > 10
+
+
+def test_bad_upload_shows_the_api_error_and_good_upload_scores(browser, tmp_path):
+    from selenium.webdriver.common.by import By
+
+    open_model(browser, "flow-digits")
+    bad = tmp_path / "bad.csv"
+    bad.write_text("1,2,3\n4,5,6\n")
+    browser.find_element(By.ID, "score-file").send_keys(str(bad))
+    browser.find_element(By.CSS_SELECTOR, "#score-form button").click()
+    message = wait_for(lambda: browser.find_element(By.ID, "score-error").text, what="error message")
+    assert "each row must have 64 values" in message
+
+    good = tmp_path / "good.npy"
+    np.save(good, load_digits().test[:3].astype(np.int64))
+    browser.find_element(By.ID, "score-file").send_keys(str(good))
+    browser.find_element(By.CSS_SELECTOR, "#score-form button").click()
+    table = wait_for(lambda: browser.find_element(By.ID, "score-table"), what="score table")
+    assert len(table.find_elements(By.CSS_SELECTOR, "tbody tr")) == 3
+    assert browser.find_element(By.ID, "score-error").text == ""
+
+
+def test_screenshot_when_asked(browser):
+    """GENREG_SCREENSHOT=path saves the gallery (used for docs/gallery.png)."""
+    target = os.environ.get("GENREG_SCREENSHOT")
+    if not target:
+        pytest.skip("set GENREG_SCREENSHOT=path to save a screenshot of the gallery")
+    open_model(browser, "flow-digits")
+    time.sleep(1.0)
+    browser.save_screenshot(str(Path(target)))
