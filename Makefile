@@ -32,6 +32,9 @@ serve: venv
 
 bench: venv
 	$(BIN)/python benchmarks/flow.py
+	$(BIN)/python benchmarks/vae.py
+	$(BIN)/python benchmarks/gan.py
+	$(BIN)/python benchmarks/serving.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache *.egg-info

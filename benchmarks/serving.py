@@ -194,7 +194,9 @@ def serving(seconds: float) -> list[str]:
     from registry.store import get_model
 
     data = load_digits().test
-    loaded = LoadedModel(get_model("flow-digits"), providers=["CPUExecutionProvider"])
+    # The same session settings as the service (GENREG_ORT_THREADS, default 1).
+    threads = int(os.environ.get("GENREG_ORT_THREADS", "1"))
+    loaded = LoadedModel(get_model("flow-digits"), providers=["CPUExecutionProvider"], threads=threads)
     one = data[:1]
     big = np.resize(data, (1024, 64)).astype(np.float32)
     body1 = json.dumps({"model": "flow-digits", "x": one.tolist(), "seed": 0}).encode()

@@ -13,7 +13,9 @@ DEFAULT_MODELS: tuple[tuple[str, str, int], ...] = (
     ("categorical", "digits", 0),
     ("gaussian", "digits", 0),
     ("flow", "digits", 120),
+    ("vae", "digits", 60),
     ("flow", "8gaussians", 150),
+    ("gan", "8gaussians", 90),
 )
 
 

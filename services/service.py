@@ -35,7 +35,10 @@ from services.schemas import MAX_DRAW_ROWS, ModelInfo, SampleRequest, ScoreReque
 
 log = logging.getLogger("genreg.service")
 WORKERS = int(os.environ.get("GENREG_WORKERS", "1"))
-ORT_THREADS = int(os.environ.get("GENREG_ORT_THREADS", "0"))
+# One intra-op thread per session by default: on the 2-core machines measured (see
+# benchmarks/RESULTS.md) it was faster at batch 1 (154 vs 236 us) and at batch 1024 (16.6 vs
+# 24.9 ms) than ONNX Runtime's default pool, which spins against the HTTP workers for the cores.
+ORT_THREADS = int(os.environ.get("GENREG_ORT_THREADS", "1"))
 # Adaptive batching of concurrent ONNX Runtime calls per graph (see services.batching and
 # benchmarks/RESULTS.md for when it pays off); 0 turns it off.
 BATCH_MAX_ROWS = int(os.environ.get("GENREG_BATCH_MAX_ROWS", "0"))
@@ -62,6 +65,17 @@ def _validate(model: type[BaseModel], body: dict[str, Any]) -> Any:
         top = str(first["loc"][0]) if first["loc"] else "body"
         message = "unknown field" if first["type"] == "extra_forbidden" else first["msg"]
         raise ApiError(400, top, f"{field}: {message}", f"invalid_{top}") from None
+
+
+# Requests up to this many rows run on the event loop: for them a thread hop costs more than
+# the ONNX Runtime call itself (about 150 us at batch 1); larger ones go to a worker thread.
+INLINE_ROWS = int(os.environ.get("GENREG_INLINE_ROWS", "64"))
+
+
+async def _call(fn: Any, req: Any, rows: int) -> Any:
+    if rows <= INLINE_ROWS:
+        return fn(req)
+    return await anyio.to_thread.run_sync(fn, req)
 
 
 def model_info(loaded: LoadedModel) -> dict[str, Any]:
@@ -237,7 +251,7 @@ class Genreg:
         """Draw `n` samples: {"model", "n", "seed"?, "temperature"?, "format"?: "json"|"png"}."""
         try:
             req = _validate(SampleRequest, body)
-            return JSONResponse(await anyio.to_thread.run_sync(self._sample, req))
+            return JSONResponse(await _call(self._sample, req, req.n))
         except ApiError as err:
             return _error_response("sample", err)
 
@@ -283,7 +297,7 @@ class Genreg:
         """
         try:
             req = _validate(ScoreRequest, body)
-            return JSONResponse(await anyio.to_thread.run_sync(self._score, req))
+            return JSONResponse(await _call(self._score, req, len(req.x) * req.k))
         except ApiError as err:
             return _error_response("score", err)
 

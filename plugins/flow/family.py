@@ -12,8 +12,9 @@ from typing import Any
 import numpy as np
 from pydantic import Field
 
+from plugins.common.family import TorchFamily
 from registry.data import Dataset
-from registry.family import Capability, Family, FamilyConfig, GraphSpec, TrainControl
+from registry.family import Capability, FamilyConfig, GraphSpec, TrainControl
 
 
 class FlowConfig(FamilyConfig):
@@ -80,7 +81,7 @@ class FlowModel:
     fit: dict[str, Any]
 
 
-class FlowFamily(Family):
+class FlowFamily(TorchFamily):
     name = "flow"
     description = "RealNVP/Glow coupling flow: affine couplings, actnorm, LU-parametrised mixing"
     capabilities = frozenset({Capability.SAMPLE, Capability.LOG_PROB, Capability.BOUND})
@@ -94,11 +95,6 @@ class FlowFamily(Family):
     def model_capabilities(self, model: FlowModel) -> set[Capability]:
         score = Capability.BOUND if model.levels else Capability.LOG_PROB
         return {Capability.SAMPLE, score}
-
-    def _run(self, fn, *arrays: np.ndarray) -> np.ndarray:
-        from plugins.common.training import run_numpy
-
-        return run_numpy(fn, *arrays)
 
     def sample(self, model: FlowModel, noise: dict[str, np.ndarray]) -> np.ndarray:
         return self._run(model.flow.sample, noise["z"])

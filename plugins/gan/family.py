@@ -13,8 +13,9 @@ from typing import Any, Literal
 import numpy as np
 from pydantic import Field
 
+from plugins.common.family import TorchFamily
 from registry.data import Dataset
-from registry.family import Capability, Family, FamilyConfig, GraphSpec, TrainControl
+from registry.family import Capability, FamilyConfig, GraphSpec, TrainControl
 
 
 class GANConfig(FamilyConfig):
@@ -39,7 +40,7 @@ class GANModel:
     fit: dict[str, Any]
 
 
-class GANFamily(Family):
+class GANFamily(TorchFamily):
     name = "gan"
     description = "GAN: MLP generator and discriminator, non-saturating or minimax generator loss"
     capabilities = frozenset({Capability.SAMPLE, Capability.DISCRIMINATE})
@@ -49,11 +50,6 @@ class GANFamily(Family):
         from plugins.gan.train import train_gan
 
         return train_gan(data, config, control)
-
-    def _run(self, fn, *arrays: np.ndarray) -> np.ndarray:
-        from plugins.common.training import run_numpy
-
-        return run_numpy(fn, *arrays)
 
     def sample(self, model: GANModel, noise: dict[str, np.ndarray]) -> np.ndarray:
         return self._run(model.generator.sample, noise["z"])

@@ -7,12 +7,18 @@ from torch import nn
 
 
 def mlp(
-    inp: int, hidden: int, out: int, depth: int, act: nn.Module | None = None, dropout: float = 0.0
+    inp: int,
+    hidden: int,
+    out: int,
+    depth: int,
+    act: nn.Module | None = None,
+    dropout: float = 0.0,
+    slope: float = 0.2,
 ) -> nn.Sequential:
     layers: list[nn.Module] = []
     width = inp
     for _ in range(depth):
-        layers += [nn.Linear(width, hidden), act if act is not None else nn.LeakyReLU(0.2)]
+        layers += [nn.Linear(width, hidden), act if act is not None else nn.LeakyReLU(slope)]
         if dropout > 0:
             layers.append(nn.Dropout(dropout))
         width = hidden
@@ -56,10 +62,12 @@ class Generator(nn.Module):
 
 
 class Discriminator(nn.Module):
-    def __init__(self, dim: int, levels: int | None, hidden: int, depth: int, dropout: float = 0.0) -> None:
+    def __init__(
+        self, dim: int, levels: int | None, hidden: int, depth: int, dropout: float = 0.0, slope: float = 0.2
+    ) -> None:
         super().__init__()
         # Dropout keeps D from memorising ~1,250 images, which starves G of gradient.
-        self.net = mlp(dim, hidden, 1, depth, dropout=dropout)
+        self.net = mlp(dim, hidden, 1, depth, dropout=dropout, slope=slope)
         self.scaler = Scaler(dim, levels)
 
     def forward(self, h: torch.Tensor) -> torch.Tensor:

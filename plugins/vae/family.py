@@ -14,8 +14,9 @@ from typing import Any
 import numpy as np
 from pydantic import Field
 
+from plugins.common.family import TorchFamily
 from registry.data import Dataset
-from registry.family import Capability, Family, FamilyConfig, GraphSpec, TrainControl
+from registry.family import Capability, FamilyConfig, GraphSpec, TrainControl
 
 
 class VAEConfig(FamilyConfig):
@@ -40,7 +41,7 @@ class VAEModel:
     fit: dict[str, Any]
 
 
-class VAEFamily(Family):
+class VAEFamily(TorchFamily):
     name = "vae"
     description = "VAE / beta-VAE: Gaussian encoder, categorical or Gaussian decoder; ELBO and IWAE bounds"
     capabilities = frozenset({Capability.SAMPLE, Capability.BOUND})
@@ -50,11 +51,6 @@ class VAEFamily(Family):
         from plugins.vae.train import train_vae
 
         return train_vae(data, config, control)
-
-    def _run(self, fn, *arrays: np.ndarray) -> np.ndarray:
-        from plugins.common.training import run_numpy
-
-        return run_numpy(fn, *arrays)
 
     def sample(self, model: VAEModel, noise: dict[str, np.ndarray]) -> np.ndarray:
         return self._run(model.vae.sample, noise["z"], noise["u"])
