@@ -62,8 +62,12 @@ def fit(
     epochs = control.epochs or epochs
     steps_per_epoch = -(-len(train) // batch_size)
     # Cosine decay over the planned steps: the late small steps are what settle a flow's
-    # density on the modes; a time budget simply stops partway down the curve.
-    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=epochs * steps_per_epoch)
+    # density on the modes. Under a time budget the plan is cut, after the first epoch, to the
+    # epochs that fit, so the decay still completes instead of stopping at a high rate.
+    plan = [epochs * steps_per_epoch]
+    schedule = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda step: 0.5 * (1.0 + math.cos(math.pi * min(step / plan[0], 1.0)))
+    )
     deadline = time.monotonic() + control.time_budget if control.time_budget else math.inf
     best = (math.inf, 0)
     best_state = copy.deepcopy(module.state_dict())
@@ -87,6 +91,11 @@ def fit(
             schedule.step()
             total += float(loss.detach()) * len(batch)
             count += len(batch)
+        if epoch == 1 and math.isfinite(deadline):
+            fits = int((deadline - start) / max(time.monotonic() - start, 1e-6))
+            if fits < epochs:
+                epochs = max(fits, 1)
+                plan[0] = epochs * steps_per_epoch
         module.eval()
         val = validate()
         if val < best[0]:
@@ -100,6 +109,9 @@ def fit(
             break
         if time.monotonic() > deadline:
             stopped = "time-budget"
+            break
+        if epoch >= epochs:  # the plan, cut to fit a time budget
+            stopped = "time-budget" if epochs < bar.total else "epochs"
             break
     bar.close()
     module.load_state_dict(best_state)
