@@ -10,7 +10,6 @@ import os
 import shutil
 import subprocess
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -180,13 +179,3 @@ def test_bad_upload_shows_the_api_error_and_good_upload_scores(browser, tmp_path
     table = wait_for(lambda: browser.find_element(By.ID, "score-table"), what="score table")
     assert len(table.find_elements(By.CSS_SELECTOR, "tbody tr")) == 3
     assert browser.find_element(By.ID, "score-error").text == ""
-
-
-def test_screenshot_when_asked(browser):
-    """GENREG_SCREENSHOT=path saves the gallery (used for docs/gallery.png)."""
-    target = os.environ.get("GENREG_SCREENSHOT")
-    if not target:
-        pytest.skip("set GENREG_SCREENSHOT=path to save a screenshot of the gallery")
-    open_model(browser, "flow-digits")
-    time.sleep(1.0)
-    browser.save_screenshot(str(Path(target)))
