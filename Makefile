@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: venv test lint demo serve bench clean
+.PHONY: venv test lint browser demo serve bench clean
 
 venv: $(STAMP)
 
@@ -21,7 +21,17 @@ lint: venv
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
-test: lint
+# System parts the browser tests need (Debian's chromium and chromium-driver). A failure
+# here is not fatal: those tests then report themselves skipped, with the reason.
+browser:
+	@if ! command -v chromium >/dev/null || ! command -v chromedriver >/dev/null; then \
+		if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+			(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver) \
+				|| echo "note: could not install chromium; the browser tests will be skipped"; \
+		else echo "note: chromium missing and apt-get unavailable (not root?); the browser tests will be skipped"; fi; \
+	fi
+
+test: lint browser
 	$(BIN)/python -m pytest -q
 
 demo: venv
