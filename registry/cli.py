@@ -13,9 +13,10 @@ from pydantic import ValidationError
 
 from registry.data import BUILTIN_DATASETS, DataError, load_dataset, read_array
 from registry.export import ExportError
-from registry.inference import CapabilityError
+from registry.inference import CapabilityError, bound_estimates
 from registry.plugins import FamilyError, get_plugins
 from registry.store import StoreError
+from registry.units import bits_per_dim, score_summary
 
 app = typer.Typer(
     help="genreg: a registry and serving service for deep generative models.",
@@ -193,16 +194,35 @@ def score(
     try:
         loaded = _loaded(model)
         x = check_input(read_array(file), loaded.stored.data, what=str(file))
-        kind, scores, bpd = loaded.score(x, kind, seed=seed, k=k)
+        kind = kind or loaded.default_kind()
+        elbo = None
+        if kind == "bound":
+            elbo, scores = bound_estimates(loaded.log_weights(x, seed, k))
+            bpd = bits_per_dim(scores, loaded.dim)
+        else:
+            kind, scores, bpd = loaded.score(x, kind, seed=seed, k=k)
     except USER_ERRORS as exc:
         fail(str(exc))
         return
     for i, s in enumerate(scores):
         typer.echo(f"{s:.6f}" + (f"\t{bpd[i]:.6f}" if bpd is not None else ""))
-    summary = f"mean {kind} {scores.mean():.6f}" + (" nats" if bpd is not None else "")
-    if bpd is not None:
-        summary += f" = {bpd.mean():.6f} bits/dim"
-    typer.echo(summary, err=True)
+    dim = loaded.dim if bpd is not None else None
+    label = f"importance-weighted bound (k={k})" if elbo is not None and k > 1 else kind
+    typer.echo(_summary_line(label, score_summary(scores, dim)), err=True)
+    if elbo is not None and k > 1:
+        typer.echo(_summary_line(f"average bound (k={k})", score_summary(elbo, dim)), err=True)
+
+
+def _summary_line(label: str, s: dict[str, float | None]) -> str:
+    """'mean LABEL m ± se nats = b ± se bits/dim' (± omitted for a single row)."""
+
+    def value(mean: str, stderr: str) -> str:
+        return f"{s[mean]:.6f}" + ("" if s[stderr] is None else f" ± {s[stderr]:.6f}")
+
+    line = f"mean {label} {value('mean', 'stderr')}"
+    if "mean_bits_per_dim" in s:
+        line += f" nats = {value('mean_bits_per_dim', 'stderr_bits_per_dim')} bits/dim"
+    return line
 
 
 @app.command()

@@ -120,6 +120,45 @@ def load_shapes() -> Dataset:
     )
 
 
+PATCH_SIZE = 8
+PATCH_LEVELS = 256
+# Column bands of each sample image: train | validation | test. Patches never straddle a band,
+# so no pixel of the test split is ever seen in training.
+PATCH_BANDS = (0.70, 0.85)
+
+
+def load_patches() -> Dataset:
+    """8x8 grayscale patches (256 levels) cut from scikit-learn's two bundled sample images.
+
+    Each image is split into column bands (70/15/15 of its width) and non-overlapping
+    patches are cut from each band, so train, validation and test come from disjoint regions.
+    """
+    from sklearn.datasets import load_sample_images
+
+    parts: dict[str, list[np.ndarray]] = {"train": [], "validation": [], "test": []}
+    for image in load_sample_images().images:
+        # ITU-R BT.601 luma, rounded back to the 8-bit lattice.
+        gray = np.rint(image.astype(np.float64) @ np.array([0.299, 0.587, 0.114]))
+        gray = np.clip(gray, 0, PATCH_LEVELS - 1)
+        width = gray.shape[1]
+        edges = [0, *(int(f * width) for f in PATCH_BANDS), width]
+        for split, lo, hi in zip(parts, edges[:-1], edges[1:], strict=True):
+            band = gray[:, lo:hi]
+            rows, cols = band.shape[0] // PATCH_SIZE, band.shape[1] // PATCH_SIZE
+            tiles = band[: rows * PATCH_SIZE, : cols * PATCH_SIZE].reshape(rows, PATCH_SIZE, cols, PATCH_SIZE)
+            parts[split].append(tiles.transpose(0, 2, 1, 3).reshape(-1, PATCH_SIZE * PATCH_SIZE))
+    train, validation, test = (np.concatenate(parts[s]).astype(np.float32) for s in parts)
+    return Dataset(
+        "patches",
+        train,
+        validation,
+        test,
+        levels=PATCH_LEVELS,
+        image_shape=(PATCH_SIZE, PATCH_SIZE),
+        source="sklearn.datasets.load_sample_images: 8x8 grayscale patches, disjoint column bands",
+    )
+
+
 def load_toy(name: str) -> Dataset:
     toy = TOYS[name]
     # One generator per split keeps each split fixed whatever the size of the others.
@@ -137,7 +176,7 @@ def load_toy(name: str) -> Dataset:
     )
 
 
-BUILTIN_DATASETS: tuple[str, ...] = ("digits", "shapes", *TOYS)
+BUILTIN_DATASETS: tuple[str, ...] = ("digits", "shapes", "patches", *TOYS)
 
 
 def load_dataset(
@@ -153,6 +192,8 @@ def load_dataset(
         return load_digits()
     if spec == "shapes":
         return load_shapes()
+    if spec == "patches":
+        return load_patches()
     if spec in TOYS:
         return load_toy(spec)
     path = Path(spec)

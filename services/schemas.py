@@ -81,6 +81,15 @@ class ScoreResponse(BaseModel):
     bits_per_dim: list[float] | None = None
     k: int | None = None
     elbo: list[float] | None = None  # with k > 1: the plain average over draws
+    # Over the rows: mean score and its standard error (nats, and bits/dim for likelihoods).
+    mean: float | None = None
+    stderr: float | None = None
+    mean_bits_per_dim: float | None = None
+    stderr_bits_per_dim: float | None = None
+    elbo_mean: float | None = None
+    elbo_stderr: float | None = None
+    elbo_mean_bits_per_dim: float | None = None
+    elbo_stderr_bits_per_dim: float | None = None
 
 
 class ModelInfo(BaseModel):

@@ -26,7 +26,7 @@ from registry.images import png_grid
 from registry.inference import CapabilityError, LoadedModel, bound_estimates
 from registry.store import ModelNotFound, StoreError
 from registry.two_sample import c2st, mmd_test
-from registry.units import bits_per_dim
+from registry.units import bits_per_dim, score_summary
 from registry.validation import InputError, check_input
 from services.batching import Batcher
 from services.metrics import ERRORS, INFERENCE_SECONDS, ROWS
@@ -278,11 +278,14 @@ class Genreg:
         if kind == "bound":
             elbo, iwae = bound_estimates(loaded.log_weights(x, req.seed, req.k))
             out.update(scores=iwae.tolist(), bits_per_dim=bits_per_dim(iwae, loaded.dim).tolist(), k=req.k)
+            out.update(score_summary(iwae, loaded.dim))
             if req.k > 1:
                 out["elbo"] = elbo.tolist()
+                out.update(score_summary(elbo, loaded.dim, prefix="elbo_"))
         else:
             kind, scores, bpd = loaded.score(x, kind, seed=req.seed)
             out["scores"] = scores.tolist()
+            out.update(score_summary(scores, loaded.dim if bpd is not None else None))
             if bpd is not None:
                 out["bits_per_dim"] = bpd.tolist()
         ROWS.labels(model=loaded.stored.name, kind=kind).inc(len(x))

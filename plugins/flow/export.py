@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 from plugins.flow.family import FlowModel
+from plugins.flow.train import variational_log_weight
 from registry.export import export_torch
 from registry.family import GraphSpec, NoiseInput
 
@@ -32,6 +33,18 @@ class _Bound(nn.Module):
         return self.flow.log_prob(x + u)
 
 
+class _VariationalBound(nn.Module):
+    """log p(x + u) - log q(u|x), u = h(eps; x): one draw of the variational dequantisation bound."""
+
+    def __init__(self, flow: nn.Module, dequantizer: nn.Module) -> None:
+        super().__init__()
+        self.flow = flow
+        self.dequantizer = dequantizer
+
+    def forward(self, x: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
+        return variational_log_weight(self.flow, self.dequantizer, x, eps)
+
+
 class _LogProb(nn.Module):
     def __init__(self, flow: nn.Module) -> None:
         super().__init__()
@@ -49,12 +62,18 @@ def export_flow(model: FlowModel, directory: Path) -> list[GraphSpec]:
     export_torch(_Sampler(flow), {"z": example}, "x", directory / "sampler.onnx")
     graphs = [GraphSpec(role="sampler", file="sampler.onnx", x_input=None, noise=[z], output="x")]
     if model.levels:
-        u = NoiseInput(name="u", dist="uniform", dim=d)
+        # The service draws the noise: uniform u, or the normal eps that q(u|x) transforms.
+        if model.dequantizer is None:
+            noise = NoiseInput(name="u", dist="uniform", dim=d)
+            scorer: nn.Module = _Bound(flow)
+        else:
+            noise = NoiseInput(name="eps", dist="normal", dim=d)
+            scorer = _VariationalBound(flow, model.dequantizer.eval())
         export_torch(
-            _Bound(flow), {"x": example, "u": example + 0.5}, "log_likelihood", directory / "scorer.onnx"
+            scorer, {"x": example, noise.name: example + 0.5}, "log_likelihood", directory / "scorer.onnx"
         )
         graphs.append(
-            GraphSpec(role="scorer", file="scorer.onnx", kind="bound", noise=[u], output="log_likelihood")
+            GraphSpec(role="scorer", file="scorer.onnx", kind="bound", noise=[noise], output="log_likelihood")
         )
     else:
         export_torch(_LogProb(flow), {"x": example}, "log_likelihood", directory / "scorer.onnx")

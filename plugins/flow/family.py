@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 from pydantic import Field
@@ -32,6 +32,16 @@ class FlowConfig(FamilyConfig):
     epochs: int | None = Field(None, ge=1, le=100000, description="max epochs")
     patience: int | None = Field(None, ge=1, description="early stopping: epochs without improvement")
     grad_clip: float = Field(5.0, gt=0)
+    coupling: Literal["affine", "spline"] | None = Field(
+        None, description="coupling transform: affine, or rational-quadratic spline"
+    )
+    bins: int = Field(8, ge=2, le=64, description="spline bins per dimension")
+    tail_bound: float = Field(4.0, gt=0, le=100, description="splines act on [-tail_bound, tail_bound]")
+    dequantization: Literal["uniform", "variational"] = Field(
+        "uniform", description="discrete data: uniform noise, or a learned q(u|x) (Flow++)"
+    )
+    dequant_blocks: int = Field(4, ge=1, le=16, description="couplings in the variational q(u|x)")
+    dequant_hidden: int = Field(128, ge=8, le=4096, description="width of q(u|x)'s networks")
 
     def resolve(self, data: Dataset) -> FlowConfig:
         """Fill unset options with defaults chosen for the data's kind.
@@ -54,6 +64,7 @@ class FlowConfig(FamilyConfig):
                 "lr": 1e-3,
                 "clamp": 2.0,
                 "patience": 15,
+                "coupling": "affine",
             }
             if image
             else {
@@ -66,6 +77,7 @@ class FlowConfig(FamilyConfig):
                 "lr": 3e-3,
                 "clamp": 3.0,
                 "patience": 40,
+                "coupling": "spline",
             }
         )
         values = {k: v if getattr(self, k) is None else getattr(self, k) for k, v in preset.items()}
@@ -79,11 +91,15 @@ class FlowModel:
     dim: int
     levels: int | None
     fit: dict[str, Any]
+    dequantizer: Any = None  # plugins.flow.dequantize.VariationalDequantizer, when variational
 
 
 class FlowFamily(TorchFamily):
     name = "flow"
-    description = "RealNVP/Glow coupling flow: affine couplings, actnorm, LU-parametrised mixing"
+    description = (
+        "RealNVP/Glow coupling flow: affine or spline couplings, actnorm, LU-parametrised mixing; "
+        "uniform or variational dequantisation"
+    )
     capabilities = frozenset({Capability.SAMPLE, Capability.LOG_PROB, Capability.BOUND})
     Config = FlowConfig
 
@@ -105,8 +121,15 @@ class FlowFamily(TorchFamily):
         return self._run(model.flow.log_prob, x)
 
     def bound(self, model: FlowModel, x: np.ndarray, noise: dict[str, np.ndarray]) -> np.ndarray:
-        # log P(x) >= E_u log p(x + u): one uniform draw per row; average rows or draws for E_u.
-        return self._run(lambda a, u: model.flow.log_prob(a + u), x, noise["u"])
+        # One log importance weight per row: log p(x + u) with u ~ U[0,1)^D, or
+        # log p(x + u) - log q(u|x) with u = h(eps; x) ~ q; its mean over draws is the bound.
+        if model.dequantizer is None:
+            return self._run(lambda a, u: model.flow.log_prob(a + u), x, noise["u"])
+        from plugins.flow.train import variational_log_weight
+
+        return self._run(
+            lambda a, eps: variational_log_weight(model.flow, model.dequantizer, a, eps), x, noise["eps"]
+        )
 
     def export(self, model: FlowModel, directory: Path) -> list[GraphSpec]:
         from plugins.flow.export import export_flow
@@ -114,4 +137,10 @@ class FlowFamily(TorchFamily):
         return export_flow(model, directory)
 
     def weights(self, model: FlowModel) -> dict[str, np.ndarray]:
-        return {k: v.detach().cpu().numpy() for k, v in model.flow.state_dict().items()}
+        out = {k: v.detach().cpu().numpy() for k, v in model.flow.state_dict().items()}
+        if model.dequantizer is not None:
+            out |= {
+                f"dequantizer.{k}": v.detach().cpu().numpy()
+                for k, v in model.dequantizer.state_dict().items()
+            }
+        return out

@@ -12,6 +12,8 @@ import math
 import torch
 from torch import nn
 
+from plugins.flow.spline import UNIT_DERIVATIVE_LOGIT, spline_forward, spline_inverse
+
 LOG_2PI = math.log(2 * math.pi)
 
 
@@ -84,47 +86,98 @@ class InvertibleLinear(nn.Module):
         return h @ self.w_inv.T
 
 
-class AffineCoupling(nn.Module):
-    """Transforms one half of the vector with a scale and shift computed from the other.
+def conditioner(n_in: int, n_out: int, hidden: int, depth: int, dropout: float) -> nn.Sequential:
+    """An MLP whose last layer starts at zero, so a fresh coupling is (close to) the identity."""
+    layers: list[nn.Module] = []
+    width = n_in
+    for _ in range(depth):
+        layers += [nn.Linear(width, hidden), nn.GELU()]
+        if dropout > 0:
+            layers.append(nn.Dropout(dropout))
+        width = hidden
+    last = nn.Linear(width, n_out)
+    nn.init.zeros_(last.weight)
+    nn.init.zeros_(last.bias)
+    layers.append(last)
+    return nn.Sequential(*layers)
 
-    The log-scale is soft-clamped to [-clamp, clamp]: unbounded scales are what make affine
-    couplings diverge to NaN on 2-D toys at ordinary learning rates.
+
+class Coupling(nn.Module):
+    """Transforms one half of the vector elementwise, with parameters computed from the other
+    half (and from an optional context vector, for conditional flows).
+
+    ``transform="affine"``: a scale and shift; the log-scale is soft-clamped to [-clamp, clamp]
+    because unbounded scales are what make affine couplings diverge to NaN on 2-D toys at
+    ordinary learning rates. ``transform="spline"``: a monotone rational-quadratic spline with
+    ``bins`` bins on [-tail_bound, tail_bound], the identity outside (plugins.flow.spline).
+    ``flip`` swaps which half is changed, for flows with no mixing layer in between.
     """
 
-    def __init__(self, dim: int, hidden: int, depth: int, dropout: float, clamp: float) -> None:
+    def __init__(
+        self,
+        dim: int,
+        hidden: int,
+        depth: int,
+        dropout: float,
+        clamp: float,
+        *,
+        transform: str = "affine",
+        bins: int = 8,
+        tail_bound: float = 4.0,
+        context: int = 0,
+        flip: bool = False,
+    ) -> None:
         super().__init__()
-        self.d_keep = dim // 2
+        first = dim // 2
+        self.flip = flip
+        self.d_keep = dim - first if flip else first
         self.d_change = dim - self.d_keep
-        layers: list[nn.Module] = []
-        width = self.d_keep
-        for _ in range(depth):
-            layers += [nn.Linear(width, hidden), nn.GELU()]
-            if dropout > 0:
-                layers.append(nn.Dropout(dropout))
-            width = hidden
-        last = nn.Linear(width, 2 * self.d_change)
-        nn.init.zeros_(last.weight)
-        nn.init.zeros_(last.bias)
-        layers.append(last)
-        self.net = nn.Sequential(*layers)
+        self.transform = transform
         self.clamp = clamp
+        self.bins = bins
+        self.tail_bound = tail_bound
+        per_dim = 2 if transform == "affine" else 3 * bins - 1
+        self.net = conditioner(self.d_keep + context, self.d_change * per_dim, hidden, depth, dropout)
+        if transform == "spline":
+            # End derivatives fixed at 1 and inner ones starting at 1: a fresh spline is the identity.
+            with torch.no_grad():
+                bias = self.net[-1].bias.view(self.d_change, per_dim)
+                bias[:, 2 * bins :] = UNIT_DERIVATIVE_LOGIT
 
-    def _params(self, keep: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        raw_scale, shift = self.net(keep).chunk(2, dim=1)
-        log_scale = self.clamp * torch.tanh(raw_scale / self.clamp)
-        return log_scale, shift
+    def _split(self, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.flip:
+            return h[:, self.d_change :], h[:, : self.d_change]
+        return h[:, : self.d_keep], h[:, self.d_keep :]
 
-    def forward(self, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        keep, change = h[:, : self.d_keep], h[:, self.d_keep :]
-        log_scale, shift = self._params(keep)
-        change = change * torch.exp(log_scale) + shift
-        return torch.cat([keep, change], dim=1), log_scale.sum(1)
+    def _join(self, keep: torch.Tensor, change: torch.Tensor) -> torch.Tensor:
+        return torch.cat([change, keep] if self.flip else [keep, change], dim=1)
 
-    def inverse(self, h: torch.Tensor) -> torch.Tensor:
-        keep, change = h[:, : self.d_keep], h[:, self.d_keep :]
-        log_scale, shift = self._params(keep)
-        change = (change - shift) * torch.exp(-log_scale)
-        return torch.cat([keep, change], dim=1)
+    def _params(self, keep: torch.Tensor, context: torch.Tensor | None) -> torch.Tensor:
+        inputs = keep if context is None else torch.cat([keep, context], dim=1)
+        return self.net(inputs).view(keep.shape[0], self.d_change, -1)
+
+    def _affine(self, params: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        log_scale = self.clamp * torch.tanh(params[..., 0] / self.clamp)
+        return log_scale, params[..., 1]
+
+    def forward(
+        self, h: torch.Tensor, context: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        keep, change = self._split(h)
+        params = self._params(keep, context)
+        if self.transform == "affine":
+            log_scale, shift = self._affine(params)
+            return self._join(keep, change * torch.exp(log_scale) + shift), log_scale.sum(1)
+        change, log_det = spline_forward(change, params, self.tail_bound)
+        return self._join(keep, change), log_det.sum(1)
+
+    def inverse(self, h: torch.Tensor, context: torch.Tensor | None = None) -> torch.Tensor:
+        keep, change = self._split(h)
+        params = self._params(keep, context)
+        if self.transform == "affine":
+            log_scale, shift = self._affine(params)
+            return self._join(keep, (change - shift) * torch.exp(-log_scale))
+        return self._join(keep, spline_inverse(change, params, self.tail_bound))
 
 
 class Preprocess(nn.Module):
@@ -162,7 +215,7 @@ class Preprocess(nn.Module):
 
 
 class Flow(nn.Module):
-    """x -> h (preprocess) -> [ActNorm, InvertibleLinear, AffineCoupling] * K -> z ~ N(0, I)."""
+    """x -> h (preprocess) -> [ActNorm, InvertibleLinear, Coupling] * K -> z ~ N(0, I)."""
 
     def __init__(
         self,
@@ -176,6 +229,9 @@ class Flow(nn.Module):
         clamp: float,
         alpha: float,
         seed: int,
+        transform: str = "affine",
+        bins: int = 8,
+        tail_bound: float = 4.0,
     ) -> None:
         super().__init__()
         self.dim = dim
@@ -186,7 +242,9 @@ class Flow(nn.Module):
             steps += [
                 ActNorm(dim),
                 InvertibleLinear(dim, generator),
-                AffineCoupling(dim, hidden, depth, dropout, clamp),
+                Coupling(
+                    dim, hidden, depth, dropout, clamp, transform=transform, bins=bins, tail_bound=tail_bound
+                ),
             ]
         self.steps = nn.ModuleList(steps)
 

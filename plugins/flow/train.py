@@ -1,19 +1,36 @@
-"""Training the flow: maximum likelihood on dequantised (discrete) or raw (continuous) data."""
+"""Training the flow: maximum likelihood on continuous data; on discrete data, the
+dequantisation bound with uniform noise or with a learned q(u|x) trained jointly."""
 
 from __future__ import annotations
 
 import math
 
 import torch
+from torch import nn
 
 from plugins.common.training import fit_config, pick_device
+from plugins.flow.dequantize import VariationalDequantizer
 from plugins.flow.family import FlowConfig, FlowModel
 from plugins.flow.model import Flow
 from registry.data import Dataset
 from registry.family import TrainControl
 
 
+def variational_log_weight(
+    flow: Flow, dequantizer: VariationalDequantizer, x: torch.Tensor, eps: torch.Tensor
+) -> torch.Tensor:
+    """log p(x + u) - log q(u|x) with u = h(eps; x): one draw of the variational bound."""
+    u, log_q = dequantizer(x, eps)
+    return flow.log_prob(x + u) - log_q
+
+
 def train_flow(data: Dataset, config: FlowConfig, control: TrainControl) -> FlowModel:
+    variational = config.dequantization == "variational"
+    if variational and not data.discrete:
+        raise ValueError(
+            "dequantization=variational applies to discrete data only; "
+            f"{data.name!r} is continuous (its score is an exact log_prob)"
+        )
     device = pick_device(control)
     torch.manual_seed(control.seed)
     flow = Flow(
@@ -26,35 +43,57 @@ def train_flow(data: Dataset, config: FlowConfig, control: TrainControl) -> Flow
         clamp=config.clamp,
         alpha=config.alpha,
         seed=control.seed,
+        transform=config.coupling,
+        bins=config.bins,
+        tail_bound=config.tail_bound,
     )
+    dequantizer = (
+        VariationalDequantizer(
+            data.dim,
+            data.levels,
+            hidden=config.dequant_hidden,
+            n_blocks=config.dequant_blocks,
+            transform=config.coupling,
+            bins=config.bins,
+        )
+        if variational
+        else None
+    )
+    # One module, so the optimiser, gradient clipping and best-state checkpoint cover both.
+    module = nn.ModuleDict({"flow": flow} | ({"dequantizer": dequantizer} if dequantizer else {}))
     train = torch.as_tensor(data.train, dtype=torch.float32)
     if not data.discrete:
         flow.pre.mean.copy_(train.mean(0))
         flow.pre.std.copy_(train.std(0) + 1e-6)
-    flow.to(device)
+    module.to(device)
     train = train.to(device)
     val = torch.as_tensor(data.validation, dtype=torch.float32, device=device)
     nats_to_bpd = 1.0 / (data.dim * math.log(2))
 
-    def loss_fn(batch: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    def log_weight(batch: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+        if dequantizer is not None:
+            return variational_log_weight(flow, dequantizer, batch, noise)
         if data.discrete:
-            u = torch.rand(batch.shape, generator=generator).to(device)
-            batch = batch + u
-        return -flow.log_prob(batch).mean() * nats_to_bpd
+            return flow.log_prob(batch + noise)
+        return flow.log_prob(batch)
 
-    val_gen = torch.Generator().manual_seed(control.seed + 1)
-    # A fixed uniform draw per validation row keeps successive epochs comparable.
-    val_u = torch.rand(val.shape, generator=val_gen).to(device) if data.discrete else None
+    def draw(shape: torch.Size, generator: torch.Generator) -> torch.Tensor:
+        if dequantizer is not None:
+            return torch.randn(shape, generator=generator).to(device)
+        return torch.rand(shape, generator=generator).to(device)
+
+    def loss_fn(batch: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        return -log_weight(batch, draw(batch.shape, generator)).mean() * nats_to_bpd
+
+    # A fixed noise draw per validation row keeps successive epochs comparable.
+    val_noise = draw(val.shape, torch.Generator().manual_seed(control.seed + 1))
 
     def validate() -> float:
         with torch.no_grad():
-            y = val + val_u if val_u is not None else val
-            out = []
-            for i in range(0, len(y), 4096):
-                out.append(flow.log_prob(y[i : i + 4096]))
+            out = [log_weight(val[i : i + 4096], val_noise[i : i + 4096]) for i in range(0, len(val), 4096)]
             return float(-torch.cat(out).mean() * nats_to_bpd)
 
-    result = fit_config(flow, train, config, loss_fn=loss_fn, validate=validate, control=control)
-    flow.cpu().eval()
+    result = fit_config(module, train, config, loss_fn=loss_fn, validate=validate, control=control)
+    module.cpu().eval()
     flow.freeze_inverse()
-    return FlowModel(config, flow, data.dim, data.levels, fit=result.__dict__)
+    return FlowModel(config, flow, data.dim, data.levels, fit=result.__dict__, dequantizer=dequantizer)
