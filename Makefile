@@ -42,6 +42,7 @@ serve: venv
 
 bench: venv
 	$(BIN)/python benchmarks/flow.py
+	$(BIN)/python benchmarks/dequantization.py
 	$(BIN)/python benchmarks/vae.py
 	$(BIN)/python benchmarks/gan.py
 	$(BIN)/python benchmarks/serving.py

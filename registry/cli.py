@@ -183,7 +183,7 @@ def score(
     file: Annotated[Path, typer.Option("--file", "-f", help=".npy, .npz or .csv rows")],
     kind: Annotated[str | None, typer.Option(help="log_prob, bound or discriminator")] = None,
     seed: Annotated[int | None, typer.Option(help="seed for dequantisation noise")] = 0,
-    k: Annotated[int, typer.Option("-k", min=1, max=10_000, help="noise draws per row (bound)")] = 1,
+    k: Annotated[int, typer.Option("-k", "--k", min=1, max=10_000, help="noise draws per row (bound)")] = 1,
 ) -> None:
     """Score rows: log-likelihood or bound in nats and bits/dim (one line per row, then the mean).
 

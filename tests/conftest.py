@@ -18,7 +18,7 @@ ROOT = Path(__file__).resolve().parent.parent
 FIXTURES = Path(__file__).resolve().parent / "fixture_plugins"
 
 # Budgets small enough for CI's 2 cores, large enough for the checks the tests make.
-TEST_EPOCHS = {"flow-digits": 40, "vae-digits": 30, "gan-8gaussians": 30}
+TEST_EPOCHS = {"flow-digits": 40, "flowvd-digits": 40, "vae-digits": 30, "gan-8gaussians": 30}
 
 
 @pytest.fixture(scope="session")
@@ -66,6 +66,10 @@ def trained(bentoml_home):
     ]:
         name = f"{family}-{data}"
         models[name] = _train(family, data, TEST_EPOCHS.get(name))
+    # The same flow with variational dequantisation and the same epochs, to compare bounds.
+    models["flowvd-digits"] = _train(
+        "flow", "digits", TEST_EPOCHS["flowvd-digits"], name="flowvd-digits", dequantization="variational"
+    )
     from registry.critic import attach_critic
 
     # A newer version of flow-8gaussians with a critic: the server serves it as the newest.

@@ -49,6 +49,7 @@ def test_train_sample_score_roundtrip(tmp_path, bentoml_home):
         (["train", "flow", "--data", "nodata"], "unknown dataset 'nodata'"),
         (["train", "categorical", "--data", "moons"], "categorical needs discrete data"),
         (["sample", "no-such-model"], "no model named 'no-such-model'"),
+        (["train", "flow", "--data", "moons", "-o", "dequantization=variational"], "discrete data only"),
     ],
 )
 def test_user_mistakes_get_one_line_errors(args, message):
@@ -72,3 +73,16 @@ def test_score_refuses_bad_rows(tmp_path):
     np.save(bad, np.zeros((2, 5)))
     proc = genreg("score", "cli-cat", "--file", str(bad), check=False)
     assert "each row must have 64 values" in proc.stderr
+
+
+@pytest.mark.slow
+def test_score_bound_with_k_draws_reports_both_bounds_with_standard_errors(tmp_path, trained):
+    rows = tmp_path / "rows.npy"
+    np.save(rows, load_digits().test[:50])
+    proc = genreg("score", "flowvd-digits", "--file", str(rows), "--kind", "bound", "--k", "16")
+    assert len(proc.stdout.strip().splitlines()) == 50
+    iw, avg = proc.stderr.strip().splitlines()[-2:]
+    assert iw.startswith("mean importance-weighted bound (k=16)") and "±" in iw and "bits/dim" in iw
+    assert avg.startswith("mean average bound (k=16)") and "±" in avg
+    # The importance-weighted bound is the larger (tighter) one.
+    assert float(iw.split()[4]) >= float(avg.split()[4])

@@ -25,7 +25,7 @@ class FlowConfig(FamilyConfig):
     depth: int = Field(2, ge=1, le=8, description="hidden layers per conditioner")
     dropout: float | None = Field(None, ge=0, lt=1, description="conditioner dropout")
     clamp: float | None = Field(None, gt=0, le=10, description="bound on each log-scale")
-    alpha: float = Field(0.01, gt=0, lt=0.5, description="logit pre-processing constant")
+    alpha: float | None = Field(None, gt=0, lt=0.5, description="logit pre-processing constant")
     lr: float | None = Field(None, gt=0, le=1, description="peak AdamW learning rate (cosine decay)")
     weight_decay: float | None = Field(None, ge=0, description="AdamW weight decay")
     batch_size: int | None = Field(None, ge=1, le=65536)
@@ -80,6 +80,10 @@ class FlowConfig(FamilyConfig):
                 "coupling": "spline",
             }
         )
+        # Few levels (digits: 17, half the pixels at 0) put much of the mass in the edge bins,
+        # which a small alpha leaves room for. Measured: on digits 0.001 beat 0.01 by 0.07 bits/dim
+        # (variational dequantisation); on 256-level patches 0.01 beat 0.002 by 0.015.
+        preset["alpha"] = 0.001 if data.levels and data.levels <= 32 else 0.01
         values = {k: v if getattr(self, k) is None else getattr(self, k) for k, v in preset.items()}
         return self.model_copy(update=values)
 
