@@ -62,8 +62,12 @@ def fit(
     epochs = control.epochs or epochs
     steps_per_epoch = -(-len(train) // batch_size)
     # Cosine decay over the planned steps: the late small steps are what settle a flow's
-    # density on the modes. Under a time budget the plan is cut, after the first epoch, to the
-    # epochs that fit, so the decay still completes instead of stopping at a high rate.
+    # density on the modes. Under a time budget the plan is re-cut after every epoch to the
+    # epochs that fit (never more than asked for), so the decay still completes instead of
+    # stopping at a high rate. The first epoch is left out of the estimate once others exist:
+    # it pays for warm-up (data-dependent initialisation, allocator growth) and made the plan
+    # far too short when it alone was used.
+    requested = epochs
     plan = [epochs * steps_per_epoch]
     schedule = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda step: 0.5 * (1.0 + math.cos(math.pi * min(step / plan[0], 1.0)))
@@ -72,6 +76,7 @@ def fit(
     best = (math.inf, 0)
     best_state = copy.deepcopy(module.state_dict())
     start = time.monotonic()
+    first_epoch_end = start
     stopped = "epochs"
     bar = tqdm(range(1, epochs + 1), disable=not control.progress, unit="epoch", dynamic_ncols=True)
     epoch = 0
@@ -91,11 +96,14 @@ def fit(
             schedule.step()
             total += float(loss.detach()) * len(batch)
             count += len(batch)
-        if epoch == 1 and math.isfinite(deadline):
-            fits = int((deadline - start) / max(time.monotonic() - start, 1e-6))
-            if fits < epochs:
-                epochs = max(fits, 1)
-                plan[0] = epochs * steps_per_epoch
+        now = time.monotonic()
+        if epoch == 1:
+            first_epoch_end = now
+        if math.isfinite(deadline):
+            per_epoch = (now - first_epoch_end) / (epoch - 1) if epoch > 1 else now - start
+            fits = epoch + int(max(deadline - now, 0.0) / max(per_epoch, 1e-6))
+            epochs = max(min(fits, requested), epoch)
+            plan[0] = epochs * steps_per_epoch
         module.eval()
         val = validate()
         if val < best[0]:
@@ -111,7 +119,7 @@ def fit(
             stopped = "time-budget"
             break
         if epoch >= epochs:  # the plan, cut to fit a time budget
-            stopped = "time-budget" if epochs < bar.total else "epochs"
+            stopped = "time-budget" if epochs < requested else "epochs"
             break
     bar.close()
     module.load_state_dict(best_state)
