@@ -121,7 +121,7 @@ def test_flow_parity_recorded_and_within_tolerance(trained):
     for name in ("flow-digits", "flow-8gaussians"):
         parity = trained[name].meta["parity"]
         scorer = [v for k, v in parity.items() if k.startswith("scorer")]
-        assert scorer and max(scorer) <= 1e-4
+        assert scorer and max(scorer) <= 1e-3
 
 
 @pytest.mark.slow
