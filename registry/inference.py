@@ -101,6 +101,17 @@ class LoadedModel:
     def providers(self) -> list[str]:
         return sorted({p for s in self.sessions.values() for p in s.get_providers()})
 
+    @property
+    def provider(self) -> str:
+        """The execution provider that runs this model's graphs, as ONNX Runtime reports it.
+
+        Asked of the sessions, not of the request: onnxruntime-gpu offers CUDA even where no GPU
+        answers, and then quietly runs on the CPU. Where graphs differ, the slowest one (CPU)
+        is named.
+        """
+        first = sorted({s.get_providers()[0] for s in self.sessions.values()})
+        return "CPUExecutionProvider" if "CPUExecutionProvider" in first else first[0]
+
     def run(self, spec: GraphSpec, feeds: dict[str, np.ndarray]) -> np.ndarray:
         return self.runners[spec.file](feeds)
 
