@@ -107,6 +107,16 @@ def debian_mirror(suite: str = "bookworm", sources: Path = Path("/etc/apt")) -> 
     raise ImageError(f"no Debian {suite} mirror in {sources}'s apt sources; pass --mirror")
 
 
+def _mounts_under(folder: Path) -> list[str]:
+    """Mount points inside ``folder``, deepest first."""
+    try:
+        lines = Path("/proc/self/mounts").read_text().splitlines()
+    except OSError:
+        return []
+    points = [line.split()[1] for line in lines if len(line.split()) > 1]
+    return sorted((p for p in points if p.startswith(f"{folder}/")), key=len, reverse=True)
+
+
 class Docker:
     """A private dockerd; call :meth:`__call__` to run the docker CLI against it."""
 
@@ -162,6 +172,9 @@ class Docker:
                 self.proc.kill()
                 self.proc.wait()
         self.proc = None
+        # dockerd leaves its default network namespace bind-mounted under exec-root.
+        for point in _mounts_under(self.run_dir):
+            subprocess.run(["umount", "-l", point], capture_output=True)
         shutil.rmtree(self.run_dir, ignore_errors=True)
 
     def __call__(self, *args: str, what: str | None = None, log: Path | None = None) -> str:
@@ -247,6 +260,7 @@ class Container:
         self, docker: Docker, image: str, port: int, name: str, extra: list[str] | None = None
     ) -> None:
         self.docker, self.port, self.name = docker, port, name
+        self.remove()  # one left behind by an interrupted run would hold the name
         args = ["run", "-d", "--name", name, "--network", "host", *(extra or []), image]
         self.id = docker(*args, "--host", "127.0.0.1", "--port", str(port), what="docker run")
 
