@@ -161,7 +161,13 @@ def main() -> int:
         flow = train_flow(args.steps, "cuda" if cuda_torch else "cpu")
         folder = args.export_only or Path(tempfile.mkdtemp(prefix="genreg-gpu-"))
         folder.mkdir(parents=True, exist_ok=True)
-        onnx_path = export(flow, folder)
+        try:
+            onnx_path = export(flow, folder)
+        except ImportError as exc:  # onnx / onnxscript absent (e.g. on the GPU machine)
+            print(
+                f"cannot export here ({exc}); run --export-only DIR where the [train] extra is installed, then --from DIR"
+            )
+            return 2
         if args.export_only:
             print(f"exported {onnx_path} and flow.pt; run with --from {folder}")
             return 0

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import subprocess
 import sys
 from importlib import metadata
@@ -181,3 +182,18 @@ def test_store_moves_between_homes_with_bentoml_export_and_import(trained, tmp_p
     code = "from registry.store import get_model; print(get_model('gaussian-digits').tag)"
     out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True, env=env)
     assert out.stdout.strip() == tag
+
+
+def test_onnxruntime_builds_are_separate_extras():
+    # onnxruntime and onnxruntime-gpu install the same module: one environment gets one.
+    import tomllib
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+
+    def names(reqs: list[str]) -> set[str]:
+        return {re.match(r"[A-Za-z0-9._-]+", r).group(0).lower() for r in reqs}
+
+    assert not names(project["dependencies"]) & {"onnxruntime", "onnxruntime-gpu"}
+    extras = {k: names(v) for k, v in project["optional-dependencies"].items()}
+    assert "onnxruntime" in extras["cpu"] and "onnxruntime-gpu" in extras["gpu"]
+    assert all(not {"onnxruntime", "onnxruntime-gpu"} <= deps for deps in extras.values())
