@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: venv test lint browser demo serve bench clean
+.PHONY: venv test lint browser demo serve bench image image-test clean
 
 venv: $(STAMP)
 
@@ -46,6 +46,16 @@ bench: venv
 	$(BIN)/python benchmarks/vae.py
 	$(BIN)/python benchmarks/gan.py
 	$(BIN)/python benchmarks/serving.py
+
+# The serving image, built here from Debian packages with a private dockerd (root, Debian):
+# see docs/deploy.md. The Bento ships the newest version of every model in the store.
+image: venv
+	$(BIN)/genreg containerize
+
+# Builds the image from a clean state (fresh dockerd data root, no cached base), runs it and
+# compares its answers with the local service's; prints the measured times and size.
+image-test: venv
+	$(BIN)/python -m pytest -q -s -m image tests/test_image.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache *.egg-info

@@ -30,3 +30,9 @@ ERRORS = Counter(
     "Requests answered with an error, by endpoint and reason",
     ["endpoint", "reason"],
 )
+MODEL_INFO = Gauge(
+    "genreg_model_info",
+    "1 for each served model version, labelled with the ONNX Runtime execution provider it runs on",
+    ["model", "version", "provider"],
+    multiprocess_mode="max",
+)

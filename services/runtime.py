@@ -56,6 +56,9 @@ class ModelCache:
         start = time.perf_counter()
         loaded = LoadedModel(get_model(tag), self.providers, self.threads)
         MODEL_LOAD_SECONDS.labels(model=loaded.stored.name).set(time.perf_counter() - start)
+        if self.providers[0] != loaded.provider:
+            # e.g. onnxruntime-gpu on a machine whose GPU or CUDA libraries do not answer
+            log.warning("%s asked for %s but runs on %s", tag, self.providers[0], loaded.provider)
         self.loaded[tag] = loaded
         return loaded
 

@@ -102,6 +102,7 @@ class ModelInfo(BaseModel):
     data: dict[str, Any]
     metrics: dict[str, Any]
     created: str | None = None
+    provider: str | None = None  # ONNX Runtime execution provider in use (session.get_providers())
 
 
 class ErrorBody(BaseModel):

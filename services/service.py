@@ -29,7 +29,7 @@ from registry.two_sample import c2st, mmd_test
 from registry.units import bits_per_dim, score_summary
 from registry.validation import InputError, check_input
 from services.batching import Batcher
-from services.metrics import ERRORS, INFERENCE_SECONDS, ROWS
+from services.metrics import ERRORS, INFERENCE_SECONDS, MODEL_INFO, ROWS
 from services.runtime import ModelCache
 from services.schemas import MAX_DRAW_ROWS, ModelInfo, SampleRequest, ScoreRequest, TwoSampleRequest
 
@@ -79,7 +79,7 @@ async def _call(fn: Any, req: Any, rows: int) -> Any:
 
 
 def model_info(loaded: LoadedModel) -> dict[str, Any]:
-    return ModelInfo(**loaded.stored.summary(), kinds=loaded.kinds).model_dump()
+    return ModelInfo(**loaded.stored.summary(), kinds=loaded.kinds, provider=loaded.provider).model_dump()
 
 
 def _list_models(cache: ModelCache) -> list[dict[str, Any]]:
@@ -201,6 +201,7 @@ class Genreg:
     @staticmethod
     def _instrument(loaded: LoadedModel) -> None:
         name = loaded.stored.name
+        MODEL_INFO.labels(model=name, version=loaded.stored.version, provider=loaded.provider).set(1)
 
         def observe(graph: str, seconds: float) -> None:
             INFERENCE_SECONDS.labels(model=name, graph=graph).observe(seconds)

@@ -165,6 +165,22 @@ def test_metrics_count_rows_and_errors_across_workers(server):
     assert "bentoml_service_request_total" in after
 
 
+def test_models_and_metrics_report_the_execution_provider(server):
+    client, _ = server
+    models = {m["name"]: m for m in client.get("/models").json()["models"]}
+    metrics = client.get("/metrics").text
+    for name in ("flow-digits", "gaussian-digits", "vae-digits"):
+        # What ONNX Runtime says the sessions run on, not what was asked for.
+        expected = LoadedModel(get_model(name)).provider
+        assert models[name]["provider"] == expected
+        version = models[name]["version"]
+        assert _metric(metrics, "genreg_model_info", model=name, version=version, provider=expected) == 1
+    import onnxruntime as ort
+
+    if "CUDAExecutionProvider" not in ort.get_available_providers():
+        assert {m["provider"] for m in models.values()} == {"CPUExecutionProvider"}
+
+
 def test_service_never_imports_torch():
     code = "import services.service, sys; assert 'torch' not in sys.modules, 'torch imported'"
     subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT)
