@@ -23,7 +23,9 @@ def test_short_mixed_load_has_no_errors(server, server_process, tmp_path):
     for lv in levels:
         assert lv["errors"] == 0, lv
         assert lv["requests"] > 50 and lv["throughput"] > 5, lv
-        assert lv["p99_ms"] < 5000, lv  # bounded: no request waits on a stuck worker
+        # Bounded: no request waited anywhere near the 30 s client timeout (a stuck worker).
+        # Generous, as CI's cores may be shared: under 3-4x oversubscription p99 was 2-8 s.
+        assert lv["p99_ms"] < 15_000, lv
         assert lv["rss_start_mb"] > 0
         # A few seconds cannot show a leak (the 10-minute soak does); this catches a runaway.
         assert lv["rss_end_mb"] < 1.5 * lv["rss_start_mb"], lv
