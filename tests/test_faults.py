@@ -162,17 +162,26 @@ def test_killed_worker_is_replaced_and_the_service_answers(fault_models, tmp_pat
         assert outcomes.count(0) <= 8, outcomes.count(0)
 
 
+def _in_flight(base: str, endpoint: str) -> float:
+    """BentoML's request_in_progress gauge for ``endpoint``, summed over the workers."""
+    total = 0.0
+    for line in httpx.get(base + "/metrics", timeout=10).text.splitlines():
+        if line.startswith("bentoml_service_request_in_progress{") and f'endpoint="{endpoint}"' in line:
+            total += float(line.rsplit(" ", 1)[1])
+    return total
+
+
 def test_sigterm_drains_requests_in_flight(fault_models, tmp_path):
     intact, _ = fault_models
     rng = np.random.default_rng(0)
-    # A two-sample test with 2,000 permutations on 600 rows takes a good fraction of a second.
-    slow = {"model": intact, "x": rng.normal(size=(600, 2)).tolist(), "permutations": 2000}
+    # A two-sample test with 2,000 permutations on 1,200 rows takes about a second.
+    slow = {"model": intact, "x": rng.normal(size=(1200, 2)).tolist(), "permutations": 2000}
     with running_server(tmp_path / "server.log", GENREG_MODELS=intact) as srv:
         results: list[int | str] = []
 
         def call() -> None:
             try:
-                with httpx.Client(base_url=srv.base, timeout=60) as c:
+                with httpx.Client(base_url=srv.base, timeout=120) as c:
                     results.append(post(c, "/two_sample_test", slow).status_code)
             except httpx.HTTPError as exc:
                 results.append(type(exc).__name__)
@@ -180,11 +189,14 @@ def test_sigterm_drains_requests_in_flight(fault_models, tmp_path):
         threads = [threading.Thread(target=call) for _ in range(3)]
         for t in threads:
             t.start()
-        time.sleep(0.5)  # all three are in flight (they take seconds together)
-        assert not results, "requests finished before SIGTERM: make them slower"
+        # SIGTERM once the server itself counts the requests as in progress, however fast it is.
+        deadline = time.monotonic() + 60
+        while _in_flight(srv.base, "/two_sample_test") < 3 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert len(results) < 3, "requests finished before SIGTERM: make them slower"
         srv.proc.send_signal(signal.SIGTERM)
         for t in threads:
-            t.join(timeout=60)
+            t.join(timeout=120)
         assert results == [200, 200, 200]
         assert srv.proc.wait(timeout=30) is not None
         with pytest.raises(httpx.TransportError):
