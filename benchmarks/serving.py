@@ -6,8 +6,11 @@
 (c) the same batch-1 load against a bare ASGI JSON echo (Starlette on uvicorn): the ceiling;
 (d) start-up time to the first successful /sample, and the server's resident memory.
 
-Run: .venv/bin/python benchmarks/serving.py [--seconds 5]
-Trains a small flow on digits into a private temporary store first (about a minute).
+Run: .venv/bin/python benchmarks/serving.py [--seconds 5] [--compare-root ../other-checkout]
+(b)-(d) run interleaved in 1-s slices, so load from other jobs hits every measure alike;
+--compare-root adds the server of another checkout (e.g. the previous commit) to the rounds.
+Trains a small flow on digits into a private temporary store first (about a minute), unless
+--store names a BENTOML_HOME that holds one.
 """
 
 from __future__ import annotations
@@ -188,7 +191,16 @@ def rss_mb(pid: int) -> float:
     return total / 1024
 
 
-def serving(seconds: float) -> list[str]:
+def _launch(cmd: list[str], cwd: Path, env: dict[str, str] | None = None) -> subprocess.Popen:
+    return subprocess.Popen(cmd, cwd=cwd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def serving(seconds: float, compare_root: Path | None = None) -> list[str]:
+    """In-process and HTTP rates, interleaved: every measure runs in 1-s slices, round-robin.
+
+    The 2 cores are shared with other jobs whose load comes and goes; measured one after the
+    other, a busy minute could fall on one side of a ratio only. Interleaved, it hits all.
+    """
     from registry.data import load_digits
     from registry.inference import LoadedModel
     from registry.store import get_model
@@ -201,110 +213,119 @@ def serving(seconds: float) -> list[str]:
     big = np.resize(data, (1024, 64)).astype(np.float32)
     body1 = json.dumps({"model": "flow-digits", "x": one.tolist(), "seed": 0}).encode()
     body1024 = json.dumps({"model": "flow-digits", "x": big.tolist(), "seed": 0}).encode()
-    inproc1 = rate(lambda: loaded.score(one, "bound", seed=0), 1, seconds)
-    inproc1024 = rate(lambda: loaded.score(big, "bound", seed=0), 1024, seconds)
-
-    measured = {}
-    for batching in (0, 4096):
-        port = free_port()
-        base = f"http://127.0.0.1:{port}"
-        start = time.perf_counter()
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "registry.cli", "serve", "--port", str(port)],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-            cwd=ROOT,
-            env=dict(os.environ, GENREG_BATCH_MAX_ROWS=str(batching)),
-        )
-        try:
-            wait_ready(base, proc, "/readyz")
-            first = httpx.post(base + "/sample", json={"model": "flow-digits", "n": 1}, timeout=30)
-            first.raise_for_status()
-            startup = time.perf_counter() - start
-            http1 = asyncio.run(http_load(base, body1, 1, 16, seconds))
-            http1024 = asyncio.run(http_load(base, body1024, 1024, 1, seconds))
-            http1024x4 = asyncio.run(http_load(base, body1024, 1024, 4, seconds))
-            memory = rss_mb(proc.pid)
-        finally:
-            proc.terminate()
-            proc.wait(timeout=30)
-        measured[batching] = (startup, http1, http1024, http1024x4, memory)
 
     echo_dir = Path(tempfile.mkdtemp())
     (echo_dir / "echo_app.py").write_text(ECHO_APP)
-    echo_port = free_port()
-    echo = subprocess.Popen(
-        [sys.executable, "-m", "uvicorn", "echo_app:app", "--port", str(echo_port), "--log-level", "warning"],
-        cwd=echo_dir,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        echo_base = f"http://127.0.0.1:{echo_port}"
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                httpx.post(echo_base + "/score", content=body1, headers={"content-type": "application/json"})
-                break
-            except httpx.TransportError:
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.1)
-        echo1 = asyncio.run(http_load(echo_base, body1, 1, 16, seconds))
-    finally:
-        echo.terminate()
-        echo.wait(timeout=30)
-
-    # The same echo as a BentoML service: how much of the gap is the framework's own path.
     (echo_dir / "bento_echo.py").write_text(BENTO_ECHO)
-    bento_port = free_port()
-    bento = subprocess.Popen(
-        [sys.executable, "-m", "bentoml", "serve", "bento_echo:Echo", "--port", str(bento_port)],
-        cwd=echo_dir,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        bento_base = f"http://127.0.0.1:{bento_port}"
-        wait_ready(bento_base, bento, "/readyz")
-        bento1 = asyncio.run(http_load(bento_base, body1, 1, 16, seconds))
-    finally:
-        bento.terminate()
-        bento.wait(timeout=30)
+    genreg = {
+        "this checkout, batching off": (ROOT, 0),
+        "this checkout, batching on (max 4096 rows)": (ROOT, 4096),
+    }
+    if compare_root is not None:
+        genreg[f"{compare_root.name} (compared), batching off"] = (compare_root, 0)
+    procs: dict[str, tuple[subprocess.Popen, str, str]] = {}
+    started = time.perf_counter()
+    for label, (root, batching) in genreg.items():
+        port = free_port()
+        cmd = [sys.executable, "-m", "registry.cli", "serve", "--port", str(port)]
+        env = dict(os.environ, GENREG_BATCH_MAX_ROWS=str(batching))
+        procs[label] = (_launch(cmd, root, env), f"http://127.0.0.1:{port}", "/readyz")
+    port = free_port()
+    cmd = [sys.executable, "-m", "uvicorn", "echo_app:app", "--port", str(port), "--log-level", "warning"]
+    procs["echo"] = (_launch(cmd, echo_dir), f"http://127.0.0.1:{port}", "/score")
+    port = free_port()
+    cmd = [sys.executable, "-m", "bentoml", "serve", "bento_echo:Echo", "--port", str(port)]
+    procs["bento echo"] = (_launch(cmd, echo_dir), f"http://127.0.0.1:{port}", "/readyz")
+    rates: dict[str, list[float]] = {}
 
+    def add(key: str, value: float) -> None:
+        rates.setdefault(key, []).append(value)
+
+    startup, memory = {}, {}
+    try:
+        for label, (proc, base, ready) in procs.items():
+            if label == "echo":
+                _wait_echo(base, body1)
+                continue
+            wait_ready(base, proc, ready)
+            if label in genreg:
+                httpx.post(
+                    base + "/sample", json={"model": "flow-digits", "n": 1}, timeout=30
+                ).raise_for_status()
+                startup[label] = time.perf_counter() - started  # servers start together
+        for _ in range(max(1, round(seconds))):
+            add("inproc1", rate(lambda: loaded.score(one, "bound", seed=0), 1, 1.0))
+            add("inproc1024", rate(lambda: loaded.score(big, "bound", seed=0), 1024, 1.0))
+            add("echo1", asyncio.run(http_load(procs["echo"][1], body1, 1, 16, 1.0)))
+            add("bento1", asyncio.run(http_load(procs["bento echo"][1], body1, 1, 16, 1.0)))
+            for label in genreg:
+                base = procs[label][1]
+                add(f"{label}|1", asyncio.run(http_load(base, body1, 1, 16, 1.0)))
+                add(f"{label}|1024", asyncio.run(http_load(base, body1024, 1024, 1, 1.0)))
+                add(f"{label}|1024x4", asyncio.run(http_load(base, body1024, 1024, 4, 1.0)))
+        memory = {label: rss_mb(procs[label][0].pid) for label in genreg}
+    finally:
+        for proc, _, _ in procs.values():
+            proc.terminate()
+        for proc, _, _ in procs.values():
+            proc.wait(timeout=30)
+
+    mean = {key: float(np.mean(values)) for key, values in rates.items()}
+    echo1, inproc1024 = mean["echo1"], mean["inproc1024"]
     lines = [
         "| measure | rows/s | ratio |",
         "|---|---|---|",
-        f"| in-process ONNX Runtime, batch 1 | {inproc1:,.0f} | |",
+        f"| in-process ONNX Runtime, batch 1 | {mean['inproc1']:,.0f} | |",
         f"| bare ASGI echo, batch 1, 16 clients | {echo1:,.0f} | the HTTP ceiling |",
-        f"| BentoML echo service, batch 1, 16 clients | {bento1:,.0f} | {bento1 / echo1:.2f} of echo: the framework's own cost |",
+        f"| BentoML echo service, batch 1, 16 clients | {mean['bento1']:,.0f} | {mean['bento1'] / echo1:.2f} of echo: the framework's own cost |",
         f"| in-process ONNX Runtime, batch 1024 | {inproc1024:,.0f} | |",
     ]
-    for batching, (_, http1, http1024, http1024x4, _) in measured.items():
-        tag = f"batching {'off' if not batching else f'on (max {batching} rows)'}"
+    for label in genreg:
+        http1, http1024, http1024x4 = (mean[f"{label}|{k}"] for k in ("1", "1024", "1024x4"))
         lines += [
-            f"| HTTP /score, batch 1, 16 clients, {tag} | {http1:,.0f} | {http1 / echo1:.2f} of echo (target >= 0.60) |",
-            f"| HTTP /score, batch 1024, 1 client, {tag} | {http1024:,.0f} | {http1024 / inproc1024:.2f} of in-process |",
-            f"| HTTP /score, batch 1024, 4 clients, {tag} | {http1024x4:,.0f} | {http1024x4 / inproc1024:.2f} of in-process |",
+            f"| HTTP /score, batch 1, 16 clients, {label} | {http1:,.0f} | {http1 / echo1:.2f} of echo (target >= 0.60) |",
+            f"| HTTP /score, batch 1024, 1 client, {label} | {http1024:,.0f} | {http1024 / inproc1024:.2f} of in-process (target >= 0.80) |",
+            f"| HTTP /score, batch 1024, 4 clients, {label} | {http1024x4:,.0f} | {http1024x4 / inproc1024:.2f} of in-process |",
         ]
     lines.append("")
-    for batching, (startup, *_, memory) in measured.items():
+    for label in genreg:
         lines.append(
-            f"batching {batching or 'off'}: start-up to first successful /sample {startup:.2f} s; "
-            f"server resident memory {memory:.0f} MB"
+            f"{label}: start-up to first successful /sample {startup[label]:.2f} s (servers started together); "
+            f"server resident memory {memory[label]:.0f} MB"
         )
     return lines
+
+
+def _wait_echo(base: str, body: bytes) -> None:
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            httpx.post(base + "/score", content=body, headers={"content-type": "application/json"})
+            return
+        except httpx.TransportError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.1)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--seconds", type=float, default=5.0, help="duration of each measurement")
+    parser.add_argument(
+        "--store", help="a BENTOML_HOME holding flow-digits: measure it instead of training one"
+    )
+    parser.add_argument("--compare-root", type=Path, help="also measure the server of another checkout")
+    parser.add_argument("--no-torch", action="store_true", help="skip (a), ONNX Runtime vs PyTorch")
     args = parser.parse_args()
-    train_model()
+    if args.store:
+        os.environ["BENTOML_HOME"] = args.store
+    else:
+        train_model()
     print(f"cpu count {os.cpu_count()}\n")
-    print("\n".join(onnx_vs_torch(args.seconds)))
-    print()
-    print("\n".join(serving(args.seconds)))
+    if not args.no_torch:
+        print("\n".join(onnx_vs_torch(args.seconds)))
+        print()
+    print("\n".join(serving(args.seconds, args.compare_root)))
 
 
 if __name__ == "__main__":

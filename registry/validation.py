@@ -30,6 +30,11 @@ def check_input(x: Any, data: dict[str, Any], what: str = "x") -> np.ndarray:
     if not np.isfinite(arr).all():
         row, col = np.argwhere(~np.isfinite(arr))[0]
         raise InputError(what, f"non-finite value at row {row}, column {col}")
+    # Models run in float32: beyond its range a value would silently become infinite.
+    big = np.abs(arr) > np.finfo(np.float32).max
+    if big.any():
+        row, col = np.argwhere(big)[0]
+        raise InputError(what, f"value {arr[row, col]:g} at row {row}, column {col} is beyond float32 range")
     levels = data.get("levels")
     if levels:
         low, high = 0, levels - 1

@@ -32,7 +32,8 @@ class ModelCache:
         self.threads = threads
         self.loaded: dict[str, LoadedModel] = {}
         self.newest: dict[str, str] = {}
-        self.failed: dict[str, str] = {}
+        self.failed: dict[str, str] = {}  # tag -> why it is not served
+        self._failed_names: dict[str, str] = {}
         self.ready = False
         self._lock = threading.Lock()
 
@@ -41,14 +42,17 @@ class ModelCache:
         for stored in list_models():  # newest first within each name
             if allowed is not None and stored.name not in allowed:
                 continue
-            if stored.name in self.newest:
+            if stored.name in self.newest or stored.name in self._failed_names:
                 continue
             try:
                 self._load(stored.tag)
                 self.newest[stored.name] = stored.tag
             except StoreError as exc:
                 # A corrupt entry is reported and skipped; the rest of the store is served.
+                # Its name is not silently served from an older version: "name" means the
+                # newest, and an older one stays reachable as name:version.
                 self.failed[stored.tag] = str(exc)
+                self._failed_names[stored.name] = str(exc)
                 log.warning("not serving %s: %s", stored.tag, exc)
         self.ready = True
 
@@ -70,6 +74,8 @@ class ModelCache:
             raise ModelNotFound(f"model {name!r} is not served here")
         if not version or version == "latest":
             tag = self.newest.get(name)
+            if tag is None and name in self._failed_names:
+                raise StoreError(self._failed_names[name])
             if tag is None:
                 raise ModelNotFound(f"no model named {name!r} is served; see GET /models")
             return self.loaded[tag]

@@ -1,16 +1,20 @@
 """Pydantic request and response models of the HTTP API.
 
 BentoML validates its own input models before our code runs and logs every failure as an
-ERROR traceback, so the API accepts a permissive body (:class:`RawBody`) and validates it
-here with these strict models; errors become 4xx answers that name the field.
+ERROR traceback, so the API accepts a permissive body and validates it here with these
+strict models; errors become 4xx answers that name the field. The same models are published
+as the service's OpenAPI document (services.openapi), so what is documented is what is checked.
 """
 
 from __future__ import annotations
 
 import os
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+import numpy as np
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, PlainValidator, WithJsonSchema
+
+from services.jsonbody import as_rows
 
 MAX_N = int(os.environ.get("GENREG_MAX_N", "4096"))
 MAX_ROWS = int(os.environ.get("GENREG_MAX_ROWS", "4096"))
@@ -20,76 +24,100 @@ MAX_DRAW_ROWS = int(os.environ.get("GENREG_MAX_DRAW_ROWS", "262144"))  # rows x 
 MODEL_REF = r"^[a-z0-9][a-z0-9._-]*(:[a-z0-9]+)?$"
 
 
-def rectangular(rows: list[list[float]]) -> list[list[float]]:
-    """Refuse ragged rows, naming the first one whose length differs from row 0."""
-    width = len(rows[0])
-    for i, row in enumerate(rows):
-        if len(row) != width:
-            raise ValueError(f"row {i} has {len(row)} values, row 0 has {width}")
-    return rows
+def Rows(min_rows: int, max_rows: int, description: str) -> Any:
+    """``x`` fields: validated by :func:`as_rows`, documented as a JSON array of number rows."""
+    schema = {
+        "type": "array",
+        "items": {"type": "array", "items": {"type": "number"}, "minItems": 1},
+        "minItems": min_rows,
+        "maxItems": max_rows,
+        "description": description,
+    }
+    return Annotated[
+        np.ndarray, PlainValidator(lambda v: as_rows(v, min_rows, max_rows)), WithJsonSchema(schema)
+    ]
+
+
+def _integral(value: Any) -> Any:
+    # JSON Schema's "integer" is any number with no fraction, 2.0 included; strict pydantic
+    # would refuse it. Strings and booleans still are refused.
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value
+
+
+Int = Annotated[int, BeforeValidator(_integral)]
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", strict=False)
+    # strict: the published schema says integer or number, so "5" or true is refused, not coerced.
+    model_config = ConfigDict(extra="forbid", strict=True, arbitrary_types_allowed=True)
 
 
 class SampleRequest(_Strict):
     model: str = Field(pattern=MODEL_REF, description="name (newest version) or name:version")
-    n: int = Field(1, ge=1, le=MAX_N, description=f"number of samples, at most {MAX_N}")
-    seed: int | None = Field(None, ge=0, lt=2**63, description="same seed, same samples")
+    n: Int = Field(1, ge=1, le=MAX_N, description=f"number of samples, at most {MAX_N}")
+    seed: Int | None = Field(None, ge=0, lt=2**63, description="same seed, same samples")
     temperature: float = Field(1.0, ge=0.0, le=10.0, description="scales the normal noise")
     format: Literal["json", "png"] = Field("json", description="png: a base64 PNG grid (image data)")
 
 
 class ScoreRequest(_Strict):
     model: str = Field(pattern=MODEL_REF)
-    x: list[list[float]] = Field(min_length=1, max_length=MAX_ROWS, description=f"rows, at most {MAX_ROWS}")
+    x: Rows(1, MAX_ROWS, f"rows to score, at most {MAX_ROWS}, each as wide as the model's data")
     kind: Literal["log_prob", "bound", "discriminator"] | None = None
-    seed: int | None = Field(0, ge=0, lt=2**63, description="seed of the scorer's noise")
-    k: int = Field(1, ge=1, le=MAX_DRAWS, description="noise draws per row for kind=bound")
-
-    @field_validator("x")
-    @classmethod
-    def _rectangular(cls, rows: list[list[float]]) -> list[list[float]]:
-        return rectangular(rows)
+    seed: Int | None = Field(0, ge=0, lt=2**63, description="seed of the scorer's noise")
+    k: Int = Field(1, ge=1, le=MAX_DRAWS, description="noise draws per row for kind=bound")
 
 
 class TwoSampleRequest(_Strict):
     model: str = Field(pattern=MODEL_REF)
-    x: list[list[float]] = Field(min_length=10, max_length=MAX_TWO_SAMPLE, description="real rows")
+    x: Rows(10, MAX_TWO_SAMPLE, "real rows")
     test: Literal["mmd", "c2st"] = "mmd"
-    n_model: int | None = Field(None, ge=10, le=MAX_TWO_SAMPLE, description="model samples (default: len(x))")
-    seed: int = Field(0, ge=0, lt=2**63)
-    permutations: int = Field(200, ge=0, le=2000, description="MMD permutation null size")
+    n_model: Int | None = Field(None, ge=10, le=MAX_TWO_SAMPLE, description="model samples (default: len(x))")
+    seed: Int = Field(0, ge=0, lt=2**63)
+    permutations: Int = Field(200, ge=0, le=2000, description="MMD permutation null size")
 
-    @field_validator("x")
-    @classmethod
-    def _rectangular(cls, rows: list[list[float]]) -> list[list[float]]:
-        return rectangular(rows)
+
+# Responses. A result that is not finite (log 0 far outside a model's support, an overflow at
+# temperature 10) is written as null: JSON has no infinities, and a 500 would hide the rest.
+Number = float | None
 
 
 class SampleResponse(BaseModel):
-    model: str
-    samples: list[list[float]] | None = None
-    png: str | None = None
+    model: str = Field(description="name:version that answered")
+    samples: list[list[Number]] | None = Field(None, description="n rows in data units (format json)")
+    png: str | None = Field(None, description="base64 PNG grid (format png)")
 
 
 class ScoreResponse(BaseModel):
     model: str
-    kind: str
-    scores: list[float]
-    bits_per_dim: list[float] | None = None
+    kind: Literal["log_prob", "bound", "discriminator"]
+    scores: list[Number] = Field(description="nats per row, or P(real) for discriminator")
+    bits_per_dim: list[Number] | None = None
     k: int | None = None
-    elbo: list[float] | None = None  # with k > 1: the plain average over draws
-    # Over the rows: mean score and its standard error (nats, and bits/dim for likelihoods).
-    mean: float | None = None
-    stderr: float | None = None
-    mean_bits_per_dim: float | None = None
-    stderr_bits_per_dim: float | None = None
-    elbo_mean: float | None = None
-    elbo_stderr: float | None = None
-    elbo_mean_bits_per_dim: float | None = None
-    elbo_stderr_bits_per_dim: float | None = None
+    elbo: list[Number] | None = Field(None, description="with k > 1: the plain average over draws")
+    # Over the rows: mean score and its standard error (nats, and bits/dim for likelihoods);
+    # a standard error needs two rows or more.
+    mean: Number | None = None
+    stderr: Number | None = None
+    mean_bits_per_dim: Number | None = None
+    stderr_bits_per_dim: Number | None = None
+    elbo_mean: Number | None = None
+    elbo_stderr: Number | None = None
+    elbo_mean_bits_per_dim: Number | None = None
+    elbo_stderr_bits_per_dim: Number | None = None
+
+
+class TwoSampleResponse(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    model: str
+    test: Literal["mmd", "c2st"]
+    statistic: Number
+    p_value: Number
+    n_x: int
+    n_y: int
 
 
 class ModelInfo(BaseModel):
@@ -105,7 +133,10 @@ class ModelInfo(BaseModel):
     provider: str | None = None  # ONNX Runtime execution provider in use (session.get_providers())
 
 
+class ModelsResponse(BaseModel):
+    models: list[ModelInfo]
+
+
 class ErrorBody(BaseModel):
-    error: str
-    field: str | None = None
-    detail: list[dict[str, Any]] | None = None
+    error: str = Field(description="what is wrong, naming the field")
+    field: str | None = Field(description="the request field at fault (body: the body as a whole)")

@@ -80,63 +80,26 @@ def trained(bentoml_home):
     return models
 
 
-def _free_port() -> int:
-    import socket
+@pytest.fixture(scope="session")
+def server_process(trained, tmp_path_factory):
+    """The real service (`genreg serve`, 2 workers) on a free loopback port (tests/servers.py)."""
+    from servers import running_server
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    log_path = tmp_path_factory.mktemp("server") / "server.log"
+    try:
+        with running_server(log_path, workers=2, GENREG_MAX_ROWS="5000", GENREG_MAX_N="2000") as srv:
+            yield srv
+    except RuntimeError as exc:
+        pytest.fail(str(exc))
 
 
 @pytest.fixture(scope="session")
-def server(trained, tmp_path_factory):
-    """The real service (`genreg serve`, 2 workers) on a free loopback port: (client, log path)."""
-    import subprocess
-    import time
-
+def server(server_process):
+    """(httpx client, log path) of the shared real service."""
     import httpx
 
-    port = _free_port()
-    log_path = tmp_path_factory.mktemp("server") / "server.log"
-    env = dict(os.environ, GENREG_MAX_ROWS="5000", GENREG_MAX_N="2000")
-    with log_path.open("w") as log:
-        proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "registry.cli",
-                "serve",
-                "--host",
-                "127.0.0.1",
-                "--port",
-                str(port),
-                "--workers",
-                "2",
-            ],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            env=env,
-            cwd=ROOT,
-        )
-    base = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 120
-    with httpx.Client(base_url=base, timeout=30) as client:
-        while True:
-            try:
-                if client.get("/readyz").status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if proc.poll() is not None or time.monotonic() > deadline:
-                proc.kill()
-                pytest.fail(f"server did not become ready:\n{log_path.read_text()[-3000:]}")
-            time.sleep(0.5)
-        yield client, log_path
-    proc.terminate()
-    try:
-        proc.wait(timeout=20)
-    except subprocess.TimeoutExpired:
-        proc.kill()
+    with httpx.Client(base_url=server_process.base, timeout=30) as client:
+        yield client, server_process.log_path
 
 
 def write_dist(site: Path, dist: str, entry_points: dict[str, str]) -> None:

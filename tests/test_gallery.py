@@ -152,3 +152,24 @@ def test_bad_upload_shows_the_api_error_and_good_upload_scores(browser, tmp_path
     table = wait_for(lambda: browser.find_element(By.ID, "score-table"), what="score table")
     assert len(table.find_elements(By.CSS_SELECTOR, "tbody tr")) == 3
     assert browser.find_element(By.ID, "score-error").text == ""
+
+
+def test_gallery_asks_for_the_token_and_then_lists_models(browser, train_model, tmp_path):
+    """With GENREG_API_TOKEN set the page still loads, asks for the token, then uses it."""
+    from selenium.webdriver.common.by import By
+    from servers import running_server
+
+    train_model("gaussian", "moons", name="gallery-auth")
+    env = {"GENREG_API_TOKEN": "gallery-token", "GENREG_MODELS": "gallery-auth"}
+    with running_server(tmp_path / "server.log", **env) as srv:
+        browser.get(srv.base + "/")
+        status = browser.find_element(By.ID, "models-status")
+        wait_for(lambda: "missing bearer token" in status.text, what="the 401 message")
+        form = browser.find_element(By.ID, "token-form")
+        assert form.is_displayed()
+        browser.find_element(By.ID, "token").send_keys("gallery-token")
+        form.find_element(By.TAG_NAME, "button").click()
+        rows = wait_for(lambda: browser.find_elements(By.CSS_SELECTOR, "#models tbody tr"), what="table rows")
+        assert [r.get_attribute("data-model") for r in rows] == ["gallery-auth"]
+        assert not browser.find_element(By.ID, "token-form").is_displayed()
+        browser.execute_script("window.localStorage.removeItem('genreg-token')")

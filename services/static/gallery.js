@@ -300,7 +300,14 @@ async function init() {
     renderTable();
   } catch (e) {
     status.textContent = "Could not list models: " + e.message;
+    // The service wants a bearer token (GENREG_API_TOKEN): ask for it, keep it for later visits.
+    if (e.status === 401) document.getElementById("token-form").hidden = false;
   }
+  document.getElementById("token-form").addEventListener("submit", (e) => {
+    e.preventDefault();
+    window.localStorage.setItem("genreg-token", document.getElementById("token").value.trim());
+    window.location.reload();
+  });
   const temp = document.getElementById("temperature");
   temp.addEventListener("input", () => { document.getElementById("temperature-value").textContent = Number(temp.value).toFixed(2); });
   temp.addEventListener("change", drawSamples);

@@ -1,0 +1,50 @@
+"""Optional bearer-token auth: GENREG_API_TOKEN set means every API call must carry it.
+
+Health probes and /metrics stay open (orchestrators and Prometheus scrape them without
+credentials), and so does the gallery's static page and assets: a browser cannot attach a
+header to a page navigation, and the page holds no data; its API calls send the token.
+"""
+
+from __future__ import annotations
+
+import hmac
+import os
+
+TOKEN_ENV = "GENREG_API_TOKEN"
+OPEN_PATHS = frozenset({"/healthz", "/livez", "/readyz", "/metrics", "/", "/ui"})
+OPEN_PREFIXES = ("/static/",)
+
+
+def configured_token() -> bytes | None:
+    """The token from the environment, or None when auth is off (unset or blank)."""
+    token = os.environ.get(TOKEN_ENV, "").strip()
+    return token.encode() if token else None
+
+
+def is_open(path: str) -> bool:
+    return path in OPEN_PATHS or path.startswith(OPEN_PREFIXES)
+
+
+def bearer(headers: list[tuple[bytes, bytes]]) -> bytes | None:
+    """The credentials of an ``Authorization: Bearer <token>`` header, if there is one."""
+    for name, value in headers:
+        if name.lower() == b"authorization":
+            scheme, _, credentials = value.strip().partition(b" ")
+            if scheme.lower() == b"bearer" and credentials.strip():
+                return credentials.strip()
+            return None
+    return None
+
+
+def check(token: bytes, headers: list[tuple[bytes, bytes]]) -> str | None:
+    """None when the request carries ``token``; otherwise the reason, for the 401 body.
+
+    compare_digest takes time independent of where the strings differ, so the answer's
+    timing does not reveal how much of a guessed token was right.
+    """
+    given = bearer(headers)
+    if given is None:
+        return "missing bearer token: send 'Authorization: Bearer <token>'"
+    if not hmac.compare_digest(given, token):
+        return "invalid bearer token"
+    return None

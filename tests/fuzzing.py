@@ -1,0 +1,85 @@
+"""Schema-driven fuzzing of the live service: its own OpenAPI document, generated requests.
+
+Used by tests/test_fuzz.py (a short run in the suite) and benchmarks/fuzz.py (the long one).
+Every generated request must be answered within the timeout, never with a 5xx, with the
+status codes and response bodies the document declares; requests that break the schema
+(negative mode) must be refused with a 4xx.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+
+import httpx
+import schemathesis
+from hypothesis import HealthCheck, Phase, given, settings
+from hypothesis import seed as seed_fn
+from hypothesis import strategies as st
+from hypothesis.errors import Unsatisfiable
+from schemathesis import GenerationMode
+from schemathesis.checks import not_a_server_error
+from schemathesis.specs.openapi.checks import (
+    content_type_conformance,
+    negative_data_rejection,
+    response_schema_conformance,
+    status_code_conformance,
+)
+
+CHECKS = [
+    not_a_server_error,
+    status_code_conformance,
+    content_type_conformance,
+    response_schema_conformance,
+    negative_data_rejection,
+]
+TIMEOUT_S = 30  # "no hang": a request not answered by then fails the run
+
+
+def fuzz(base: str, per_operation: int, headers: dict[str, str] | None = None, seed: int = 0) -> Counter:
+    """Runs ``per_operation`` generated requests (half valid, half not) on every operation.
+
+    Returns the number of answered requests per operation and status; raises on the first failed check
+    (Hypothesis shrinks it to a minimal failing request first). Seed 0 is derandomized, so
+    the suite sends the same requests every run.
+    """
+    schema = schemathesis.openapi.from_url(base.rstrip("/") + "/docs.json", headers=headers or {})
+    models = httpx.get(base.rstrip("/") + "/models", headers=headers or {}, timeout=TIMEOUT_S).json()[
+        "models"
+    ]
+    served = [m["name"] for m in models]
+    sent: Counter = Counter()
+    for result in schema.get_all_operations():
+        operation = result.ok()
+        for mode in (GenerationMode.POSITIVE, GenerationMode.NEGATIVE):
+            _run(operation, mode, base, max(1, per_operation // 2), headers, seed, sent, served)
+    return sent
+
+
+def _run(operation, mode, base: str, examples: int, headers, seed: int, sent: Counter, served) -> None:
+    # Names the generator invents are almost never served, so every request would stop at
+    # 404; half the valid bodies name a served model instead (still a valid body) to reach
+    # validation against the model and the model itself. Invalid bodies are left as made.
+    names = st.sampled_from([None, *served]) if served and mode is GenerationMode.POSITIVE else st.none()
+
+    @given(case=operation.as_strategy(generation_mode=mode), name=names)
+    @settings(
+        max_examples=examples,
+        deadline=None,
+        database=None,
+        derandomize=seed == 0,
+        phases=[Phase.generate, Phase.shrink],
+        suppress_health_check=list(HealthCheck),
+    )
+    def one(case, name) -> None:
+        if name and isinstance(case.body, dict) and "model" in case.body:
+            case.body["model"] = name
+        response = case.call_and_validate(base_url=base, headers=headers, checks=CHECKS, timeout=TIMEOUT_S)
+        sent[f"{operation.label} {response.status_code}"] += 1
+
+    if seed:
+        one = seed_fn(seed)(one)
+    try:
+        one()
+    except Unsatisfiable:
+        # Nothing to negate (a GET without parameters): every request to it is valid.
+        assert mode is GenerationMode.NEGATIVE, operation.label
