@@ -59,7 +59,12 @@ def _validate(model: type[BaseModel], body: dict[str, Any]) -> Any:
         top = str(first["loc"][0]) if first["loc"] else "body"
         message = "unknown field" if first["type"] == "extra_forbidden" else first["msg"]
         message = message.removeprefix("Value error, ")
-        raise ApiError(400, top, f"{field}: {message}", f"invalid_{top}") from None
+        # The reason is a metric label: only names the schema defines, never a client's
+        # invented field name (each would be a new time series, without bound).
+        reason = f"invalid_{top}" if top in model.model_fields else "unknown_field"
+        if first["type"] != "extra_forbidden" and top not in model.model_fields:
+            reason = "invalid_body"
+        raise ApiError(400, top, f"{field}: {message}", reason) from None
 
 
 async def _call(fn: Any, req: Any, rows: int) -> Any:

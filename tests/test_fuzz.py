@@ -155,3 +155,44 @@ def test_fuzz_regressions(server, path, body, status, field):
         assert resp.json()["field"] == field
     if path == "/score" and status == 200:
         assert resp.json()["scores"][0] is None or np.isfinite(resp.json()["scores"][0])
+
+
+def test_invented_field_names_never_become_metric_labels(server):
+    """Fuzzed bodies with made-up fields once gave genreg_errors_total one series per name."""
+    client, _ = server
+    odd = 'we}i"rd\n name'
+    resp = client.post("/sample", content=json.dumps({"model": "flow-digits", odd: 1}), headers=HEADERS)
+    assert resp.status_code == 400 and resp.json()["field"] == odd
+    metrics = client.get("/metrics")
+    assert metrics.status_code == 200
+    reasons = {
+        line.split('reason="')[1].split('"')[0]
+        for line in metrics.text.splitlines()
+        if line.startswith("genreg_errors_total{")
+    }
+    assert "unknown_field" in reasons and not any("we}i" in r for r in reasons)
+    assert reasons <= {
+        "unknown_field",
+        "invalid_body",
+        "invalid_json",
+        "too_large",
+        "unauthorized",
+        "unknown_model",
+        "store_error",
+        "missing_capability",
+    } | {
+        f"invalid_{f}"
+        for f in (
+            "model",
+            "n",
+            "seed",
+            "temperature",
+            "format",
+            "x",
+            "kind",
+            "k",
+            "test",
+            "n_model",
+            "permutations",
+        )
+    }
