@@ -21,9 +21,21 @@ def _grid(lim: float, n: int) -> tuple[np.ndarray, float]:
     return np.stack([xx.ravel(), yy.ravel()], 1).astype(np.float32), float((g[1] - g[0]) ** 2)
 
 
-def test_flow_is_invertible_and_logdet_matches_autograd():
+@pytest.mark.parametrize("transform", ["affine", "spline"])
+def test_flow_is_invertible_and_logdet_matches_autograd(transform):
     torch.manual_seed(0)
-    flow = Flow(4, None, n_blocks=3, hidden=16, depth=1, dropout=0.0, clamp=2.0, alpha=0.01, seed=0)
+    flow = Flow(
+        4,
+        None,
+        n_blocks=3,
+        hidden=16,
+        depth=1,
+        dropout=0.0,
+        clamp=2.0,
+        alpha=0.01,
+        seed=0,
+        transform=transform,
+    )
     x = torch.randn(64, 4)
     flow.train()
     flow.log_prob(x)  # actnorm's data-dependent initialisation

@@ -59,15 +59,25 @@ def _parameters(
     return widths, x_knots, heights, y_knots, derivatives
 
 
+def _locate(
+    value: torch.Tensor, params: torch.Tensor, bound: float, *, inverse: bool
+) -> tuple[torch.Tensor, torch.Tensor, tuple[torch.Tensor, ...]]:
+    """(inside the interval, clamped value, the bin's x0, width, y0, height, d0, d1).
+
+    The bin is found on the x-knots going forward and on the y-knots going back.
+    """
+    widths, x_knots, heights, y_knots, derivatives = _parameters(params, bound)
+    inside = (value >= -bound) & (value <= bound)
+    clamped = torch.clamp(value, -bound, bound)
+    idx = _bin_index(clamped, y_knots if inverse else x_knots)
+    picked = (x_knots, widths, y_knots, heights, derivatives)
+    x0, w, y0, h, d0 = (_pick(t, idx) for t in picked)
+    return inside, clamped, (x0, w, y0, h, d0, _pick(derivatives, idx + 1))
+
+
 def spline_forward(x: torch.Tensor, params: torch.Tensor, bound: float) -> tuple[torch.Tensor, torch.Tensor]:
     """y = s(x) elementwise and log|ds/dx| per element; ``params`` has shape x.shape + (3K - 1,)."""
-    widths, x_knots, heights, y_knots, derivatives = _parameters(params, bound)
-    inside = (x >= -bound) & (x <= bound)
-    xc = torch.clamp(x, -bound, bound)
-    idx = _bin_index(xc, x_knots)
-    x0, w = _pick(x_knots, idx), _pick(widths, idx)
-    y0, h = _pick(y_knots, idx), _pick(heights, idx)
-    d0, d1 = _pick(derivatives, idx), _pick(derivatives, idx + 1)
+    inside, xc, (x0, w, y0, h, d0, d1) = _locate(x, params, bound, inverse=False)
     slope = h / w
     theta = (xc - x0) / w
     mix = theta * (1 - theta)
@@ -80,13 +90,7 @@ def spline_forward(x: torch.Tensor, params: torch.Tensor, bound: float) -> tuple
 
 def spline_inverse(y: torch.Tensor, params: torch.Tensor, bound: float) -> torch.Tensor:
     """x = s^-1(y) elementwise: the root in [0, 1] of the bin's quadratic in theta."""
-    widths, x_knots, heights, y_knots, derivatives = _parameters(params, bound)
-    inside = (y >= -bound) & (y <= bound)
-    yc = torch.clamp(y, -bound, bound)
-    idx = _bin_index(yc, y_knots)
-    x0, w = _pick(x_knots, idx), _pick(widths, idx)
-    y0, h = _pick(y_knots, idx), _pick(heights, idx)
-    d0, d1 = _pick(derivatives, idx), _pick(derivatives, idx + 1)
+    inside, yc, (x0, w, y0, h, d0, d1) = _locate(y, params, bound, inverse=True)
     slope = h / w
     dy = yc - y0
     curve = d0 + d1 - 2 * slope
