@@ -257,3 +257,20 @@ def test_two_sample_endpoint(server):
     assert again == mmd
     small = post(client, "/two_sample_test", {"model": "gaussian-digits", "x": real[:5]})
     assert small.status_code == 400 and small.json()["field"] == "x"
+
+
+def test_a_second_server_on_the_same_store_leaves_the_first_ones_metrics(server, tmp_path):
+    """BentoML empties its multiprocess metrics folder when a server starts; each genreg server
+    has its own, so starting another one on the store must not wipe this one's counters."""
+    from servers import running_server
+
+    client, _ = server
+    post(client, "/sample", {"model": "gaussian-digits", "n": 3, "seed": 0})
+    before = _metric(client.get("/metrics").text, "genreg_rows_total", model="gaussian-digits", kind="sample")
+    assert before >= 3
+    with running_server(tmp_path / "second.log", GENREG_MODELS="gaussian-digits") as second:
+        assert httpx.get(f"{second.base}/models", timeout=30).status_code == 200
+        after = _metric(
+            client.get("/metrics").text, "genreg_rows_total", model="gaussian-digits", kind="sample"
+        )
+    assert after == before
