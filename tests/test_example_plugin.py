@@ -4,16 +4,14 @@ from __future__ import annotations
 
 import inspect
 import json
-import os
-import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import httpx
 import numpy as np
 import pytest
+from servers import running_server
 
 from registry import hookspecs
 
@@ -66,31 +64,8 @@ def test_installed_plugin_trains_serves_and_uninstalls_cleanly(installed_example
     out = _genreg("train", "kde", "--data", "8gaussians", "-o", "eps=0.3", "--name", "kde-e2e", "--quiet")
     assert "saved kde-e2e:" in out.stdout
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    env = dict(os.environ, GENREG_MODELS="kde-e2e")
-    log = (tmp_path / "server.log").open("w")
-    server = subprocess.Popen(
-        [sys.executable, "-m", "registry.cli", "serve", "--port", str(port)],
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        env=env,
-        cwd=ROOT,
-    )
-    base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 90
-        while True:
-            try:
-                if httpx.get(base + "/readyz", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert server.poll() is None and time.monotonic() < deadline, (
-                tmp_path / "server.log"
-            ).read_text()
-            time.sleep(0.3)
+    with running_server(tmp_path / "server.log", timeout=90, GENREG_MODELS="kde-e2e") as server:
+        base = server.base
         headers = {"content-type": "application/json"}
         sample = httpx.post(
             base + "/sample", content=json.dumps({"model": "kde-e2e", "n": 5, "seed": 1}), headers=headers
@@ -104,10 +79,6 @@ def test_installed_plugin_trains_serves_and_uninstalls_cleanly(installed_example
         assert score.status_code == 200, score.text
         high, low = score.json()["scores"]
         assert score.json()["kind"] == "log_prob" and high > low  # a mode of 8gaussians beats the centre
-    finally:
-        server.terminate()
-        server.wait(timeout=30)
-        log.close()
 
     _pip("uninstall", "-y", "genreg-kde")
     try:
