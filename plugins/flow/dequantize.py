@@ -89,3 +89,11 @@ class VariationalDequantizer(nn.Module):
         eps = (h - shift) * torch.exp(-log_scale)
         # Re-run forward for its log-determinant at this eps: simpler than inverse log-dets.
         return self.forward(x, eps)[1]
+
+
+def variational_log_weight(
+    flow: nn.Module, dequantizer: VariationalDequantizer, x: torch.Tensor, eps: torch.Tensor
+) -> torch.Tensor:
+    """log p(x + u) - log q(u|x) with u = h(eps; x): one draw of the variational bound."""
+    u, log_q = dequantizer(x, eps)
+    return flow.log_prob(x + u) - log_q

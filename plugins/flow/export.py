@@ -7,8 +7,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from plugins.flow.dequantize import variational_log_weight
 from plugins.flow.family import FlowModel
-from plugins.flow.train import variational_log_weight
 from registry.export import export_torch
 from registry.family import GraphSpec, NoiseInput
 

@@ -129,7 +129,7 @@ class FlowFamily(TorchFamily):
         # log p(x + u) - log q(u|x) with u = h(eps; x) ~ q; its mean over draws is the bound.
         if model.dequantizer is None:
             return self._run(lambda a, u: model.flow.log_prob(a + u), x, noise["u"])
-        from plugins.flow.train import variational_log_weight
+        from plugins.flow.dequantize import variational_log_weight
 
         return self._run(
             lambda a, eps: variational_log_weight(model.flow, model.dequantizer, a, eps), x, noise["eps"]

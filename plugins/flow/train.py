@@ -9,19 +9,11 @@ import torch
 from torch import nn
 
 from plugins.common.training import fit_config, pick_device
-from plugins.flow.dequantize import VariationalDequantizer
+from plugins.flow.dequantize import VariationalDequantizer, variational_log_weight
 from plugins.flow.family import FlowConfig, FlowModel
 from plugins.flow.model import Flow
 from registry.data import Dataset
 from registry.family import TrainControl
-
-
-def variational_log_weight(
-    flow: Flow, dequantizer: VariationalDequantizer, x: torch.Tensor, eps: torch.Tensor
-) -> torch.Tensor:
-    """log p(x + u) - log q(u|x) with u = h(eps; x): one draw of the variational bound."""
-    u, log_q = dequantizer(x, eps)
-    return flow.log_prob(x + u) - log_q
 
 
 def train_flow(data: Dataset, config: FlowConfig, control: TrainControl) -> FlowModel:
