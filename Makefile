@@ -17,9 +17,12 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet -e '.[cpu,train,dev]'
 	touch $(STAMP)
 
+# lint-imports checks the architecture contracts in pyproject.toml (layers, what the service
+# may import); a wrong import fails here with the import chain named.
 lint: venv
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/lint-imports
 
 # System parts the browser tests need (Debian's chromium and chromium-driver). A failure
 # here is not fatal: those tests then report themselves skipped, with the reason.
@@ -35,7 +38,7 @@ test: lint browser
 	$(BIN)/python -m pytest -q
 
 demo: venv
-	$(BIN)/python -m registry.demo
+	$(BIN)/python -m registry.packaging.demo
 
 serve: venv
 	$(BIN)/genreg serve

@@ -37,12 +37,13 @@ def one_run(data_name: str, variant: str, budget: float, device: str, seed: int)
     import torch
 
     from plugins.flow.family import FlowFamily
-    from registry.data import load_dataset
-    from registry.export import check_parity
-    from registry.family import TrainControl
-    from registry.inference import LoadedModel, bound_estimates
-    from registry.store import StoredModel
-    from registry.units import score_summary
+    from registry.contract.family import TrainControl
+    from registry.datasets import load_dataset
+    from registry.pipeline.export import check_parity
+    from registry.runtime.models import LoadedModel
+    from registry.runtime.scoring import bound_estimates, score
+    from registry.runtime.store import StoredModel
+    from registry.runtime.units import score_summary
 
     torch.set_num_threads(1 if device == "cuda" else (os.cpu_count() or 1))
     fam = FlowFamily()
@@ -64,7 +65,7 @@ def one_run(data_name: str, variant: str, budget: float, device: str, seed: int)
         loaded = LoadedModel(StoredModel("bench", "0", Path(tmp), meta), providers=["CPUExecutionProvider"])
         out = {"data": data_name, "variant": variant, "fit": model.fit, "parity": max(parity.values())}
         if toy:
-            _, logp, _ = loaded.score(data.test, "log_prob")
+            logp = score(loaded, data.test, "log_prob").scores
             out["kl"] = float((data.log_density(data.test.astype("float64")) - logp).mean())
         else:
             elbo, iw = bound_estimates(loaded.log_weights(data.test, seed=seed, k=16))

@@ -15,10 +15,10 @@ os.environ["BENTOML_HOME"] = tempfile.mkdtemp(prefix="genreg-bench-")
 
 import torch
 
-from registry.data import BUILTIN_DATASETS, load_dataset
-from registry.family import TrainControl
-from registry.pipeline import train_and_store
-from registry.plugins import get_plugins
+from registry.contract.family import TrainControl
+from registry.contract.loading import get_plugins
+from registry.datasets import BUILTIN_DATASETS, load_dataset
+from registry.pipeline.train import train_and_store
 
 
 def main() -> None:

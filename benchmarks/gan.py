@@ -1,7 +1,7 @@
 """GAN on 8gaussians and digits with both generator losses: C2ST, MMD and the JSD estimate.
 
 Run: .venv/bin/python benchmarks/gan.py [--epochs N]
-Each run's metrics come from the test split against as many samples (registry.pipeline).
+Each run's metrics come from the test split against as many samples (registry.pipeline.train).
 """
 
 from __future__ import annotations
@@ -14,10 +14,10 @@ os.environ["BENTOML_HOME"] = tempfile.mkdtemp(prefix="genreg-bench-gan-")
 
 import torch
 
-from registry.data import load_dataset
-from registry.family import TrainControl
-from registry.pipeline import train_and_store
-from registry.plugins import get_plugins
+from registry.contract.family import TrainControl
+from registry.contract.loading import get_plugins
+from registry.datasets import load_dataset
+from registry.pipeline.train import train_and_store
 
 
 def main() -> None:

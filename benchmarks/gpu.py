@@ -41,7 +41,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-# plugins.flow.model needs torch only (not registry.data, whose toys need scipy).
+# plugins.flow.model needs torch only (not registry.datasets, whose toys need scipy).
 from plugins.flow.model import Flow
 
 DIM, LEVELS = 64, 17
@@ -91,7 +91,7 @@ def train_flow(steps: int, device: str) -> Flow:
 
 
 def export(flow: Flow, directory: Path) -> Path:
-    from registry.export import export_torch  # needs onnx + onnxscript
+    from registry.pipeline.export import export_torch  # needs onnx + onnxscript
 
     path = directory / "scorer.onnx"
     example = torch.zeros(4, DIM)

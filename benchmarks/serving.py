@@ -98,9 +98,9 @@ def onnx_vs_torch(seconds: float) -> list[str]:
     import torch
 
     from plugins.flow.model import Flow
-    from registry.data import load_digits
-    from registry.inference import LoadedModel
-    from registry.store import get_model
+    from registry.datasets import load_digits
+    from registry.runtime.models import LoadedModel
+    from registry.runtime.store import get_model
 
     torch.set_num_threads(os.cpu_count() or 1)
     stored = get_model("flow-digits")
@@ -201,9 +201,10 @@ def serving(seconds: float, compare_root: Path | None = None) -> list[str]:
     The 2 cores are shared with other jobs whose load comes and goes; measured one after the
     other, a busy minute could fall on one side of a ratio only. Interleaved, it hits all.
     """
-    from registry.data import load_digits
-    from registry.inference import LoadedModel
-    from registry.store import get_model
+    from registry.datasets import load_digits
+    from registry.runtime.models import LoadedModel
+    from registry.runtime.scoring import score
+    from registry.runtime.store import get_model
 
     data = load_digits().test
     # The same session settings as the service (GENREG_ORT_THREADS, default 1).
@@ -254,8 +255,8 @@ def serving(seconds: float, compare_root: Path | None = None) -> list[str]:
                 ).raise_for_status()
                 startup[label] = time.perf_counter() - started  # servers start together
         for _ in range(max(1, round(seconds))):
-            add("inproc1", rate(lambda: loaded.score(one, "bound", seed=0), 1, 1.0))
-            add("inproc1024", rate(lambda: loaded.score(big, "bound", seed=0), 1024, 1.0))
+            add("inproc1", rate(lambda: score(loaded, one, "bound", seed=0), 1, 1.0))
+            add("inproc1024", rate(lambda: score(loaded, big, "bound", seed=0), 1024, 1.0))
             add("echo1", asyncio.run(http_load(procs["echo"][1], body1, 1, 16, 1.0)))
             add("bento1", asyncio.run(http_load(procs["bento echo"][1], body1, 1, 16, 1.0)))
             for label in genreg:

@@ -17,10 +17,10 @@ os.environ["BENTOML_HOME"] = tempfile.mkdtemp(prefix="genreg-bench-vae-")
 
 import torch
 
-from registry.data import load_dataset
-from registry.family import TrainControl
-from registry.pipeline import train_and_store
-from registry.plugins import get_plugins
+from registry.contract.family import TrainControl
+from registry.contract.loading import get_plugins
+from registry.datasets import load_dataset
+from registry.pipeline.train import train_and_store
 
 
 def main() -> None:

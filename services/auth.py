@@ -9,6 +9,9 @@ from __future__ import annotations
 
 import hmac
 import os
+from typing import Any
+
+from services.errors import ApiError, error_response
 
 TOKEN_ENV = "GENREG_API_TOKEN"
 OPEN_PATHS = frozenset({"/healthz", "/livez", "/readyz", "/metrics", "/", "/ui"})
@@ -48,3 +51,30 @@ def check(token: bytes, headers: list[tuple[bytes, bytes]]) -> str | None:
     if not hmac.compare_digest(given, token):
         return "invalid bearer token"
     return None
+
+
+class BearerAuth:
+    """ASGI middleware: with a token configured, every path but the open ones needs it (401).
+
+    A middleware, not a route check, so that it also guards BentoML's own routes.
+    ``endpoints`` maps API paths to the endpoint names that label genreg_errors_total.
+    """
+
+    def __init__(self, app: Any, endpoints: dict[str, str]) -> None:
+        self.app = app
+        self.endpoints = endpoints
+        self.token = configured_token()
+
+    @staticmethod
+    def enabled() -> bool:
+        return configured_token() is not None
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if self.token is not None and scope["type"] == "http":
+            path = scope["path"].rstrip("/") or "/"
+            problem = None if is_open(path) else check(self.token, scope["headers"])
+            if problem is not None:
+                err = ApiError(401, "authorization", problem, "unauthorized")
+                await error_response(self.endpoints.get(path, "other"), err)(scope, receive, send)
+                return
+        await self.app(scope, receive, send)

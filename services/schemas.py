@@ -12,9 +12,17 @@ import os
 from typing import Annotated, Any, Literal
 
 import numpy as np
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, PlainValidator, WithJsonSchema
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    PlainValidator,
+    ValidationInfo,
+    WithJsonSchema,
+)
 
-from services.jsonbody import as_rows
+from registry.runtime.rows import parse_rows
 
 MAX_N = int(os.environ.get("GENREG_MAX_N", "4096"))
 MAX_ROWS = int(os.environ.get("GENREG_MAX_ROWS", "4096"))
@@ -25,7 +33,9 @@ MODEL_REF = r"^[a-z0-9][a-z0-9._-]*(:[a-z0-9]+)?$"
 
 
 def Rows(min_rows: int, max_rows: int, description: str) -> Any:
-    """``x`` fields: validated by :func:`as_rows`, documented as a JSON array of number rows."""
+    """``x`` fields: parsed by :func:`registry.runtime.rows.parse_rows`, documented as a JSON array
+    of number rows. The validation context's ``may_hold_bools`` (from the raw body) lets the
+    parser skip its walk for JSON booleans when the body holds none."""
     schema = {
         "type": "array",
         "items": {"type": "array", "items": {"type": "number"}, "minItems": 1},
@@ -33,9 +43,12 @@ def Rows(min_rows: int, max_rows: int, description: str) -> Any:
         "maxItems": max_rows,
         "description": description,
     }
-    return Annotated[
-        np.ndarray, PlainValidator(lambda v: as_rows(v, min_rows, max_rows)), WithJsonSchema(schema)
-    ]
+
+    def parse(value: Any, info: ValidationInfo) -> np.ndarray:
+        bools = (info.context or {}).get("may_hold_bools", True)
+        return parse_rows(value, min_rows, max_rows, may_hold_bools=bools)
+
+    return Annotated[np.ndarray, PlainValidator(parse), WithJsonSchema(schema)]
 
 
 def _integral(value: Any) -> Any:

@@ -4,8 +4,8 @@ Requests are validated by :mod:`services.schemas`; every problem is answered wit
 JSON body ``{"error", "field"}`` (404 for an unknown model, 422 for a kind the model lacks,
 400 for anything else wrong in the body), counted in ``genreg_errors_total``, and logged
 as one line, never as a traceback. HTTP requests reach :meth:`Genreg.handle` through the
-gate (services.gate), which reads and parses each body once; the ``bentoml.api`` methods
-below declare the same endpoints to BentoML and answer through the same handler.
+routes that services.routes mounts on the service (BentoML's documented way to add routes),
+which read and parse each body once; bearer auth (services.auth) guards every route.
 """
 
 from __future__ import annotations
@@ -22,37 +22,37 @@ import numpy as np
 from pydantic import BaseModel, ValidationError
 from starlette.responses import Response
 
-from registry.images import png_grid
-from registry.inference import CapabilityError, LoadedModel, bound_estimates
-from registry.store import ModelNotFound, StoreError
-from registry.two_sample import c2st, mmd_test
-from registry.units import bits_per_dim, score_summary
-from registry.validation import InputError, check_input
+from registry.runtime.models import CapabilityError, LoadedModel
+from registry.runtime.png import png_grid
+from registry.runtime.rows import InputError, check_rows
+from registry.runtime.scoring import score
+from registry.runtime.store import ModelNotFound, StoreError
+from registry.runtime.two_sample import c2st, mmd_test
+from services.auth import BearerAuth
 from services.batching import Batcher
+from services.cache import ModelCache
 from services.errors import ApiError, error_response, json_response
-from services.gate import BOUND, ApiGate
 from services.metrics import INFERENCE_SECONDS, MODEL_INFO, ROWS
-from services.runtime import ModelCache
+from services.routes import API_PATHS, build_app
 from services.schemas import MAX_DRAW_ROWS, ModelInfo, SampleRequest, ScoreRequest, TwoSampleRequest
 
 log = logging.getLogger("genreg.service")
 WORKERS = int(os.environ.get("GENREG_WORKERS", "1"))
-# One intra-op thread per session by default: on the 2-core machines measured (see
-# benchmarks/RESULTS.md) it was faster at batch 1 (154 vs 236 us) and at batch 1024 (16.6 vs
-# 24.9 ms) than ONNX Runtime's default pool, which spins against the HTTP workers for the cores.
+# One intra-op thread per session by default: ONNX Runtime's own pool spins against the HTTP
+# workers for the cores, and lost at batch 1 and 1024 alike (benchmarks/RESULTS.md, Serving).
 ORT_THREADS = int(os.environ.get("GENREG_ORT_THREADS", "1"))
 # Adaptive batching of concurrent ONNX Runtime calls per graph (see services.batching and
 # benchmarks/RESULTS.md for when it pays off); 0 turns it off.
 BATCH_MAX_ROWS = int(os.environ.get("GENREG_BATCH_MAX_ROWS", "0"))
 MAX_BODY_BYTES = int(os.environ.get("GENREG_MAX_BODY_BYTES", str(64 * 1024 * 1024)))
 # Requests up to this many rows run on the event loop: for them a thread hop costs more than
-# the ONNX Runtime call itself (about 150 us at batch 1); larger ones go to a worker thread.
+# the ONNX Runtime call itself; larger ones go to a worker thread (benchmarks/RESULTS.md, Serving).
 INLINE_ROWS = int(os.environ.get("GENREG_INLINE_ROWS", "64"))
 
 
-def _validate(model: type[BaseModel], body: dict[str, Any]) -> Any:
+def _validate(model: type[BaseModel], body: dict[str, Any], may_hold_bools: bool) -> Any:
     try:
-        return model.model_validate(body)
+        return model.model_validate(body, context={"may_hold_bools": may_hold_bools})
     except ValidationError as exc:
         first = exc.errors(include_url=False)[0]
         field = ".".join(str(p) for p in first["loc"]) or "body"
@@ -87,8 +87,6 @@ class Genreg:
         self.cache.load_all()
         for loaded in self.cache.loaded.values():
             self._instrument(loaded)
-        BOUND.served = lambda: sorted(self.cache.newest)
-        BOUND.handle = self.handle
         log.info(
             "loaded %d models in %.2fs on %s",
             len(self.cache.loaded),
@@ -122,17 +120,21 @@ class Genreg:
             self._instrument(loaded)
         return loaded
 
-    async def handle(self, endpoint: str, body: dict[str, Any]) -> Response:
+    def served(self) -> list[str]:
+        """The names this instance serves (their newest versions)."""
+        return sorted(self.cache.newest)
+
+    async def handle(self, endpoint: str, body: dict[str, Any], *, may_hold_bools: bool = True) -> Response:
         """The answer to one parsed request body: the result, or the error's JSON."""
         try:
             if endpoint == "sample":
-                req = _validate(SampleRequest, body)
+                req = _validate(SampleRequest, body, may_hold_bools)
                 return json_response(await _call(self._sample, req, req.n))
             if endpoint == "score":
-                req = _validate(ScoreRequest, body)
+                req = _validate(ScoreRequest, body, may_hold_bools)
                 return json_response(await _call(self._score, req, len(req.x) * req.k))
             if endpoint == "two_sample_test":
-                req = _validate(TwoSampleRequest, body)
+                req = _validate(TwoSampleRequest, body, may_hold_bools)
                 return json_response(await anyio.to_thread.run_sync(self._two_sample, req))
             return json_response({"models": [model_info(m) for m in self.cache.models()]})
         except ApiError as err:
@@ -162,57 +164,17 @@ class Genreg:
             out["samples"] = x
         return out
 
-    # The body arrives whole (a positional-only parameter is BentoML's root input) so that
-    # validation, and its errors, are ours.
-    @bentoml.api(route="/sample")
-    async def sample(self, body: dict[str, Any], /) -> Any:
-        """Draw `n` samples: {"model", "n", "seed"?, "temperature"?, "format"?: "json"|"png"}."""
-        return await self.handle("sample", body)
-
     # --- /score ----------------------------------------------------------------------------
     def _score(self, req: ScoreRequest) -> dict[str, Any]:
         loaded = self._resolve(req.model)
-        kind = req.kind or (loaded.kinds[0] if loaded.kinds else None)
-        if kind not in loaded.kinds:
-            raise ApiError(
-                422,
-                "kind",
-                f"{loaded.stored.tag} cannot score kind {kind!r}; it has: {', '.join(loaded.kinds) or 'none'}",
-                "missing_capability",
-            )
         try:
-            x = check_input(req.x, loaded.stored.data, what="x")
+            result = score(loaded, req.x, req.kind, k=req.k, seed=req.seed, max_draw_rows=MAX_DRAW_ROWS)
+        except CapabilityError as exc:
+            raise ApiError(422, exc.field, str(exc), "missing_capability") from None
         except InputError as exc:
-            raise ApiError(400, exc.field, str(exc), "invalid_x") from None
-        if req.k > 1 and kind != "bound":
-            raise ApiError(400, "k", f"k > 1 applies to kind 'bound' only, not {kind!r}", "invalid_k")
-        if len(x) * req.k > MAX_DRAW_ROWS:
-            raise ApiError(400, "k", f"rows x k = {len(x) * req.k} exceeds {MAX_DRAW_ROWS}", "invalid_k")
-        out: dict[str, Any] = {"model": loaded.stored.tag, "kind": kind}
-        if kind == "bound":
-            elbo, iwae = bound_estimates(loaded.log_weights(x, req.seed, req.k))
-            out.update(scores=iwae, bits_per_dim=bits_per_dim(iwae, loaded.dim), k=req.k)
-            out.update(score_summary(iwae, loaded.dim))
-            if req.k > 1:
-                out["elbo"] = elbo
-                out.update(score_summary(elbo, loaded.dim, prefix="elbo_"))
-        else:
-            kind, scores, bpd = loaded.score(x, kind, seed=req.seed)
-            out["scores"] = scores
-            out.update(score_summary(scores, loaded.dim if bpd is not None else None))
-            if bpd is not None:
-                out["bits_per_dim"] = bpd
-        ROWS.labels(model=loaded.stored.name, kind=kind).inc(len(x))
-        return out
-
-    @bentoml.api(route="/score")
-    async def score(self, body: dict[str, Any], /) -> Any:
-        """Score rows: {"model", "x": [[...]], "kind"?: "log_prob"|"bound"|"discriminator", "seed"?, "k"?}.
-
-        For a bound with k > 1 noise draws per row, "scores" is the importance-weighted bound
-        log mean_k w_k and "elbo" the plain average mean_k log w_k; both are lower bounds.
-        """
-        return await self.handle("score", body)
+            raise ApiError(400, exc.field, str(exc), f"invalid_{exc.field}") from None
+        ROWS.labels(model=loaded.stored.name, kind=result.kind).inc(result.rows)
+        return result.as_dict()
 
     # --- /two_sample_test -------------------------------------------------------------------
     def _two_sample(self, req: TwoSampleRequest) -> dict[str, Any]:
@@ -220,7 +182,7 @@ class Genreg:
         if loaded.stored.graph("sampler") is None:
             raise ApiError(422, "model", f"{loaded.stored.tag} cannot sample", "missing_capability")
         try:
-            real = check_input(req.x, loaded.stored.data, what="x").astype(np.float64)
+            real = check_rows(req.x, loaded.stored.data, what="x").astype(np.float64)
         except InputError as exc:
             raise ApiError(400, exc.field, str(exc), "invalid_x") from None
         fake = loaded.sample(req.n_model or len(real), seed=req.seed).astype(np.float64)
@@ -237,17 +199,11 @@ class Genreg:
             )
         return {"model": loaded.stored.tag, **result}
 
-    @bentoml.api(route="/two_sample_test")
-    async def two_sample_test(self, body: dict[str, Any], /) -> Any:
-        """Two-sample test of real rows against model samples:
-        {"model", "x", "test": "mmd"|"c2st", "n_model"?, "seed"?, "permutations"?}."""
-        return await self.handle("two_sample_test", body)
 
-    # --- /models (POST; GET /models is answered by the gate) ---------------------------------
-    @bentoml.api(route="/models")
-    async def models(self, body: dict[str, Any] | None = None, /) -> Any:
-        """The served models: name, version, family, capabilities, score kinds, data, metrics."""
-        return await self.handle("models", {})
-
-
-Genreg.add_asgi_middleware(ApiGate, max_body_bytes=MAX_BODY_BYTES)
+# The API's routes, mounted on the service; each request finds this worker's instance through
+# BentoML's own accessor. Auth wraps BentoML's routes as well as ours.
+Genreg.mount_asgi_app(
+    build_app(bentoml.get_current_service, max_body_bytes=MAX_BODY_BYTES, auth=BearerAuth.enabled()),
+    name="genreg-api",
+)
+Genreg.add_asgi_middleware(BearerAuth, endpoints=API_PATHS)

@@ -29,10 +29,10 @@ def bentoml_home() -> Path:
 def _train(family: str, data: str, epochs: int | None = None, **options):
     import torch
 
-    from registry.data import load_dataset
-    from registry.family import TrainControl
-    from registry.pipeline import train_and_store
-    from registry.plugins import get_plugins
+    from registry.contract.family import TrainControl
+    from registry.contract.loading import get_plugins
+    from registry.datasets import load_dataset
+    from registry.pipeline.train import train_and_store
 
     torch.set_num_threads(2)
     fam = get_plugins().get(family)
@@ -73,7 +73,7 @@ def trained(bentoml_home):
     models["flowvd-digits"] = _train(
         "flow", "digits", TEST_EPOCHS["flowvd-digits"], name="flowvd-digits", dequantization="variational"
     )
-    from registry.critic import attach_critic
+    from registry.pipeline.critic import attach_critic
 
     # A newer version of flow-8gaussians with a critic: the server serves it as the newest.
     models["flow-8gaussians+critic"] = attach_critic("flow-8gaussians", steps=1500)

@@ -8,7 +8,7 @@ import sys
 import numpy as np
 import pytest
 
-from registry.data import load_digits
+from registry.datasets import load_digits
 
 
 def genreg(*args: str, check: bool = True) -> subprocess.CompletedProcess:

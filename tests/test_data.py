@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from registry.data import DataError, load_dataset, load_digits, load_user_data, read_array
-from registry.toys import TOYS
+from registry.datasets import DataError, load_dataset, load_digits, load_user_data, read_array
+from registry.datasets.toys import TOYS
 
 
 def test_digits_split_fixed_and_disjoint():

@@ -17,10 +17,17 @@ from pathlib import Path
 import pytest
 import yaml
 
-from registry.deploy import BuildOptions, bento_config, build_bento, forbidden_requirements, select_models
-from registry.image import debian_mirror
-from registry.inference import LoadedModel, available_providers
-from registry.store import get_model
+from registry.packaging.bento import (
+    BuildOptions,
+    bento_config,
+    build_bento,
+    forbidden_requirements,
+    select_models,
+)
+from registry.packaging.image import debian_mirror
+from registry.runtime.models import LoadedModel
+from registry.runtime.sessions import available_providers
+from registry.runtime.store import get_model
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -39,10 +46,15 @@ def test_bento_ships_the_models_and_serving_code_only(bento):
     assert sorted(m["tag"] for m in info["models"]) == sorted(tags)
     src = bento.path / "src"
     shipped = {p.relative_to(src).as_posix() for p in src.rglob("*.py")}
-    assert {"services/service.py", "services/runtime.py", "registry/inference.py"} <= shipped
-    # No training code: no plugins, no export or training pipeline.
-    assert not any(p.startswith("plugins/") for p in shipped)
-    assert not {"registry/export.py", "registry/pipeline.py", "registry/cli.py"} & shipped
+    runtime = {p.relative_to(ROOT).as_posix() for p in (ROOT / "registry" / "runtime").glob("*.py")}
+    assert {"services/service.py", "services/cache.py", "registry/__init__.py"} | runtime <= shipped
+    # Nothing of genreg's but the service and the serving runtime: no plugins, no contract, no
+    # training, export or evaluation pipeline, no CLI.
+    assert {p.split("/")[0] for p in shipped} == {"services", "registry"}
+    assert {p.rsplit("/", 1)[0] for p in shipped if p.startswith("registry/")} <= {
+        "registry",
+        "registry/runtime",
+    }
     dockerfile = (bento.path / "env" / "docker" / "Dockerfile").read_text()
     assert "FROM genreg-base:bookworm-py3.11" in dockerfile and "build-essential" not in dockerfile
 
@@ -151,7 +163,7 @@ def test_cuda_is_preferred_when_onnx_runtime_offers_it(monkeypatch):
 
 @pytest.mark.slow
 def test_provider_reported_is_the_one_running(trained, caplog):
-    from services.runtime import ModelCache
+    from services.cache import ModelCache
 
     stored = get_model("gaussian-digits")
     assert LoadedModel(stored, providers=["CPUExecutionProvider"]).provider == "CPUExecutionProvider"
@@ -180,7 +192,7 @@ def test_store_moves_between_homes_with_bentoml_export_and_import(trained, tmp_p
     env = {**os.environ, "BENTOML_HOME": str(home)}
     subprocess.run([*bentoml, "import", str(archive)], check=True, capture_output=True, env=env)
     # get_model recomputes every artifact's sha256, so a damaged transfer would be refused.
-    code = "from registry.store import get_model; print(get_model('gaussian-digits').tag)"
+    code = "from registry.runtime.store import get_model; print(get_model('gaussian-digits').tag)"
     out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True, env=env)
     assert out.stdout.strip() == tag
 

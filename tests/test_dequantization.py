@@ -10,11 +10,12 @@ import torch
 from torch.nn import functional as F
 
 from plugins.flow.spline import spline_forward, spline_inverse
-from registry.data import Dataset, load_dataset
-from registry.family import TrainControl
-from registry.inference import LoadedModel, bound_estimates
-from registry.plugins import get_plugins
-from registry.store import get_model
+from registry.contract.family import TrainControl
+from registry.contract.loading import get_plugins
+from registry.datasets import Dataset, load_dataset
+from registry.runtime.models import LoadedModel
+from registry.runtime.scoring import bound_estimates, score
+from registry.runtime.store import get_model
 
 
 def _grid4(seed: int = 0) -> Dataset:
@@ -158,7 +159,8 @@ def test_variational_score_over_http_matches_onnx_in_process(trained, server):
         resp = client.post("/score", json=body)
         assert resp.status_code == 200, resp.text
         got = resp.json()
-        _, expected, bpd = LoadedModel(get_model("flowvd-digits")).score(rows, "bound", seed=3, k=k)
+        local = score(LoadedModel(get_model("flowvd-digits")), rows, "bound", seed=3, k=k)
+        expected, bpd = local.scores, local.bits_per_dim
         np.testing.assert_allclose(got["scores"], expected, rtol=0, atol=1e-9)
         np.testing.assert_allclose(got["bits_per_dim"], bpd, rtol=0, atol=1e-9)
         assert "stderr" in got and got["stderr"] > 0
@@ -180,8 +182,8 @@ def test_toy_flows_score_finite_everywhere(trained, train_model, coupling):
         xx, yy = np.meshgrid(g, g)
         return np.stack([xx.ravel(), yy.ravel()], 1).astype(np.float32)
 
-    _, far, _ = loaded.score(grid(np.linspace(-1e3, 1e3, 101)), "log_prob")
-    _, near, _ = loaded.score(grid(np.linspace(-8, 8, 201)), "log_prob")
+    far = score(loaded, grid(np.linspace(-1e3, 1e3, 101)), "log_prob").scores
+    near = score(loaded, grid(np.linspace(-8, 8, 201)), "log_prob").scores
     assert np.all(np.isfinite(far)) and np.all(np.isfinite(near))
     # A density, not just finite numbers: it integrates to about 1 on the data's square.
     assert np.exp(near).sum() * (16 / 200) ** 2 == pytest.approx(1.0, abs=0.05)

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from servers import running_server
 
-from registry import hookspecs
+from registry.contract import hookspecs
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLE = ROOT / "examples" / "genreg-kde"
@@ -97,8 +97,8 @@ def test_noise_mixture_likelihood_within_log_100_and_samples_mostly_noise(instal
         "train", "noise-mixture", "--data", "digits", "-o", "base=flow-digits", "--name", "mix-e2e", "--quiet"
     )
     assert "saved mix-e2e:" in out.stdout
-    from registry.inference import LoadedModel
-    from registry.store import get_model
+    from registry.runtime.models import LoadedModel
+    from registry.runtime.store import get_model
 
     mix = get_model("mix-e2e")
     flow_bpd = trained["flow-digits"].metrics["test"]["bits_per_dim"]

@@ -17,8 +17,9 @@ import numpy as np
 import pytest
 from servers import ROOT, running_server
 
-from registry.inference import LoadedModel
-from registry.store import get_model, list_models
+from registry.runtime.models import LoadedModel
+from registry.runtime.scoring import score
+from registry.runtime.store import get_model, list_models
 
 pytestmark = pytest.mark.slow
 HEADERS = {"content-type": "application/json"}
@@ -65,7 +66,7 @@ def test_tampered_artifact_is_refused_by_name_while_the_rest_serve(fault_models,
 
 RACE = """
 import pathlib, sys, time
-import registry.pipeline as pipeline
+import registry.pipeline.train as pipeline
 real = pipeline.save_model
 barrier, me = pathlib.Path(sys.argv[1]), sys.argv[2]
 
@@ -97,7 +98,7 @@ def test_two_trainings_saving_one_name_at_once_give_two_intact_versions(bentoml_
     scores = []
     for stored in versions:
         get_model(stored.tag).verify()  # every artifact matches its recorded sha256
-        scores.append(LoadedModel(get_model(stored.tag)).score(x, "log_prob")[1])
+        scores.append(score(LoadedModel(get_model(stored.tag)), x, "log_prob").scores)
     np.testing.assert_allclose(scores[0], scores[1])  # same data, same seed: same model
     assert get_model("race").tag in {v.tag for v in versions}
 

@@ -9,10 +9,11 @@ import pytest
 import torch
 
 from plugins.flow.model import Flow
-from registry.data import Dataset, load_dataset
-from registry.family import TrainControl
-from registry.inference import LoadedModel
-from registry.plugins import get_plugins
+from registry.contract.family import TrainControl
+from registry.contract.loading import get_plugins
+from registry.datasets import Dataset, load_dataset
+from registry.runtime.models import LoadedModel
+from registry.runtime.scoring import score
 
 
 def _grid(lim: float, n: int) -> tuple[np.ndarray, float]:
@@ -104,7 +105,7 @@ def test_dequantisation_bound_below_discrete_mass():
 def test_flow_log_prob_integrates_to_one(trained):
     loaded = LoadedModel(trained["flow-8gaussians"])
     pts, cell = _grid(7.0, 500)
-    _, logp, _ = loaded.score(pts, "log_prob")
+    logp = score(loaded, pts, "log_prob").scores
     assert np.all(np.isfinite(logp))
     assert np.exp(logp).sum() * cell == pytest.approx(1.0, abs=0.02)
 

@@ -15,7 +15,7 @@ import pytest
 from selenium import webdriver
 from selenium.webdriver.chrome.service import Service
 
-from registry.data import load_digits
+from registry.datasets import load_digits
 
 
 def _chromium() -> tuple[str | None, str | None]:

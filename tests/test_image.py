@@ -21,7 +21,7 @@ import httpx
 import numpy as np
 import pytest
 
-from registry.data import load_dataset, load_digits
+from registry.datasets import load_dataset, load_digits
 
 pytestmark = [pytest.mark.image, pytest.mark.slow]
 ROOT = Path(__file__).resolve().parent.parent
@@ -63,8 +63,8 @@ def built(train_model, tmp_path_factory, measured):
     if reason:
         # `make image-test` asks for the image: not being able to build it is a failure.
         pytest.fail(f"cannot build the image here: {reason}")
-    from registry.deploy import BuildOptions, build_bento
-    from registry.image import ImageConfig, docker_daemon, ensure_tools, make_image
+    from registry.packaging.bento import BuildOptions, build_bento
+    from registry.packaging.image import ImageConfig, docker_daemon, ensure_tools, make_image
 
     train_model("flow", "8gaussians", epochs=2, name=MODELS[0])
     train_model("gaussian", "digits", name=MODELS[1])
@@ -117,7 +117,7 @@ def local(built):
 
 @pytest.fixture(scope="module")
 def container(built, measured):
-    from registry.image import Container
+    from registry.packaging.image import Container
 
     docker, report, *_ = built
     started = Container(docker, report.image, _free_port(), "genreg-image-test")
@@ -175,8 +175,8 @@ def test_container_runs_as_a_non_root_user(built, container):
 
 def test_container_serves_a_mounted_store(built, bentoml_home, tmp_path, measured):
     """A Bento without models, and the store mounted where BentoML looks for it."""
-    from registry.deploy import BuildOptions, build_bento
-    from registry.image import Container, make_image
+    from registry.packaging.bento import BuildOptions, build_bento
+    from registry.packaging.image import Container, make_image
 
     docker, _, _, config, log = built
     start = time.perf_counter()

@@ -9,11 +9,12 @@ import pytest
 from scipy.stats import binom
 from sklearn.metrics import roc_auc_score
 
-from plugins.common.critic import critic_logits, train_critic, value
-from registry.data import load_dataset
-from registry.inference import CapabilityError, LoadedModel
-from registry.toys import TOYS
-from registry.two_sample import auc, binomial_tail, c2st, mmd_test
+from registry.datasets import load_dataset
+from registry.datasets.toys import TOYS
+from registry.pipeline.classifier import critic_logits, train_critic, value
+from registry.runtime.models import CapabilityError, LoadedModel
+from registry.runtime.scoring import score
+from registry.runtime.two_sample import auc, binomial_tail, c2st, mmd_test
 
 # p: a fixed two-component Gaussian mixture, the "model" against the 8-Gaussians data pi.
 P_CENTRES = np.array([[0.0, 0.0], [2.0, 1.0]])
@@ -107,10 +108,11 @@ def test_gan_samples_discriminates_and_has_no_likelihood(trained):
     loaded = LoadedModel(stored)
     assert loaded.kinds == ["discriminator"]
     with pytest.raises(CapabilityError, match="it has: discriminator"):
-        loaded.score(np.zeros((2, 2)), "log_prob")
+        score(loaded, np.zeros((2, 2)), "log_prob")
     x = loaded.sample(500, seed=0)
     assert x.shape == (500, 2) and np.all(np.isfinite(x))
-    kind, prob, bpd = loaded.score(load_dataset("8gaussians").test[:100], "discriminator")
+    result = score(loaded, load_dataset("8gaussians").test[:100], "discriminator")
+    kind, prob, bpd = result.kind, result.scores, result.bits_per_dim
     assert kind == "discriminator" and bpd is None and np.all((prob >= 0) & (prob <= 1))
     two = stored.metrics["test"]["two_sample"]
     assert {"mmd", "c2st", "jsd"} <= set(two) and two["jsd"]["jsd_lower_bound"] >= 0

@@ -8,7 +8,7 @@ import sys
 import pytest
 
 from registry import Capability, Family
-from registry.plugins import FamilyError, load_plugins, validate_family
+from registry.contract.loading import FamilyError, load_plugins, validate_family
 
 
 def test_builtin_families_register_through_hooks():

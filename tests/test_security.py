@@ -22,7 +22,7 @@ def serving_modules() -> list[Path]:
     """services/*.py and the registry modules the Bento ships (bentofile.yaml's include)."""
     include = re.findall(r'^\s*-\s*"([^"]+\.py)"', (ROOT / "bentofile.yaml").read_text(), re.M)
     files = sorted({p for pattern in include for p in ROOT.glob(pattern)})
-    assert ROOT / "services" / "service.py" in files and ROOT / "registry" / "store.py" in files
+    assert ROOT / "services" / "service.py" in files and ROOT / "registry" / "runtime" / "store.py" in files
     return files
 
 

@@ -14,9 +14,10 @@ import httpx
 import numpy as np
 import pytest
 
-from registry.data import load_digits
-from registry.inference import LoadedModel
-from registry.store import get_model
+from registry.datasets import load_digits
+from registry.runtime.models import LoadedModel
+from registry.runtime.scoring import score
+from registry.runtime.store import get_model
 
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parent.parent
@@ -59,7 +60,8 @@ def test_score_matches_in_process_onnx(server):
     client, _ = server
     rows = load_digits().test[:20]
     resp = post(client, "/score", {"model": "flow-digits", "x": rows.tolist(), "seed": 11}).json()
-    kind, expected, bpd = LoadedModel(get_model("flow-digits")).score(rows, None, seed=11)
+    local = score(LoadedModel(get_model("flow-digits")), rows, None, seed=11)
+    kind, expected, bpd = local.kind, local.scores, local.bits_per_dim
     assert resp["kind"] == kind == "bound"
     np.testing.assert_allclose(resp["scores"], expected, rtol=0, atol=1e-9)
     np.testing.assert_allclose(resp["bits_per_dim"], bpd, rtol=0, atol=1e-9)
@@ -85,7 +87,7 @@ def test_toy_log_prob_is_the_flow_density(server):
         assert resp.status_code == 200, resp.text
         scores.extend(resp.json()["scores"])
     scores = np.array(scores)
-    _, local, _ = LoadedModel(get_model("flow-8gaussians")).score(pts.astype(np.float32), "log_prob")
+    local = score(LoadedModel(get_model("flow-8gaussians")), pts.astype(np.float32), "log_prob").scores
     np.testing.assert_allclose(scores, local, atol=1e-9)
     assert np.exp(scores).sum() * (g[1] - g[0]) ** 2 == pytest.approx(1.0, abs=0.03)
 

@@ -7,11 +7,11 @@ import time
 import numpy as np
 import pytest
 
-from registry.data import load_dataset
-from registry.family import TrainControl
-from registry.pipeline import train_and_store
-from registry.plugins import get_plugins
-from registry.store import IntegrityError, ModelNotFound, get_model, list_models
+from registry.contract.family import TrainControl
+from registry.contract.loading import get_plugins
+from registry.datasets import load_dataset
+from registry.pipeline.train import train_and_store
+from registry.runtime.store import IntegrityError, ModelNotFound, get_model, list_models
 
 
 def _gauss(name: str):

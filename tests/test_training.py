@@ -7,7 +7,7 @@ import time
 import torch
 
 from plugins.common.training import fit
-from registry.family import TrainControl
+from registry.contract.family import TrainControl
 
 
 def test_time_budget_plan_is_not_cut_short_by_a_slow_first_epoch():

@@ -7,10 +7,11 @@ import math
 import numpy as np
 import pytest
 
-from registry.data import load_dataset
-from registry.evaluation import elbo_surgery, encode, mig
-from registry.inference import LoadedModel, bound_estimates
-from registry.store import get_model
+from registry.datasets import load_dataset
+from registry.pipeline.surgery import elbo_surgery, encode, mig
+from registry.runtime.models import LoadedModel
+from registry.runtime.scoring import bound_estimates
+from registry.runtime.store import get_model
 
 pytestmark = pytest.mark.slow
 

@@ -1,5 +1,5 @@
 # genreg's base image: the debootstrapped bookworm (python3 3.11, pip, ca-certificates) that
-# registry/image.py imports as genreg-rootfs:bookworm. Built with `genreg containerize`.
+# registry/packaging/image.py imports as genreg-rootfs:bookworm. Built with `genreg containerize`.
 FROM genreg-rootfs:bookworm
 
 # The host's extra CA certificates (none where it has none): pip inside image builds must trust

@@ -5,33 +5,15 @@ The pseudo-count that smooths the level frequencies is chosen on validation data
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from pydantic import Field
 
-from registry.data import DataError, Dataset
-from registry.family import Capability, Family, FamilyConfig, GraphSpec, TrainControl
+from plugins.baselines.config import CategoricalConfig, CategoricalModel
+from registry.contract.dataset import DataError, Dataset
+from registry.contract.family import Capability, Family, GraphSpec, TrainControl
 
 PSEUDO_COUNTS = (0.01, 0.03, 0.1, 0.3, 1.0)
-
-
-class CategoricalConfig(FamilyConfig):
-    pseudo_count: float | None = Field(
-        None, gt=0, description="Laplace smoothing; unset: the best on validation"
-    )
-
-
-@dataclass
-class CategoricalModel:
-    config: CategoricalConfig
-    log_probs: np.ndarray  # (dim, levels)
-    pseudo_count: float
-
-    @property
-    def levels(self) -> int:
-        return self.log_probs.shape[1]
 
 
 def _fit(x: np.ndarray, levels: int, pseudo_count: float) -> np.ndarray:

@@ -9,10 +9,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from plugins.baselines.categorical import CategoricalModel
-from plugins.baselines.gaussian import GaussianModel
-from registry.export import export_torch
-from registry.family import GraphSpec, NoiseInput
+from plugins.baselines.config import CategoricalModel, GaussianModel
+from registry.contract.family import GraphSpec, NoiseInput
+from registry.pipeline.export import export_torch
 
 
 def _t(a: np.ndarray) -> torch.Tensor:

@@ -7,26 +7,13 @@ log P(x) >= E_u log N(x + u); on continuous data its log_prob is exact.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from pydantic import Field
 
-from registry.data import Dataset
-from registry.family import Capability, Family, FamilyConfig, GraphSpec, TrainControl
-
-
-class GaussianConfig(FamilyConfig):
-    min_std: float = Field(1e-3, gt=0, description="floor on each dimension's std")
-
-
-@dataclass
-class GaussianModel:
-    config: GaussianConfig
-    mean: np.ndarray
-    std: np.ndarray
-    levels: int | None
+from plugins.baselines.config import GaussianConfig, GaussianModel
+from registry.contract.dataset import Dataset
+from registry.contract.family import Capability, Family, GraphSpec, TrainControl
 
 
 def gaussian_log_density(y: np.ndarray, mean: np.ndarray, std: np.ndarray) -> np.ndarray:

@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 
-from registry.family import Family
+from registry.contract.family import Family
 
 
 class TorchFamily(Family):

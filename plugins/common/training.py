@@ -12,7 +12,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from registry.family import TrainControl
+from registry.contract.family import TrainControl
 
 
 @dataclass

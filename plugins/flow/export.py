@@ -7,10 +7,10 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from plugins.flow.config import FlowModel
 from plugins.flow.dequantize import variational_log_weight
-from plugins.flow.family import FlowModel
-from registry.export import export_torch
-from registry.family import GraphSpec, NoiseInput
+from registry.contract.family import GraphSpec, NoiseInput
+from registry.pipeline.export import export_torch
 
 
 class _Sampler(nn.Module):

@@ -9,11 +9,11 @@ import torch
 from torch import nn
 
 from plugins.common.training import fit_config, pick_device
+from plugins.flow.config import FlowConfig, FlowModel
 from plugins.flow.dequantize import VariationalDequantizer, variational_log_weight
-from plugins.flow.family import FlowConfig, FlowModel
 from plugins.flow.model import Flow
-from registry.data import Dataset
-from registry.family import TrainControl
+from registry.contract.dataset import Dataset
+from registry.contract.family import TrainControl
 
 
 def train_flow(data: Dataset, config: FlowConfig, control: TrainControl) -> FlowModel:

@@ -7,9 +7,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from plugins.gan.family import GANModel
-from registry.export import export_torch
-from registry.family import GraphSpec, NoiseInput
+from plugins.gan.config import GANModel
+from registry.contract.family import GraphSpec, NoiseInput
+from registry.pipeline.export import export_torch
 
 
 class _Sampler(nn.Module):

@@ -13,11 +13,11 @@ from torch.nn import functional as F
 from tqdm import tqdm
 
 from plugins.common.training import pick_device, seed_everything
-from plugins.gan.family import GANConfig, GANModel
+from plugins.gan.config import GANConfig, GANModel
 from plugins.gan.model import Discriminator, Generator
-from registry.data import Dataset
-from registry.family import TrainControl
-from registry.two_sample import mmd_test
+from registry.contract.dataset import Dataset
+from registry.contract.family import TrainControl
+from registry.runtime.two_sample import mmd_test
 
 QUALITY_ROWS = 500
 
@@ -26,9 +26,8 @@ def train_gan(data: Dataset, config: GANConfig, control: TrainControl) -> GANMod
     generator_rng = seed_everything(control.seed)
     device = pick_device(control)
     gen = Generator(config.latent, data.dim, data.levels, config.hidden, config.depth)
-    # Measured (benchmarks/RESULTS.md): on digits a LeakyReLU(0.2) discriminator with dropout
-    # 0.3 took C2ST from 0.96 to 0.75; on 8gaussians the same change collapsed modes (C2ST
-    # 0.65 -> 0.99), so 2-D data keeps the plain LeakyReLU(0.01) discriminator.
+    # A leakier discriminator with dropout stops mode collapse on digits but causes it on the
+    # 2-D toys, so each kind of data keeps its own (benchmarks/RESULTS.md, GAN).
     image = data.dim > 2
     disc = Discriminator(
         data.dim,

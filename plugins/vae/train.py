@@ -7,10 +7,10 @@ import math
 import torch
 
 from plugins.common.training import fit_config, pick_device
-from plugins.vae.family import VAEConfig, VAEModel
+from plugins.vae.config import VAEConfig, VAEModel
 from plugins.vae.model import VAE
-from registry.data import Dataset
-from registry.family import TrainControl
+from registry.contract.dataset import Dataset
+from registry.contract.family import TrainControl
 
 
 def kl_to_prior(mean: torch.Tensor, log_var: torch.Tensor) -> torch.Tensor:

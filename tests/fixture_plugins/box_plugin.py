@@ -43,7 +43,7 @@ class BoxFamily(Family):
     def export(self, model, directory: Path):
         import torch
 
-        from registry.export import export_torch
+        from registry.pipeline.export import export_torch
 
         low = torch.tensor(model.low, dtype=torch.float32)
         high = torch.tensor(model.high, dtype=torch.float32)

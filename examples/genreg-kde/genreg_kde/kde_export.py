@@ -10,7 +10,7 @@ from torch import nn
 
 from genreg_kde.kde import KDEModel
 from registry import GraphSpec, NoiseInput
-from registry.export import export_torch
+from registry.pipeline.export import export_torch
 
 
 class _Sampler(nn.Module):

@@ -51,8 +51,8 @@ class NoiseMixtureFamily(Family):
     Config = MixtureConfig
 
     def train(self, data, config: MixtureConfig, control) -> MixtureModel:
-        from registry.inference import LoadedModel
-        from registry.store import get_model
+        from registry.runtime.models import LoadedModel
+        from registry.runtime.store import get_model
 
         base = get_model(config.base)
         if base.data["dim"] != data.dim or base.data.get("levels") != data.levels:

@@ -14,7 +14,7 @@ from torch import nn
 
 from genreg_kde.mixture import MixtureModel
 from registry import GraphSpec, NoiseInput
-from registry.export import export_torch
+from registry.pipeline.export import export_torch
 
 
 class _ScoreHead(nn.Module):

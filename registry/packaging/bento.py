@@ -20,9 +20,9 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ConfigDict, Field
 
-from registry.store import ModelNotFound, StoreError, get_model, list_models
+from registry.runtime.store import ModelNotFound, StoreError, get_model, list_models
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 BENTOFILE = ROOT / "bentofile.yaml"
 # Packages that must never reach the serving image: the training stack.
 FORBIDDEN = frozenset({"torch", "torchvision", "torchaudio", "triton", "onnxscript", "scikit-learn", "scipy"})

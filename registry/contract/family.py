@@ -6,13 +6,17 @@ import enum
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar, Literal
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict
 
+from registry.runtime.graphs import GraphSpec, NoiseInput
+
 if TYPE_CHECKING:
-    from registry.data import Dataset
+    from registry.contract.dataset import Dataset
+
+__all__ = ["Capability", "Family", "FamilyConfig", "GraphSpec", "NoiseInput", "TrainControl"]
 
 
 class Capability(enum.StrEnum):
@@ -37,39 +41,6 @@ class FamilyConfig(BaseModel):
     """Base for a family's options (set with ``-o key=value``); unknown keys are refused."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-NoiseDist = Literal["normal", "uniform"]
-
-
-class NoiseInput(BaseModel):
-    """A random draw fed to a graph as an explicit input, so the caller controls the seed."""
-
-    name: str
-    dist: NoiseDist
-    dim: int
-
-
-class GraphSpec(BaseModel):
-    """One exported ONNX graph and how to call it.
-
-    ``role`` is ``sampler`` (noise -> x in data units), ``scorer`` (x, noise -> per-row
-    log-likelihood or bound in nats), ``discriminator`` (x -> logit), or an auxiliary graph a
-    family adds (``encoder``, ``decoder``). ``kind`` names the score a scorer returns
-    (``log_prob`` or ``bound``).
-
-    A ``bound`` scorer with noise returns one log importance weight log w per row, with
-    E[w] <= P(x) over its noise: its mean over draws is a lower bound (an ELBO, or the uniform
-    dequantisation bound), and so is log mean_k w_k over k draws (the importance-weighted
-    bound), which tightens as k grows.
-    """
-
-    role: Literal["sampler", "scorer", "discriminator", "encoder", "decoder"]
-    file: str
-    kind: Literal["log_prob", "bound"] | None = None
-    x_input: str | None = "x"
-    noise: list[NoiseInput] = []
-    output: str
 
 
 @dataclass

@@ -18,6 +18,6 @@ hookimpl = pluggy.HookimplMarker("genreg")
 def register_families(register: Callable[[type], None]) -> None:
     """Register model families: call ``register(FamilyClass)`` once per family.
 
-    The class subclasses :class:`registry.family.Family`, sets ``name``, ``description``,
+    The class subclasses :class:`registry.contract.family.Family`, sets ``name``, ``description``,
     ``capabilities`` and ``Config``, and implements the method of every capability it claims.
     """

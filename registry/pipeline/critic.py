@@ -15,11 +15,12 @@ from typing import Any
 
 import numpy as np
 
-from registry.data import load_dataset
-from registry.export import PARITY_TOLERANCE, ExportError
-from registry.inference import LoadedModel, open_session
-from registry.store import StoredModel, get_model, save_model
-from registry.two_sample import auc, binomial_tail, jsd_lower_bound
+from registry.datasets import load_dataset
+from registry.pipeline.export import PARITY_TOLERANCE, ExportError
+from registry.runtime.models import LoadedModel
+from registry.runtime.sessions import open_session
+from registry.runtime.store import StoredModel, get_model, save_model
+from registry.runtime.two_sample import auc, binomial_tail, jsd_lower_bound
 
 CRITIC_FILE = "discriminator.onnx"
 
@@ -27,8 +28,8 @@ CRITIC_FILE = "discriminator.onnx"
 def attach_critic(ref: str, *, steps: int = 2000, seed: int = 0, replace: bool = False) -> StoredModel:
     import torch
 
-    from plugins.common.critic import critic_logits, train_critic
-    from registry.export import export_torch
+    from registry.pipeline.classifier import critic_logits, train_critic
+    from registry.pipeline.export import export_torch
 
     stored = get_model(ref)
     if stored.graph("discriminator") is not None and not replace:

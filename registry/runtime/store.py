@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from registry.family import GraphSpec
+from registry.runtime.graphs import GraphSpec
 
 MODULE = "genreg"  # BentoML's `module` field marks the store entries that are ours
 MANIFEST = "genreg.json"

@@ -11,8 +11,9 @@ import os
 import threading
 import time
 
-from registry.inference import LoadedModel, available_providers
-from registry.store import ModelNotFound, StoreError, get_model, list_models
+from registry.runtime.models import LoadedModel
+from registry.runtime.sessions import available_providers
+from registry.runtime.store import ModelNotFound, StoreError, get_model, list_models
 from services.metrics import MODEL_LOAD_SECONDS
 
 log = logging.getLogger("genreg.runtime")

@@ -39,7 +39,7 @@ The service is starting; once it is ready, try:
 
 def train_defaults(retrain: bool = False) -> list[str]:
     """Train each default model unless a version is already stored; return their names."""
-    from registry.store import list_models
+    from registry.runtime.store import list_models
 
     stored = {m.name for m in list_models()}
     names = []

@@ -13,9 +13,9 @@ import math
 from pathlib import Path
 from typing import Any
 
-from registry.images import png_grid
-from registry.inference import LoadedModel
-from registry.store import StoredModel, list_models
+from registry.runtime.models import LoadedModel
+from registry.runtime.png import png_grid
+from registry.runtime.store import StoredModel, list_models
 
 
 def newest_on(data_name: str) -> list[StoredModel]:

@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from registry.inference import LoadedModel
+from registry.runtime.models import LoadedModel
 
 LOG_2PI = math.log(2 * math.pi)
 

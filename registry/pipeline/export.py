@@ -11,17 +11,13 @@ from typing import Any
 
 import numpy as np
 
-from registry.family import Family, GraphSpec
+from registry.contract.family import Family, GraphSpec
 
 PARITY_ROWS = 1000
 PARITY_TOLERANCE = 1e-4  # max abs error, nats per row (scores) or data units (samples)
-# Float32 carries about 7 significant digits: a score of thousands of nats (a narrow KDE) cannot
-# match to 1e-4 absolute, so the allowance grows with the reference's magnitude. A flow's score
-# is a sum of terms far larger than itself (per-dimension log-determinants of the logit and
-# of q(u|x) that cancel), so rounding is relative to those: a variational-dequantisation scorer
-# trained on a GPU differed by 7.6e-4 nats on a 380-nat score. 1e-5 of the magnitude still
-# catches any real export fault (those are off by whole nats) and is far below the Monte-Carlo
-# error of a bound (about 0.5 nats per row).
+# Float32 rounding grows with the terms a score sums (a flow's log-determinants cancel to a
+# value far smaller than themselves), so the allowance grows with the score's magnitude; real
+# export faults are off by whole nats. Figures: benchmarks/RESULTS.md, Dequantisation.
 PARITY_RELATIVE = 1e-5
 # Sampling on discrete data floors to a level; a value within float error of a bin edge may
 # land in the neighbouring level, so discrete samples are compared by the share that differ.
@@ -88,7 +84,8 @@ def check_parity(
 
     Returns the max abs error per graph; raises ExportError past the tolerance.
     """
-    from registry.inference import draw_noise, open_session
+    from registry.runtime.graphs import draw_noise
+    from registry.runtime.sessions import open_session
 
     rows = parity_rows(x)
     report: dict[str, float] = {}

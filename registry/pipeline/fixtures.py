@@ -14,10 +14,10 @@ from typing import Any
 
 import pytest
 
-from registry.data import Dataset, load_dataset
-from registry.family import TrainControl
-from registry.plugins import validate_family
-from registry.store import StoredModel
+from registry.contract.family import TrainControl
+from registry.contract.loading import validate_family
+from registry.datasets import Dataset, load_dataset
+from registry.runtime.store import StoredModel
 
 
 @pytest.fixture()
@@ -37,7 +37,7 @@ def genreg_store(tmp_path, monkeypatch) -> Iterator[Any]:
 
 @pytest.fixture()
 def check_family(genreg_store) -> Callable[..., StoredModel]:
-    from registry.pipeline import train_and_store
+    from registry.pipeline.train import train_and_store
 
     def run(family: type, data: str | Dataset, *, epochs: int | None = 2, **options: Any) -> StoredModel:
         fam = validate_family(family)()

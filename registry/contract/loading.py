@@ -15,8 +15,8 @@ from types import ModuleType
 
 import pluggy
 
-from registry import hookspecs
-from registry.family import CAPABILITY_METHODS, Capability, Family, FamilyConfig, implements
+from registry.contract import hookspecs
+from registry.contract.family import CAPABILITY_METHODS, Capability, Family, FamilyConfig, implements
 
 ENTRY_POINT_GROUP = "genreg"
 # Built-in families, registered through the same hooks as an installed plugin.

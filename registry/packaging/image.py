@@ -26,7 +26,7 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from registry.deploy import ROOT
+from registry.packaging.bento import ROOT
 
 ROOTFS_TAG = "genreg-rootfs:bookworm"
 BASE_TAG = "genreg-base:bookworm-py3.11"

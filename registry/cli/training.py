@@ -1,0 +1,83 @@
+"""`genreg train` and `genreg plugins`: fit a family, export, check and store it; list the families."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from registry.cli.app import USER_ERRORS, app, fail, parse_options
+from registry.contract.loading import get_plugins
+from registry.datasets import BUILTIN_DATASETS, load_dataset
+
+
+@app.command()
+def train(
+    family: Annotated[str, typer.Argument(help="family name (see `genreg plugins`)")],
+    data: Annotated[
+        str, typer.Option("--data", "-d", help=f"{', '.join(BUILTIN_DATASETS)} or a .npy/.npz/.csv file")
+    ],
+    name: Annotated[str | None, typer.Option(help="model name (default FAMILY-DATA)")] = None,
+    epochs: Annotated[int | None, typer.Option(min=1, help="max epochs")] = None,
+    time_budget: Annotated[float | None, typer.Option(min=1, help="stop after this many seconds")] = None,
+    seed: Annotated[int, typer.Option(help="random seed")] = 0,
+    option: Annotated[
+        list[str] | None, typer.Option("--option", "-o", help="family option key=value")
+    ] = None,
+    levels: Annotated[int | None, typer.Option(help="user data: discrete levels 0..L-1")] = None,
+    validation: Annotated[Path | None, typer.Option(help="user data: separate validation file")] = None,
+    device: Annotated[str, typer.Option(help="cpu, cuda or auto")] = "auto",
+    quiet: Annotated[bool, typer.Option(help="no progress bar")] = False,
+) -> None:
+    """Train a family on data, export it to ONNX, check parity and store a new version."""
+    from registry.contract.family import TrainControl
+    from registry.pipeline.train import default_name, train_and_store
+
+    plugins = get_plugins()
+    try:
+        fam = plugins.get(family)
+        config = parse_options(option or [], fam.Config)
+        dataset = load_dataset(data, levels=levels, validation=validation)
+        for note in dataset.notes:
+            typer.echo(note, err=True)
+        entry = plugins.families[family]
+        typer.echo(
+            f"training {family} on {dataset.name} ({len(dataset.train)} rows, dim {dataset.dim}"
+            f"{f', {dataset.levels} levels' if dataset.levels else ''})",
+            err=True,
+        )
+        stored = train_and_store(
+            fam,
+            dataset,
+            config,
+            TrainControl(
+                seed=seed, epochs=epochs, time_budget=time_budget, device=device, progress=not quiet
+            ),
+            name=name or default_name(family, dataset.name),
+            plugin={"name": entry.plugin, "distribution": entry.distribution},
+        )
+    except USER_ERRORS as exc:
+        fail(str(exc))
+        return
+    test = stored.metrics.get("test", {})
+    parts = [f"saved {stored.tag}"]
+    if "bits_per_dim" in test:
+        parts.append(f"test {test['kind']} {test['nats']:.3f} nats = {test['bits_per_dim']:.4f} bits/dim")
+    if "kl" in test:
+        parts.append(f"KL(data||model) {test['kl']:.4f} nats")
+    parts.append("parity " + ", ".join(f"{k} {v:.2g}" for k, v in stored.meta["parity"].items()))
+    typer.echo("; ".join(parts))
+
+
+@app.command()
+def plugins() -> None:
+    """List model families, their capabilities and the distribution each came from."""
+    reg = get_plugins()
+    for name, entry in sorted(reg.families.items()):
+        caps = ",".join(sorted(c.value for c in entry.family.capabilities))
+        typer.echo(f"{name:<14} {caps:<30} {entry.distribution} ({entry.plugin})  {entry.family.description}")
+    for err in reg.errors:
+        typer.secho(
+            f"failed: {err.plugin} ({err.distribution}): {err.error}", err=True, fg=typer.colors.YELLOW
+        )

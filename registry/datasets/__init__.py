@@ -1,0 +1,30 @@
+"""Data sets: the built-in ones (digits, patches, shapes, 2-D toys) and users' files."""
+
+from registry.contract.dataset import DataError, Dataset, fingerprint
+from registry.datasets.builtin import (
+    BUILTIN_DATASETS,
+    load_dataset,
+    load_digits,
+    load_patches,
+    load_shapes,
+    load_toy,
+)
+from registry.datasets.files import infer_levels, load_user_data, numeric_rows, read_array
+from registry.datasets.toys import TOYS
+
+__all__ = [
+    "BUILTIN_DATASETS",
+    "TOYS",
+    "DataError",
+    "Dataset",
+    "fingerprint",
+    "infer_levels",
+    "load_dataset",
+    "load_digits",
+    "load_patches",
+    "load_shapes",
+    "load_toy",
+    "load_user_data",
+    "numeric_rows",
+    "read_array",
+]

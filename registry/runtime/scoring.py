@@ -1,0 +1,123 @@
+"""The one scoring path: (model, rows, kind, k, seed) -> per-row scores and their summaries.
+
+The CLI, the service and the training pipeline's evaluation all call :func:`score`, so the
+kind is resolved and checked, the rows are checked (:func:`registry.runtime.rows.check_rows`)
+and a k-draw bound is summarised in exactly one way.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import numpy as np
+
+from registry.runtime.models import CapabilityError, LoadedModel
+from registry.runtime.rows import InputError, check_rows
+from registry.runtime.units import bits_per_dim, score_summary
+
+SCORE_KINDS = ("log_prob", "bound", "discriminator")
+
+
+def bound_estimates(log_w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(average bound, importance-weighted bound) per row from (n, k) log weights.
+
+    mean_k log w_k is the ELBO-style bound; log mean_k w_k (computed with log-sum-exp) is the
+    importance-weighted bound, at least as large and still a lower bound in expectation.
+    """
+    top = log_w.max(1, keepdims=True)
+    top = np.where(np.isfinite(top), top, 0.0)
+    iw = (top + np.log(np.mean(np.exp(log_w - top), axis=1, keepdims=True)))[:, 0]
+    return log_w.mean(1), iw
+
+
+@dataclass(frozen=True)
+class Scores:
+    """What one scoring request answers.
+
+    ``scores`` are nats per row (for a bound with k > 1, the importance-weighted bound
+    log mean_k w_k; ``elbo`` is then the plain average mean_k log w_k), or P(real) for the
+    discriminator, whose ``bits_per_dim`` is None.
+    """
+
+    model: str
+    kind: str
+    rows: int
+    k: int
+    scores: np.ndarray
+    bits_per_dim: np.ndarray | None
+    elbo: np.ndarray | None
+    dim: int
+
+    @property
+    def likelihood(self) -> bool:
+        return self.bits_per_dim is not None
+
+    def summary(self, of: Literal["scores", "elbo"] = "scores", prefix: str = "") -> dict[str, float | None]:
+        """Mean and standard error over rows of ``scores`` or ``elbo``, keys led by ``prefix``."""
+        values = self.elbo if of == "elbo" else self.scores
+        return score_summary(values, self.dim if self.likelihood else None, prefix=prefix)
+
+    def as_dict(self) -> dict[str, Any]:
+        """The /score answer body (its keys in their published order)."""
+        out: dict[str, Any] = {"model": self.model, "kind": self.kind, "scores": self.scores}
+        if self.kind == "bound":
+            out.update(bits_per_dim=self.bits_per_dim, k=self.k)
+            out.update(self.summary())
+            if self.elbo is not None:
+                out["elbo"] = self.elbo
+                out.update(self.summary("elbo", prefix="elbo_"))
+            return out
+        out.update(self.summary())
+        if self.bits_per_dim is not None:
+            out["bits_per_dim"] = self.bits_per_dim
+        return out
+
+
+def resolve_kind(loaded: LoadedModel, kind: str | None) -> str:
+    """``kind``, or the model's first; CapabilityError (field ``kind``) when the model lacks it."""
+    kind = kind or (loaded.kinds[0] if loaded.kinds else None)
+    if kind not in loaded.kinds:
+        raise CapabilityError(
+            f"{loaded.stored.tag} cannot score kind {kind!r}; it has: {', '.join(loaded.kinds) or 'none'}",
+            field="kind",
+        )
+    return kind
+
+
+def score(
+    loaded: LoadedModel,
+    x: Any,
+    kind: str | None = None,
+    *,
+    k: int = 1,
+    seed: int | None = 0,
+    what: str = "x",
+    max_draw_rows: int | None = None,
+) -> Scores:
+    """Score rows ``x`` (anything array-like) with ``loaded``; the only scoring path.
+
+    Checks, in this order: the kind (CapabilityError), the rows against the model's data
+    (InputError naming ``what``), then ``k`` (InputError naming ``k``): draws apply to a bound
+    only, and rows x k may not exceed ``max_draw_rows``.
+    """
+    kind = resolve_kind(loaded, kind)
+    rows = check_rows(x, loaded.stored.data, what=what)
+    if k > 1 and kind != "bound":
+        raise InputError("k", f"k > 1 applies to kind 'bound' only, not {kind!r}")
+    if max_draw_rows is not None and len(rows) * k > max_draw_rows:
+        raise InputError("k", f"rows x k = {len(rows) * k} exceeds {max_draw_rows}")
+    elbo = None
+    if kind == "discriminator":
+        logits = loaded.logits(rows).astype(np.float64)
+        return Scores(
+            loaded.stored.tag, kind, len(rows), k, 1.0 / (1.0 + np.exp(-logits)), None, None, loaded.dim
+        )
+    if kind == "bound":
+        average, scores = bound_estimates(loaded.log_weights(rows, seed, k))
+        elbo = average if k > 1 else None
+    else:
+        scores = loaded.point_scores(rows, kind, seed)
+    return Scores(
+        loaded.stored.tag, kind, len(rows), k, scores, bits_per_dim(scores, loaded.dim), elbo, loaded.dim
+    )

@@ -1,0 +1,36 @@
+"""ONNX Runtime sessions: the CUDA provider first when ONNX Runtime offers it, then the CPU."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+# TF32 matmuls on the GPU moved a flow's scores far past the export parity allowance for
+# little throughput (benchmarks/RESULTS.md, GPU serving): CUDA sessions keep full float32.
+PROVIDER_OPTIONS: dict[str, dict[str, str]] = {"CUDAExecutionProvider": {"use_tf32": "0"}}
+
+
+def available_providers() -> list[str]:
+    """CUDA first when ONNX Runtime has it and a GPU answers, then CPU."""
+    import onnxruntime as ort
+
+    found = ort.get_available_providers()
+    return [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in found]
+
+
+def open_session(path: Path, providers: list[str] | None = None, threads: int = 0) -> Any:
+    """An InferenceSession with every graph optimisation on; ``threads`` = 0 is ONNX Runtime's default."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    if threads:
+        options.intra_op_num_threads = threads
+    options.log_severity_level = 3
+    chosen = providers or available_providers()
+    return ort.InferenceSession(str(path), options, providers=[_with_options(p) for p in chosen])
+
+
+def _with_options(provider: str) -> str | tuple[str, dict[str, str]]:
+    options = PROVIDER_OPTIONS.get(provider)
+    return (provider, options) if options else provider
