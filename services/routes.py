@@ -111,6 +111,14 @@ def static_file(name: str) -> Response:
     return Response(file.read_bytes(), media_type=MEDIA_TYPES.get(file.suffix, "application/octet-stream"))
 
 
+class _Routes(Starlette):
+    """Starlette without its own error middlewares: BentoML's app, which mounts this one, has
+    them already, and a second pair costs every request two more calls (benchmarks/RESULTS.md)."""
+
+    def build_middleware_stack(self) -> Any:
+        return self.router
+
+
 def build_app(service: Callable[[], Api], *, max_body_bytes: int, auth: bool) -> Starlette:
     """The routes, calling ``service()`` for the worker's service instance on each request."""
 
@@ -135,4 +143,4 @@ def build_app(service: Callable[[], Api], *, max_body_bytes: int, auth: bool) ->
         Route("/static/{name}", asset, methods=["GET"]),
         Route("/docs.json", docs, methods=["GET"]),
     ]
-    return Starlette(routes=routes)
+    return _Routes(routes=routes)
