@@ -1,13 +1,18 @@
-"""The API's HTTP routes: a Starlette app that BentoML mounts on the service.
+"""The API's HTTP routes, answered by an ASGI middleware in front of BentoML's router.
 
-Mounting an ASGI app is BentoML's documented way to add routes. The app reaches the worker's
-service instance through ``bentoml.get_current_service`` (passed in by services.service), so
-nothing is wired through module globals. Each API route reads the body once (413 over the
-limit), parses it once with orjson (400 unless a JSON object) and hands the dict to the
-service's handler: BentoML's own API routes would parse and convert the body a second time,
-which at batch 1,024 cost more than the model (benchmarks/RESULTS.md, Hardening). The app
-also answers GET /models (BentoML's API routes are POST only), the gallery page and its
-assets, and /docs.json (the OpenAPI document built from services.schemas).
+Each API route reads the body once (413 over the limit), parses it once with orjson (400
+unless a JSON object) and hands the dict to the service's handler: BentoML's own API routes
+would parse and convert the body a second time, which at batch 1,024 cost more than the model.
+The middleware also answers GET /models (BentoML's API routes are POST only), the gallery page
+and its assets, and /docs.json (the OpenAPI document built from services.schemas).
+
+It reaches the worker's service instance through the accessor it is given
+(``bentoml.get_current_service``, passed by services.service): no module global, no context
+variable. BentoML's documented alternative, a Starlette app mounted on the service, was
+measured side by side and answered 10% fewer batch-1 requests and 6% fewer batch-1,024 rows
+per second: a mounted app runs behind BentoML's ContextMiddleware (a Request and a context per
+request), its router and the mount's route scan, where this middleware answers before them
+(benchmarks/RESULTS.md, Architecture).
 """
 
 from __future__ import annotations
@@ -16,9 +21,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Protocol
 
-from starlette.applications import Starlette
 from starlette.responses import Response
-from starlette.routing import Route
 
 from services import openapi
 from services.errors import ApiError, error_response, json_response
@@ -111,36 +114,40 @@ def static_file(name: str) -> Response:
     return Response(file.read_bytes(), media_type=MEDIA_TYPES.get(file.suffix, "application/octet-stream"))
 
 
-class _Routes(Starlette):
-    """Starlette without its own error middlewares: BentoML's app, which mounts this one, has
-    them already, and a second pair costs every request two more calls (benchmarks/RESULTS.md)."""
+class ApiRoutes:
+    """ASGI middleware that answers the API's routes; every other request goes on to BentoML.
 
-    def build_middleware_stack(self) -> Any:
-        return self.router
+    ``service`` returns the worker's service instance (services.service passes
+    ``bentoml.get_current_service``); nothing reaches the routes through a module global.
+    """
 
+    def __init__(self, app: Any, service: Callable[[], Api], max_body_bytes: int, auth: bool) -> None:
+        self.app = app
+        self.service = service
+        self.auth = auth
+        self.endpoints = {
+            path: _Endpoint(endpoint, service, max_body_bytes) for path, endpoint in API_PATHS.items()
+        }
 
-def build_app(service: Callable[[], Api], *, max_body_bytes: int, auth: bool) -> Starlette:
-    """The routes, calling ``service()`` for the worker's service instance on each request."""
-
-    async def page(request: Any) -> Response:
-        return static_file("index.html")
-
-    async def asset(request: Any) -> Response:
-        return static_file(request.path_params["name"])
-
-    async def docs(request: Any) -> Response:
-        return json_response(openapi.build(service().served(), auth))
-
-    routes = [
-        Route(path, _Endpoint(endpoint, service, max_body_bytes), methods=["POST"])
-        for path, endpoint in API_PATHS.items()
-        if endpoint != "models"
-    ]
-    routes += [
-        Route("/models", _Endpoint("models", service, max_body_bytes), methods=["GET", "POST"]),
-        Route("/", page, methods=["GET"]),
-        Route("/ui", page, methods=["GET"]),
-        Route("/static/{name}", asset, methods=["GET"]),
-        Route("/docs.json", docs, methods=["GET"]),
-    ]
-    return _Routes(routes=routes)
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        path = scope["path"].rstrip("/") or "/"
+        method = scope["method"]
+        endpoint = self.endpoints.get(path)
+        if endpoint is not None and (method == "POST" or (method == "GET" and path == "/models")):
+            await endpoint(scope, receive, send)
+        elif endpoint is not None:
+            allowed = "GET, POST" if path == "/models" else "POST"
+            err = ApiError(
+                405, "method", f"{method} {path} is not allowed; use {allowed}", "method_not_allowed"
+            )
+            await error_response(API_PATHS[path], err)(scope, receive, send)
+        elif method == "GET" and (path in ("/", "/ui") or path.startswith("/static/")):
+            name = "index.html" if path in ("/", "/ui") else path.removeprefix("/static/")
+            await static_file(name)(scope, receive, send)
+        elif method == "GET" and path == "/docs.json":
+            await json_response(openapi.build(self.service().served(), self.auth))(scope, receive, send)
+        else:
+            await self.app(scope, receive, send)

@@ -33,7 +33,7 @@ from services.batching import Batcher
 from services.cache import ModelCache
 from services.errors import ApiError, error_response, json_response
 from services.metrics import INFERENCE_SECONDS, MODEL_INFO, ROWS
-from services.routes import API_PATHS, build_app
+from services.routes import API_PATHS, ApiRoutes
 from services.schemas import MAX_DRAW_ROWS, ModelInfo, SampleRequest, ScoreRequest, TwoSampleRequest
 
 log = logging.getLogger("genreg.service")
@@ -200,10 +200,12 @@ class Genreg:
         return {"model": loaded.stored.tag, **result}
 
 
-# The API's routes, mounted on the service; each request finds this worker's instance through
-# BentoML's own accessor. Auth wraps BentoML's routes as well as ours.
-Genreg.mount_asgi_app(
-    build_app(bentoml.get_current_service, max_body_bytes=MAX_BODY_BYTES, auth=BearerAuth.enabled()),
-    name="genreg-api",
-)
+# Auth first (outermost), so that it also guards BentoML's own routes; then the API's routes,
+# which find this worker's service instance through BentoML's own accessor.
 Genreg.add_asgi_middleware(BearerAuth, endpoints=API_PATHS)
+Genreg.add_asgi_middleware(
+    ApiRoutes,
+    service=bentoml.get_current_service,
+    max_body_bytes=MAX_BODY_BYTES,
+    auth=BearerAuth.enabled(),
+)
