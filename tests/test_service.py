@@ -128,6 +128,16 @@ def test_bad_input_gets_4xx_naming_the_field(server, path, body, status, field):
     assert (err["field"] == field and field in err["error"]) or err["field"] == field
 
 
+def test_wrong_method_on_an_api_path_is_405_naming_the_method(server):
+    client, _ = server
+    for path in ("/score", "/sample", "/two_sample_test"):
+        resp = client.get(path)
+        assert resp.status_code == 405, (path, resp.text)
+        assert resp.json()["field"] == "method" and "use POST" in resp.json()["error"]
+    assert client.delete("/models").status_code == 405
+    assert client.get("/models").status_code == 200
+
+
 def test_invalid_json_and_missing_capability_messages(server):
     client, log_path = server
     resp = client.post("/score", content=b"{not json", headers={"content-type": "application/json"})
