@@ -32,7 +32,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -47,6 +46,9 @@ import numpy as np
 
 # The checkout this script belongs to: the default --root.
 HERE = Path(__file__).resolve().parent.parent
+# The test suite's server helpers (no genreg code: subprocess and httpx), as benchmarks/load.py uses them.
+sys.path.insert(0, str(HERE / "tests"))
+from servers import Server, free_port, wait_ready  # noqa: E402
 
 # The demo model set (registry/demo.py DEFAULT_MODELS), copied rather than imported: the script
 # must not import either root's code itself, or it would depend on which one it found first.
@@ -103,12 +105,6 @@ class Plan:
 
     http: list[HttpCall]
     cli: list[CliCall]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def body(payload: object) -> bytes:
@@ -227,13 +223,6 @@ def package_homes(pid: int) -> dict[str, str] | None:
     return homes
 
 
-@dataclass
-class Server:
-    base: str
-    proc: subprocess.Popen
-    log_path: Path
-
-
 @contextmanager
 def running_server(root: Path, prefix: list[str], env: dict[str, str], log_path: Path) -> Iterator[Server]:
     """That root's `serve` on a free loopback port, started like tests/servers.py does it."""
@@ -251,19 +240,6 @@ def running_server(root: Path, prefix: list[str], env: dict[str, str], log_path:
         yield server
     finally:
         stop(server)
-
-
-def wait_ready(server: Server, timeout: float = 180) -> None:
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            if httpx.get(server.base + "/readyz", timeout=5).status_code == 200:
-                return
-        except httpx.TransportError:
-            pass
-        if server.proc.poll() is not None or time.monotonic() > deadline:
-            raise RuntimeError(f"server did not become ready:\n{server.log_path.read_text()[-3000:]}")
-        time.sleep(0.3)
 
 
 def stop(server: Server) -> None:

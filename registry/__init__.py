@@ -18,33 +18,22 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
-if TYPE_CHECKING:
-    from registry.contract import (
-        Capability,
-        DataError,
-        Dataset,
-        Family,
-        FamilyConfig,
-        GraphSpec,
-        NoiseInput,
-        TrainControl,
-        hookimpl,
-    )
-
-__all__ = [
-    "Capability",
-    "DataError",
-    "Dataset",
-    "Family",
-    "FamilyConfig",
-    "GraphSpec",
-    "NoiseInput",
-    "TrainControl",
-    "hookimpl",
-]
+if TYPE_CHECKING:  # for type checkers and editors; at run time __getattr__ resolves them
+    from registry.contract.dataset import DataError as DataError
+    from registry.contract.dataset import Dataset as Dataset
+    from registry.contract.family import Capability as Capability
+    from registry.contract.family import Family as Family
+    from registry.contract.family import FamilyConfig as FamilyConfig
+    from registry.contract.family import GraphSpec as GraphSpec
+    from registry.contract.family import NoiseInput as NoiseInput
+    from registry.contract.family import TrainControl as TrainControl
+    from registry.contract.hookspecs import hookimpl as hookimpl
 
 
 def __getattr__(name: str) -> Any:
-    if name in __all__:
-        return getattr(importlib.import_module("registry.contract"), name)
+    # Only public names: Python and tools probe modules for dunders, which must not load it.
+    if not name.startswith("_"):
+        contract = importlib.import_module("registry.contract")
+        if name in contract.__all__:
+            return getattr(contract, name)
     raise AttributeError(f"module 'registry' has no attribute {name!r}")
