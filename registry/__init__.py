@@ -26,6 +26,7 @@ if TYPE_CHECKING:  # for type checkers and editors; at run time __getattr__ reso
     from registry.contract.family import FamilyConfig as FamilyConfig
     from registry.contract.family import GraphSpec as GraphSpec
     from registry.contract.family import NoiseInput as NoiseInput
+    from registry.contract.family import StepLoop as StepLoop
     from registry.contract.family import TrainControl as TrainControl
     from registry.contract.hookspecs import hookimpl as hookimpl
 

@@ -2,7 +2,15 @@
 on, and how plugins are found and checked. Imports only the runtime's graph description below it."""
 
 from registry.contract.dataset import DataError, Dataset
-from registry.contract.family import Capability, Family, FamilyConfig, GraphSpec, NoiseInput, TrainControl
+from registry.contract.family import (
+    Capability,
+    Family,
+    FamilyConfig,
+    GraphSpec,
+    NoiseInput,
+    StepLoop,
+    TrainControl,
+)
 from registry.contract.hookspecs import hookimpl
 
 __all__ = [
@@ -13,6 +21,7 @@ __all__ = [
     "FamilyConfig",
     "GraphSpec",
     "NoiseInput",
+    "StepLoop",
     "TrainControl",
     "hookimpl",
 ]

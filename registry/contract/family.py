@@ -11,12 +11,12 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import numpy as np
 from pydantic import BaseModel, ConfigDict
 
-from registry.runtime.graphs import GraphSpec, NoiseInput
+from registry.runtime.graphs import GraphSpec, NoiseInput, StepLoop
 
 if TYPE_CHECKING:
     from registry.contract.dataset import Dataset
 
-__all__ = ["Capability", "Family", "FamilyConfig", "GraphSpec", "NoiseInput", "TrainControl"]
+__all__ = ["Capability", "Family", "FamilyConfig", "GraphSpec", "NoiseInput", "StepLoop", "TrainControl"]
 
 
 class Capability(enum.StrEnum):
@@ -78,7 +78,11 @@ class Family:
         return set(self.capabilities)
 
     def sample(self, model: Any, noise: dict[str, np.ndarray]) -> np.ndarray:
-        """Map explicit noise inputs to samples in data units."""
+        """Map explicit noise inputs to samples in data units.
+
+        For a sampler exported as a step loop (``GraphSpec.loop``) each noise array carries
+        every step's draw, shape (steps, n, dim): the reference runs the whole loop.
+        """
         raise NotImplementedError
 
     def log_prob(self, model: Any, x: np.ndarray, noise: dict[str, np.ndarray]) -> np.ndarray:

@@ -20,7 +20,13 @@ from registry.contract.family import CAPABILITY_METHODS, Capability, Family, Fam
 
 ENTRY_POINT_GROUP = "genreg"
 # Built-in families, registered through the same hooks as an installed plugin.
-BUILTIN_PLUGINS: tuple[str, ...] = ("plugins.flow", "plugins.vae", "plugins.gan", "plugins.baselines")
+BUILTIN_PLUGINS: tuple[str, ...] = (
+    "plugins.flow",
+    "plugins.vae",
+    "plugins.gan",
+    "plugins.autoregressive",
+    "plugins.baselines",
+)
 NAME_PATTERN = re.compile(r"^[a-z][a-z0-9-]{0,40}$")
 
 

@@ -11,7 +11,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-from registry.runtime.graphs import GraphSpec, draw_noise
+from registry.runtime.graphs import GraphSpec, draw_noise, run_sampler, sample_noise
 from registry.runtime.sessions import open_session
 from registry.runtime.store import StoredModel
 
@@ -91,8 +91,8 @@ class LoadedModel:
         spec = self.stored.graph("sampler")
         if spec is None:
             raise CapabilityError(f"{self.stored.tag} cannot sample; it can score: {', '.join(self.kinds)}")
-        noise = draw_noise(spec.noise, n, np.random.default_rng(seed), temperature)
-        return self.run(spec, noise)
+        noise = sample_noise(spec, n, np.random.default_rng(seed), temperature)
+        return run_sampler(lambda feeds: self.run(spec, feeds), spec, n, noise)
 
     def log_weights(self, x: np.ndarray, seed: int | None = None, k: int = 1) -> np.ndarray:
         """(n, k) log importance weights from the bound scorer: k noise draws per row.

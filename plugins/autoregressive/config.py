@@ -1,0 +1,70 @@
+"""The autoregressive family's options (`-o key=value`, with data-dependent presets) and its
+trained-model record. Training, export and the family class import these; this module imports
+none of them."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from pydantic import Field
+
+from registry.contract.dataset import Dataset
+from registry.contract.family import FamilyConfig
+
+
+class ARConfig(FamilyConfig):
+    """Options for `genreg train autoregressive -o key=value`; unset ones follow the data."""
+
+    conditional: Literal["softmax", "logistic"] | None = Field(
+        None, description="discrete data: softmax over the levels, or a discretised logistic mixture"
+    )
+    components: int = Field(
+        10, ge=1, le=64, description="mixture components (logistic, or gaussian on continuous data)"
+    )
+    hidden: int | None = Field(None, ge=8, le=8192, description="width of the masked hidden layers")
+    depth: int = Field(2, ge=1, le=8, description="masked hidden layers")
+    dropout: float | None = Field(None, ge=0, lt=1)
+    lr: float = Field(1e-3, gt=0, le=1, description="peak AdamW learning rate (cosine decay)")
+    weight_decay: float | None = Field(None, ge=0)
+    batch_size: int | None = Field(None, ge=1, le=65536)
+    epochs: int | None = Field(None, ge=1, le=100000)
+    patience: int | None = Field(None, ge=1, description="early stopping: epochs without improvement")
+    grad_clip: float = Field(5.0, gt=0)
+
+    def resolve(self, data: Dataset) -> ARConfig:
+        """Fill unset options: small images overfit fast (dropout, weight decay, early
+        stopping); 2-D toys have unlimited data and want large batches."""
+        image = data.dim > 2
+        preset: dict[str, Any] = (
+            {
+                "conditional": "logistic",
+                "hidden": 1024,
+                "dropout": 0.5,
+                "weight_decay": 1e-4,
+                "batch_size": 64,
+                "epochs": 300,
+                "patience": 25,
+            }
+            if image
+            else {
+                "conditional": "softmax",
+                "hidden": 256,
+                "dropout": 0.0,
+                "weight_decay": 0.0,
+                "batch_size": 1024,
+                "epochs": 150,
+                "patience": 30,
+            }
+        )
+        values = {k: v if getattr(self, k) is None else getattr(self, k) for k, v in preset.items()}
+        return self.model_copy(update=values)
+
+
+@dataclass
+class ARModel:
+    config: ARConfig
+    net: Any  # plugins.autoregressive.model.Autoregressive
+    dim: int
+    levels: int | None
+    fit: dict[str, Any]

@@ -1,0 +1,74 @@
+"""The autoregressive model's ONNX graphs: the scorer (x -> exact log-likelihood, one call) and
+the sampler's step (state, step, noise -> state), which the serving runtime applies D times."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from plugins.autoregressive.config import ARModel
+from registry.contract.family import GraphSpec, NoiseInput, StepLoop
+from registry.pipeline.export import export_torch
+
+
+class _LogProb(nn.Module):
+    def __init__(self, net: nn.Module) -> None:
+        super().__init__()
+        self.net = net
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net.log_prob(x)
+
+
+# One module per signature: the exporter maps named positional inputs, not *args.
+class _DiscreteStep(nn.Module):
+    def __init__(self, net: nn.Module) -> None:
+        super().__init__()
+        self.net = net
+
+    def forward(self, state: torch.Tensor, step: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
+        return self.net.step(state, step, g)
+
+
+class _ContinuousStep(_DiscreteStep):
+    def forward(
+        self, state: torch.Tensor, step: torch.Tensor, g: torch.Tensor, z: torch.Tensor
+    ) -> torch.Tensor:
+        return self.net.step(state, step, g, z)
+
+
+def sampler_noise(model: ARModel) -> list[NoiseInput]:
+    """Gumbel draws over the levels (discrete), or over the components plus a normal (continuous)."""
+    if model.levels:
+        return [NoiseInput(name="g", dist="gumbel", dim=model.levels)]
+    k = model.config.components
+    return [NoiseInput(name="g", dist="gumbel", dim=k), NoiseInput(name="z", dist="normal", dim=1)]
+
+
+def export_autoregressive(model: ARModel, directory: Path) -> list[GraphSpec]:
+    net = model.net.eval()
+    d = model.dim
+    example = torch.zeros(4, d)
+    export_torch(_LogProb(net), {"x": example}, "log_likelihood", directory / "scorer.onnx")
+    noise = sampler_noise(model)
+    inputs = {"state": example, "step": torch.zeros(4, 1, dtype=torch.int64)}
+    inputs |= {n.name: torch.zeros(4, n.dim) for n in noise}
+    export_torch(
+        (_DiscreteStep if model.levels else _ContinuousStep)(net),
+        inputs,
+        "state_next",
+        directory / "sampler.onnx",
+    )
+    return [
+        GraphSpec(role="scorer", file="scorer.onnx", kind="log_prob", output="log_likelihood"),
+        GraphSpec(
+            role="sampler",
+            file="sampler.onnx",
+            x_input=None,
+            noise=noise,
+            output="state_next",
+            loop=StepLoop(steps=d, state_dim=d),
+        ),
+    ]

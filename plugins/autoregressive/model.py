@@ -1,0 +1,198 @@
+"""A masked autoregressive network (MADE) and the conditionals it parameterises.
+
+MADE (Germain et al., 2015) masks the weights of an MLP so that the outputs for dimension d
+see only the inputs before d (the natural order: raster order on images). One forward pass
+gives every conditional, so log P(x) = sum_d log P(x_d | x_<d) is one call; sampling fills
+one dimension per step. Conditionals:
+
+- ``softmax``: an unordered categorical over the L levels;
+- ``logistic``: a mixture of discretised logistics (PixelCNN++): the mass of level l is the
+  logistic mixture's mass on [l - 1/2, l + 1/2], with the end levels taking the tails, so
+  neighbouring levels share strength;
+- ``gaussian`` (continuous data): a mixture of Gaussians per dimension, an exact density.
+
+Sampling draws a level (or a mixture component) by Gumbel-max, argmax(log p + g): scaling g by
+a temperature T draws from softmax(log p / T), as the runtime scales all noise by T.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+LOG_2PI = math.log(2 * math.pi)
+
+
+class MaskedLinear(nn.Linear):
+    def __init__(self, mask: torch.Tensor) -> None:
+        super().__init__(mask.shape[1], mask.shape[0])
+        self.register_buffer("mask", mask.float())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.linear(x, self.weight * self.mask, self.bias)
+
+
+def degrees(dim: int, hidden: int, depth: int) -> list[torch.Tensor]:
+    """Degrees of the input units (1..D) and of each hidden layer (cycled 1..D-1, balanced)."""
+    inputs = torch.arange(1, dim + 1)
+    layers = [torch.arange(hidden) % max(dim - 1, 1) + 1 for _ in range(depth)]
+    return [inputs, *layers]
+
+
+class MADE(nn.Module):
+    """Maps rows (data units) to ``params`` numbers per dimension: (n, D, params)."""
+
+    def __init__(self, dim: int, params: int, hidden: int, depth: int, dropout: float) -> None:
+        super().__init__()
+        self.dim, self.params = dim, params
+        deg = degrees(dim, hidden, depth)
+        out_deg = torch.arange(1, dim + 1).repeat_interleave(params)
+        layers: list[nn.Module] = []
+        for before, after in itertools.pairwise(deg):
+            layers += [MaskedLinear(after[:, None] >= before[None, :]), nn.GELU(), nn.Dropout(dropout)]
+        self.hidden = nn.Sequential(*layers)
+        self.out = MaskedLinear(out_deg[:, None] > deg[-1][None, :])
+        # Inputs straight to outputs (strictly earlier dimensions): the linear part of each
+        # conditional, which the hidden layers need not relearn.
+        self.direct = MaskedLinear(out_deg[:, None] > deg[0][None, :])
+        self.register_buffer("mean", torch.zeros(dim))
+        self.register_buffer("std", torch.ones(dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = (x - self.mean) / self.std
+        out = self.out(self.hidden(h)) + self.direct(h)
+        return out.reshape(-1, self.dim, self.params)
+
+
+def _gumbel_choice(log_p: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
+    """argmax(log p + g) as a float index; ties (none with continuous noise) take the first."""
+    return torch.argmax(log_p + g, dim=-1).to(log_p.dtype)
+
+
+# ONNX has no Expm1, Log1p or LogSigmoid: the exporter spells them as exp(x) - 1, log(1 + x) and
+# log(sigmoid(x)), which lose precision (or underflow to -inf) where the reference does not, and
+# an export differed from PyTorch by 9e-3 nats. These forms are accurate in float32 as spelled.
+def _log_sigmoid(x: torch.Tensor) -> torch.Tensor:
+    return torch.minimum(x, torch.zeros_like(x)) - torch.log(1.0 + torch.exp(-torch.abs(x)))
+
+
+def _log_one_minus_exp_neg(a: torch.Tensor) -> torch.Tensor:
+    """log(1 - exp(-a)) for a > 0; a series where exp(-a) - 1 would cancel."""
+    series = torch.log(a) - a / 2 + a * a / 24
+    return torch.where(a < 0.1, series, torch.log(1.0 - torch.exp(-torch.clamp(a, min=0.1))))
+
+
+class Categorical(nn.Module):
+    """Softmax over ``levels`` per dimension."""
+
+    def __init__(self, levels: int) -> None:
+        super().__init__()
+        self.levels = levels
+        self.params = levels
+
+    def level_log_probs(self, params: torch.Tensor) -> torch.Tensor:
+        return F.log_softmax(params, dim=-1)
+
+
+class DiscretizedLogistic(nn.Module):
+    """A mixture of ``components`` discretised logistics over the levels 0..L-1."""
+
+    def __init__(self, levels: int, components: int) -> None:
+        super().__init__()
+        self.levels, self.components = levels, components
+        self.params = 3 * components
+
+    def level_log_probs(self, params: torch.Tensor) -> torch.Tensor:
+        """(..., 3K) -> (..., L): log of each level's mass, normalised over the levels exactly."""
+        k = self.components
+        logits, mean, log_scale = params[..., :k], params[..., k : 2 * k], params[..., 2 * k :]
+        log_scale = log_scale.clamp(-7.0, 7.0)
+        inv = torch.exp(-log_scale)[..., None, :]  # (..., 1, K)
+        levels = torch.arange(self.levels, dtype=params.dtype, device=params.device)
+        centred = levels[:, None] - mean[..., None, :]  # (..., L, K)
+        upper = (centred + 0.5) * inv
+        lower = (centred - 0.5) * inv
+        # log(sigmoid(a) - sigmoid(b)) = logsigmoid(a) + logsigmoid(-b) + log(1 - exp(b - a)),
+        # with b - a = -1/s: stable wherever the mass is; the end levels take the tails.
+        middle = _log_sigmoid(upper) + _log_sigmoid(-lower) + _log_one_minus_exp_neg(inv)
+        first = (levels == 0)[:, None]
+        last = (levels == self.levels - 1)[:, None]
+        log_mass = torch.where(first, _log_sigmoid(upper), torch.where(last, _log_sigmoid(-lower), middle))
+        return torch.logsumexp(F.log_softmax(logits, dim=-1)[..., None, :] + log_mass, dim=-1)
+
+
+class GaussianMixture(nn.Module):
+    """A mixture of ``components`` Gaussians per dimension, on standardised values."""
+
+    def __init__(self, components: int) -> None:
+        super().__init__()
+        self.components = components
+        self.params = 3 * components
+
+    def split(self, params: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        k = self.components
+        return (
+            F.log_softmax(params[..., :k], dim=-1),
+            params[..., k : 2 * k],
+            params[..., 2 * k :].clamp(-7, 5),
+        )
+
+    def log_density(self, params: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+        """log N-mixture density of standardised values z (..., ) under params (..., 3K)."""
+        log_w, mean, log_scale = self.split(params)
+        scaled = (z[..., None] - mean) * torch.exp(-log_scale)
+        return torch.logsumexp(log_w - 0.5 * (LOG_2PI + scaled**2) - log_scale, dim=-1)
+
+
+class Autoregressive(nn.Module):
+    """MADE + conditional: exact log-likelihood of rows, and one sampling step."""
+
+    def __init__(self, made: MADE, conditional: nn.Module, levels: int | None) -> None:
+        super().__init__()
+        self.made = made
+        self.conditional = conditional
+        self.levels = levels
+
+    def log_prob(self, x: torch.Tensor) -> torch.Tensor:
+        params = self.made(x)
+        if self.levels:
+            log_p = self.conditional.level_log_probs(params)  # (n, D, L)
+            idx = x.round().clamp(0, self.levels - 1).long()[..., None]
+            return torch.gather(log_p, -1, idx)[..., 0].sum(-1)
+        z = (x - self.made.mean) / self.made.std
+        return (self.conditional.log_density(params, z) - torch.log(self.made.std)).sum(-1)
+
+    def step(self, state: torch.Tensor, step: torch.Tensor, *noise: torch.Tensor) -> torch.Tensor:
+        """Fill dimension ``step`` of ``state`` (data units) with a draw from its conditional.
+
+        Discrete data: noise is (g,), Gumbel draws over the levels. Continuous: (g, z), Gumbel
+        draws over the mixture components and one standard normal.
+        """
+        dims = torch.arange(state.shape[1], device=state.device)
+        current = dims[None, :] == step  # (n, D): the dimension this step fills
+        params = (self.made(state) * current.to(state.dtype)[:, :, None]).sum(1)  # (n, P)
+        if self.levels:
+            value = _gumbel_choice(self.conditional.level_log_probs(params), noise[0])
+        else:
+            g, z = noise
+            log_w, mean, log_scale = self.conditional.split(params)
+            components = torch.arange(log_w.shape[-1], device=g.device)
+            chosen = (components[None, :] == _gumbel_choice(log_w, g)[:, None]).to(params.dtype)
+            standard = (mean * chosen).sum(-1) + (torch.exp(log_scale) * chosen).sum(-1) * z[:, 0]
+            weights = current.to(state.dtype)
+            value = standard * (weights * self.made.std).sum(1) + (weights * self.made.mean).sum(1)
+        return torch.where(current, value[:, None], state)
+
+    def sample(self, noise: dict[str, torch.Tensor], steps: int) -> torch.Tensor:
+        """The PyTorch reference of the runtime's loop: ``noise`` arrays are (steps, n, dim)."""
+        names = ("g",) if self.levels else ("g", "z")
+        n = noise["g"].shape[1]
+        state = torch.zeros(n, self.made.dim)
+        for t in range(steps):
+            step = torch.full((n, 1), t, dtype=torch.int64)
+            state = self.step(state, step, *(noise[name][t] for name in names))
+        return state
