@@ -7,6 +7,7 @@ import sys
 import tempfile
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 # The store lives in BentoML's home; point it at a private folder before bentoml is used.
@@ -18,7 +19,14 @@ ROOT = Path(__file__).resolve().parent.parent
 FIXTURES = Path(__file__).resolve().parent / "fixture_plugins"
 
 # Budgets small enough for CI's 2 cores, large enough for the checks the tests make.
-TEST_EPOCHS = {"flow-digits": 40, "flowvd-digits": 40, "vae-digits": 30, "gan-8gaussians": 30}
+TEST_EPOCHS = {
+    "flow-digits": 40,
+    "flowvd-digits": 40,
+    "vae-digits": 30,
+    "gan-8gaussians": 30,
+    "autoregressive-digits": 8,
+    "autoregressive-8gaussians": 30,
+}
 
 
 @pytest.fixture(scope="session")
@@ -73,6 +81,17 @@ def trained(bentoml_home):
     models["flowvd-digits"] = _train(
         "flow", "digits", TEST_EPOCHS["flowvd-digits"], name="flowvd-digits", dequantization="variational"
     )
+    for data in ("digits", "8gaussians"):
+        name = f"autoregressive-{data}"
+        models[name] = _train("autoregressive", data, TEST_EPOCHS[name])
+    # 3 dimensions with 4 levels, each depending on the one before: small enough to enumerate.
+    rng = np.random.default_rng(0)
+    first = rng.integers(0, 4, 3000)
+    second = (first + rng.integers(0, 2, 3000)) % 4
+    third = (second * rng.integers(0, 2, 3000)) % 4
+    small = Path(tempfile.mkdtemp(prefix="genreg-ar-small-")) / "ar-small.npy"
+    np.save(small, np.stack([first, second, third], 1))
+    models["ar-small"] = _train("autoregressive", str(small), 40, name="ar-small")
     from registry.pipeline.critic import attach_critic
 
     # A newer version of flow-8gaussians with a critic: the server serves it as the newest.
@@ -121,6 +140,7 @@ def fixture_site(tmp_path, monkeypatch):
         "genreg-fixtures",
         {
             "box": "box_plugin",
+            "stepper": "stepper_plugin",
             "broken": "broken_plugin",
             "misspelled": "misspelled_plugin",
             "duplicate": "duplicate_plugin",
@@ -134,5 +154,12 @@ def fixture_site(tmp_path, monkeypatch):
 
     importlib.invalidate_caches()
     yield site
-    for mod in ("box_plugin", "broken_plugin", "misspelled_plugin", "duplicate_plugin", "liar_plugin"):
+    for mod in (
+        "box_plugin",
+        "stepper_plugin",
+        "broken_plugin",
+        "misspelled_plugin",
+        "duplicate_plugin",
+        "liar_plugin",
+    ):
         sys.modules.pop(mod, None)

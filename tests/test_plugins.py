@@ -79,3 +79,32 @@ def test_cli_plugins_lists_capabilities_and_distribution(fixture_site):
     assert "genreg-fixtures" in lines["box"]
     assert "failed: broken (genreg-fixtures)" in out.stderr
     assert "Traceback" not in out.stderr
+
+
+def test_a_third_party_step_loop_sampler_trains_checks_and_samples(fixture_site, check_family, tmp_path):
+    import itertools
+
+    import numpy as np
+    from stepper_plugin import StepperFamily
+
+    from registry.datasets import load_dataset
+    from registry.runtime.models import LoadedModel
+    from registry.runtime.scoring import score
+
+    rng = np.random.default_rng(0)
+    walk = np.cumsum(rng.integers(0, 2, (600, 4)), axis=1) % 3  # each step stays or moves up one
+    np.save(tmp_path / "walk.npy", walk)
+    stored = check_family(
+        StepperFamily, load_dataset(str(tmp_path / "walk.npy")), epochs=None, smoothing=1e-6
+    )
+    sampler = stored.graph("sampler")
+    assert sampler.loop is not None and sampler.loop.steps == 4
+    assert stored.meta["parity"]["sampler_mismatch_share"] == 0.0
+    loaded = LoadedModel(stored)
+    a, b = loaded.sample(50, seed=1), loaded.sample(50, seed=1)
+    np.testing.assert_array_equal(a, b)
+    assert not np.array_equal(a, loaded.sample(50, seed=2))
+    # Samples follow the chain: each step stays or moves up one level (mod 3).
+    assert np.all(np.isin((np.diff(a, axis=1) % 3), (0, 1)))
+    configs = np.array(list(itertools.product(range(3), repeat=4)), dtype=np.float32)
+    assert np.exp(score(loaded, configs, "log_prob").scores).sum() == pytest.approx(1.0, abs=1e-5)

@@ -22,8 +22,13 @@ class ARConfig(FamilyConfig):
     components: int = Field(
         10, ge=1, le=64, description="mixture components (logistic, or gaussian on continuous data)"
     )
-    hidden: int | None = Field(None, ge=8, le=8192, description="width of the masked hidden layers")
-    depth: int = Field(2, ge=1, le=8, description="masked hidden layers")
+    network: Literal["made", "conv"] | None = Field(
+        None, description="made (masked MLP), or conv (masked convolutions; image data only)"
+    )
+    hidden: int | None = Field(None, ge=8, le=8192, description="made: width of the masked hidden layers")
+    depth: int = Field(2, ge=1, le=8, description="made: masked hidden layers")
+    channels: int = Field(64, ge=4, le=1024, description="conv: channels of the masked convolutions")
+    layers: int = Field(4, ge=1, le=16, description="conv: residual masked 3x3 layers after the first 7x7")
     dropout: float | None = Field(None, ge=0, lt=1)
     lr: float = Field(1e-3, gt=0, le=1, description="peak AdamW learning rate (cosine decay)")
     weight_decay: float | None = Field(None, ge=0)
@@ -38,6 +43,7 @@ class ARConfig(FamilyConfig):
         image = data.dim > 2
         preset: dict[str, Any] = (
             {
+                "network": "conv" if data.image_shape else "made",
                 "conditional": "logistic",
                 "hidden": 1024,
                 "dropout": 0.5,
@@ -48,6 +54,7 @@ class ARConfig(FamilyConfig):
             }
             if image
             else {
+                "network": "made",
                 "conditional": "softmax",
                 "hidden": 256,
                 "dropout": 0.0,
@@ -68,3 +75,4 @@ class ARModel:
     dim: int
     levels: int | None
     fit: dict[str, Any]
+    image_shape: tuple[int, int] | None = None

@@ -43,6 +43,53 @@ def degrees(dim: int, hidden: int, depth: int) -> list[torch.Tensor]:
     return [inputs, *layers]
 
 
+class MaskedConv2d(nn.Conv2d):
+    """A convolution that sees only pixels before the centre in raster order (type A), or the
+    centre too (type B: deeper layers, whose centre never saw the centre pixel's value)."""
+
+    def __init__(self, cin: int, cout: int, kernel: int, kind: str) -> None:
+        super().__init__(cin, cout, kernel, padding=kernel // 2)
+        mask = torch.ones_like(self.weight)
+        c = kernel // 2
+        mask[:, :, c, c + (kind == "B") :] = 0
+        mask[:, :, c + 1 :, :] = 0
+        self.register_buffer("mask", mask)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.conv2d(x, self.weight * self.mask, self.bias, padding=self.padding)
+
+
+class PixelCNN(nn.Module):
+    """Maps rows of (h, w) images to ``params`` numbers per pixel, raster order: (n, D, params).
+
+    Masked convolutions share their weights across positions: on a thousand 8x8 digits that
+    prior generalises where a MADE's per-pixel weights overfit (benchmarks/RESULTS.md).
+    """
+
+    def __init__(
+        self, shape: tuple[int, int], params: int, channels: int, layers: int, dropout: float
+    ) -> None:
+        super().__init__()
+        self.shape, self.dim, self.params = shape, shape[0] * shape[1], params
+        self.first = MaskedConv2d(1, channels, 7, "A")
+        self.blocks = nn.ModuleList(
+            nn.Sequential(nn.GELU(), MaskedConv2d(channels, channels, 3, "B"), nn.GELU(), nn.Dropout(dropout))
+            for _ in range(layers)
+        )
+        self.head = nn.Sequential(
+            nn.GELU(), nn.Conv2d(channels, channels, 1), nn.GELU(), nn.Conv2d(channels, params, 1)
+        )
+        self.register_buffer("mean", torch.zeros(self.dim))
+        self.register_buffer("std", torch.ones(self.dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = ((x - self.mean) / self.std).reshape(-1, 1, *self.shape)
+        h = self.first(h)
+        for block in self.blocks:
+            h = h + block(h)
+        return self.head(h).permute(0, 2, 3, 1).reshape(-1, self.dim, self.params)
+
+
 class MADE(nn.Module):
     """Maps rows (data units) to ``params`` numbers per dimension: (n, D, params)."""
 
@@ -82,7 +129,8 @@ def _log_sigmoid(x: torch.Tensor) -> torch.Tensor:
 
 def _log_one_minus_exp_neg(a: torch.Tensor) -> torch.Tensor:
     """log(1 - exp(-a)) for a > 0; a series where exp(-a) - 1 would cancel."""
-    series = torch.log(a) - a / 2 + a * a / 24
+    a2 = a * a
+    series = torch.log(a) - a / 2 + a2 / 24 - a2 * a2 / 2880
     return torch.where(a < 0.1, series, torch.log(1.0 - torch.exp(-torch.clamp(a, min=0.1))))
 
 
@@ -151,20 +199,20 @@ class GaussianMixture(nn.Module):
 class Autoregressive(nn.Module):
     """MADE + conditional: exact log-likelihood of rows, and one sampling step."""
 
-    def __init__(self, made: MADE, conditional: nn.Module, levels: int | None) -> None:
+    def __init__(self, network: nn.Module, conditional: nn.Module, levels: int | None) -> None:
         super().__init__()
-        self.made = made
+        self.network = network
         self.conditional = conditional
         self.levels = levels
 
     def log_prob(self, x: torch.Tensor) -> torch.Tensor:
-        params = self.made(x)
+        params = self.network(x)
         if self.levels:
             log_p = self.conditional.level_log_probs(params)  # (n, D, L)
             idx = x.round().clamp(0, self.levels - 1).long()[..., None]
             return torch.gather(log_p, -1, idx)[..., 0].sum(-1)
-        z = (x - self.made.mean) / self.made.std
-        return (self.conditional.log_density(params, z) - torch.log(self.made.std)).sum(-1)
+        z = (x - self.network.mean) / self.network.std
+        return (self.conditional.log_density(params, z) - torch.log(self.network.std)).sum(-1)
 
     def step(self, state: torch.Tensor, step: torch.Tensor, *noise: torch.Tensor) -> torch.Tensor:
         """Fill dimension ``step`` of ``state`` (data units) with a draw from its conditional.
@@ -174,7 +222,7 @@ class Autoregressive(nn.Module):
         """
         dims = torch.arange(state.shape[1], device=state.device)
         current = dims[None, :] == step  # (n, D): the dimension this step fills
-        params = (self.made(state) * current.to(state.dtype)[:, :, None]).sum(1)  # (n, P)
+        params = (self.network(state) * current.to(state.dtype)[:, :, None]).sum(1)  # (n, P)
         if self.levels:
             value = _gumbel_choice(self.conditional.level_log_probs(params), noise[0])
         else:
@@ -184,14 +232,14 @@ class Autoregressive(nn.Module):
             chosen = (components[None, :] == _gumbel_choice(log_w, g)[:, None]).to(params.dtype)
             standard = (mean * chosen).sum(-1) + (torch.exp(log_scale) * chosen).sum(-1) * z[:, 0]
             weights = current.to(state.dtype)
-            value = standard * (weights * self.made.std).sum(1) + (weights * self.made.mean).sum(1)
+            value = standard * (weights * self.network.std).sum(1) + (weights * self.network.mean).sum(1)
         return torch.where(current, value[:, None], state)
 
     def sample(self, noise: dict[str, torch.Tensor], steps: int) -> torch.Tensor:
         """The PyTorch reference of the runtime's loop: ``noise`` arrays are (steps, n, dim)."""
         names = ("g",) if self.levels else ("g", "z")
         n = noise["g"].shape[1]
-        state = torch.zeros(n, self.made.dim)
+        state = torch.zeros(n, self.network.dim)
         for t in range(steps):
             step = torch.full((n, 1), t, dtype=torch.int64)
             state = self.step(state, step, *(noise[name][t] for name in names))

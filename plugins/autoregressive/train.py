@@ -13,13 +13,16 @@ from plugins.autoregressive.model import (
     Categorical,
     DiscretizedLogistic,
     GaussianMixture,
+    PixelCNN,
 )
 from plugins.common.training import fit_config, pick_device
 from registry.contract.dataset import Dataset
 from registry.contract.family import TrainControl
 
 
-def build(dim: int, levels: int | None, config: ARConfig) -> Autoregressive:
+def build(
+    dim: int, levels: int | None, config: ARConfig, shape: tuple[int, int] | None = None
+) -> Autoregressive:
     if levels:
         conditional = (
             Categorical(levels)
@@ -28,17 +31,22 @@ def build(dim: int, levels: int | None, config: ARConfig) -> Autoregressive:
         )
     else:
         conditional = GaussianMixture(config.components)
-    made = MADE(dim, conditional.params, config.hidden, config.depth, config.dropout)
-    return Autoregressive(made, conditional, levels)
+    if config.network == "conv":
+        if shape is None:
+            raise ValueError("network=conv needs image data (an image shape); use network=made")
+        network = PixelCNN(shape, conditional.params, config.channels, config.layers, config.dropout)
+    else:
+        network = MADE(dim, conditional.params, config.hidden, config.depth, config.dropout)
+    return Autoregressive(network, conditional, levels)
 
 
 def train_autoregressive(data: Dataset, config: ARConfig, control: TrainControl) -> ARModel:
     device = pick_device(control)
     torch.manual_seed(control.seed)
-    net = build(data.dim, data.levels, config)
+    net = build(data.dim, data.levels, config, data.image_shape)
     train = torch.as_tensor(data.train, dtype=torch.float32)
-    net.made.mean.copy_(train.mean(0))
-    net.made.std.copy_(train.std(0) + (0.5 if data.levels else 1e-3))
+    net.network.mean.copy_(train.mean(0))
+    net.network.std.copy_(train.std(0) + (0.5 if data.levels else 1e-3))
     net.to(device)
     train = train.to(device)
     val = torch.as_tensor(data.validation, dtype=torch.float32, device=device)
@@ -54,4 +62,4 @@ def train_autoregressive(data: Dataset, config: ARConfig, control: TrainControl)
 
     result = fit_config(net, train, config, loss_fn=loss_fn, validate=validate, control=control)
     net.cpu().eval()
-    return ARModel(config, net, data.dim, data.levels, fit=result.__dict__)
+    return ARModel(config, net, data.dim, data.levels, fit=result.__dict__, image_shape=data.image_shape)

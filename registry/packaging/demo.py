@@ -16,6 +16,7 @@ DEFAULT_MODELS: tuple[tuple[str, str, int], ...] = (
     ("vae", "digits", 60),
     ("flow", "8gaussians", 150),
     ("gan", "8gaussians", 90),
+    ("autoregressive", "digits", 150),
 )
 
 

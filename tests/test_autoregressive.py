@@ -1,0 +1,176 @@
+"""The autoregressive family and the step-loop samplers of the contract.
+
+Exactness is checked where it can be enumerated or integrated, through the real server; the
+loop's parity, reproducibility by seed, temperature and bad input too.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from plugins.autoregressive.config import ARConfig
+from plugins.autoregressive.model import DiscretizedLogistic
+from plugins.autoregressive.train import build
+from registry.contract.loading import get_plugins
+from registry.pipeline.export import ExportError, check_parity
+from registry.runtime.graphs import StepLoop, draw_noise, loop_noise, run_loop
+from registry.runtime.models import LoadedModel
+from registry.runtime.store import get_model
+
+
+def post(client, path, body):
+    return client.post(path, json=body)
+
+
+@pytest.mark.parametrize(("network", "levels"), [("made", None), ("made", 5), ("conv", 5)])
+def test_outputs_depend_only_on_earlier_dimensions(network, levels):
+    torch.manual_seed(0)
+    config = ARConfig(network=network, hidden=64, channels=8, dropout=0.0, conditional="softmax")
+    net = build(12, levels, config, (3, 4)).eval()
+    x = torch.rand(4, 12) * 4
+    jac = torch.autograd.functional.jacobian(lambda a: net.network(a).sum(0), x).sum(2)  # (D, P, D)
+    influence = jac.abs().sum(1)  # (D outputs, D inputs)
+    assert torch.all(torch.triu(influence) == 0), "an output sees its own or a later input"
+    assert torch.all(torch.tril(influence, -1)[1:, :].sum(1) > 0), "an output ignores all earlier inputs"
+
+
+def test_discretised_logistic_mass_sums_to_one_over_the_levels():
+    torch.manual_seed(1)
+    cond = DiscretizedLogistic(17, 5)
+    params = torch.randn(200, 15, dtype=torch.float64) * 3
+    params[:, 5:10] = torch.rand(200, 5, dtype=torch.float64) * 20 - 2  # means across and beyond 0..16
+    total = torch.logsumexp(cond.level_log_probs(params), dim=-1)
+    assert torch.allclose(total, torch.zeros_like(total), atol=1e-9)
+
+
+def test_step_loop_runs_the_graph_once_per_step_with_that_steps_noise():
+    spec_noise = [{"name": "g", "dist": "gumbel", "dim": 3}]
+    from registry.runtime.graphs import GraphSpec
+
+    spec = GraphSpec(
+        role="sampler",
+        file="s.onnx",
+        x_input=None,
+        noise=spec_noise,
+        output="o",
+        loop=StepLoop(steps=4, state_dim=4),
+    )
+    noise = loop_noise(spec, 5, np.random.default_rng(0))
+    assert noise["g"].shape == (4, 5, 3)
+    seen = []
+
+    def run(feeds):
+        t = int(feeds["step"][0, 0])
+        seen.append(t)
+        assert feeds["step"].dtype == np.int64 and feeds["step"].shape == (5, 1)
+        np.testing.assert_array_equal(feeds["g"], noise["g"][t])
+        out = feeds["state"].copy()
+        out[:, t] = t + 1
+        return out
+
+    state = run_loop(run, spec, 5, noise)
+    assert seen == [0, 1, 2, 3]
+    np.testing.assert_array_equal(state, np.tile([1, 2, 3, 4], (5, 1)))
+    # Temperature scales Gumbel draws (T = 0: no noise, the most likely value).
+    assert not draw_noise(spec.noise, 5, np.random.default_rng(1), temperature=0.0)["g"].any()
+
+
+@pytest.mark.slow
+def test_parity_check_compares_the_whole_loop_and_refuses_a_wrong_reference(trained, tmp_path):
+    stored = trained["autoregressive-digits"]
+    assert stored.meta["parity"]["sampler_mismatch_share"] <= 1e-3
+    assert stored.graph("sampler").loop == StepLoop(steps=64, state_dim=64)
+    family = get_plugins().get("autoregressive")
+    from plugins.autoregressive.train import train_autoregressive
+    from registry.contract.family import TrainControl
+    from registry.datasets import load_dataset
+
+    data = load_dataset("digits")
+    model = train_autoregressive(
+        data, family.Config(epochs=1).resolve(data), TrainControl(epochs=1, progress=False)
+    )
+    graphs = family.export(model, tmp_path)
+    check_parity(family, model, graphs, tmp_path, data.test, discrete=True)
+    # A reference that feeds step t the noise of step t - 1 (an off-by-one) must be refused.
+    honest = family.sample
+
+    class OffByOne(type(family)):
+        def sample(self, model, noise):
+            return honest(model, {k: np.roll(v, 1, axis=0) for k, v in noise.items()})
+
+    with pytest.raises(ExportError, match="sampler"):
+        check_parity(OffByOne(), model, graphs, tmp_path, data.test, discrete=True)
+
+
+@pytest.mark.slow
+def test_served_probabilities_of_every_configuration_sum_to_one(server):
+    client, _ = server
+    configs = np.array(list(itertools.product(range(4), repeat=3)), dtype=float)
+    resp = post(client, "/score", {"model": "ar-small", "x": configs.tolist()})
+    assert resp.status_code == 200, resp.text
+    assert resp.json()["kind"] == "log_prob"
+    probs = np.exp(np.array(resp.json()["scores"]))
+    assert abs(probs.sum() - 1.0) < 1e-5
+    # And it learned the structure: the third value is 0 or twice the second (mod 4).
+    likely = configs[probs > 0.02]
+    assert np.all((likely[:, 2] == 0) | (likely[:, 2] == likely[:, 1]))
+
+
+@pytest.mark.slow
+def test_served_density_on_a_toy_integrates_to_one(server):
+    client, _ = server
+    g = np.linspace(-7, 7, 281)
+    cell = (g[1] - g[0]) ** 2
+    pts = np.stack(np.meshgrid(g, g), -1).reshape(-1, 2)
+    total = 0.0
+    for chunk in np.array_split(pts, math.ceil(len(pts) / 4000)):
+        resp = post(client, "/score", {"model": "autoregressive-8gaussians", "x": chunk.tolist()})
+        assert resp.status_code == 200, resp.text
+        total += float(np.exp(np.array(resp.json()["scores"])).sum()) * cell
+    assert total == pytest.approx(1.0, abs=0.01)
+
+
+@pytest.mark.slow
+def test_sampling_is_reproducible_by_seed_and_matches_the_runtime(server):
+    client, _ = server
+    body = {"model": "autoregressive-digits", "n": 8, "seed": 3}
+    a = post(client, "/sample", body).json()["samples"]
+    b = post(client, "/sample", body).json()["samples"]
+    c = post(client, "/sample", {**body, "seed": 4}).json()["samples"]
+    assert a == b and a != c
+    x = np.array(a)
+    assert x.shape == (8, 64) and np.all((x >= 0) & (x <= 16)) and np.all(x == np.round(x))
+    local = LoadedModel(get_model("autoregressive-digits")).sample(8, seed=3)
+    np.testing.assert_array_equal(x, local)
+    # Temperature 0 takes the most likely level at every step: the same whatever the seed.
+    cold = [post(client, "/sample", {**body, "seed": s, "temperature": 0}).json()["samples"] for s in (1, 2)]
+    assert cold[0] == cold[1]
+
+
+@pytest.mark.slow
+def test_sampling_on_a_toy_covers_the_modes(server):
+    client, _ = server
+    x = np.array(
+        post(client, "/sample", {"model": "autoregressive-8gaussians", "n": 800, "seed": 0}).json()["samples"]
+    )
+    angles = np.round(np.degrees(np.arctan2(x[:, 1], x[:, 0])) / 45) % 8
+    assert len(set(angles.astype(int))) == 8
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("row", "problem"),
+    [([0.0] * 63, "64 values"), ([17.0] + [0.0] * 63, "range 0..16"), ([0.5] + [0.0] * 63, "integer levels")],
+)
+def test_bad_rows_are_refused_naming_the_field(server, row, problem):
+    client, _ = server
+    resp = post(client, "/score", {"model": "autoregressive-digits", "x": [row]})
+    assert resp.status_code == 400 and resp.json()["field"] == "x"
+    assert problem in resp.json()["error"]
+    resp = post(client, "/score", {"model": "autoregressive-digits", "x": [[0.0] * 64], "kind": "bound"})
+    assert resp.status_code == 422 and "log_prob" in resp.json()["error"]
