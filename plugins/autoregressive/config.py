@@ -60,8 +60,8 @@ class ARConfig(FamilyConfig):
                 "dropout": 0.0,
                 "weight_decay": 0.0,
                 "batch_size": 1024,
-                "epochs": 150,
-                "patience": 30,
+                "epochs": 300,
+                "patience": 60,
             }
         )
         values = {k: v if getattr(self, k) is None else getattr(self, k) for k, v in preset.items()}
