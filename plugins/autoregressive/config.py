@@ -64,8 +64,7 @@ class ARConfig(FamilyConfig):
                 "patience": 60,
             }
         )
-        values = {k: v if getattr(self, k) is None else getattr(self, k) for k, v in preset.items()}
-        return self.model_copy(update=values)
+        return self.with_defaults(preset)
 
 
 @dataclass

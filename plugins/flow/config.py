@@ -80,8 +80,7 @@ class FlowConfig(FamilyConfig):
         # Few levels (digits: 17, half the pixels at 0) put much of the mass in the edge bins,
         # which a small alpha leaves room for (the sweep: benchmarks/RESULTS.md, Dequantisation).
         preset["alpha"] = 0.001 if data.levels and data.levels <= 32 else 0.01
-        values = {k: v if getattr(self, k) is None else getattr(self, k) for k, v in preset.items()}
-        return self.model_copy(update=values)
+        return self.with_defaults(preset)
 
 
 @dataclass

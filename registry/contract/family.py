@@ -6,7 +6,7 @@ import enum
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, Self
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict
@@ -41,6 +41,10 @@ class FamilyConfig(BaseModel):
     """Base for a family's options (set with ``-o key=value``); unknown keys are refused."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+    def with_defaults(self, preset: dict[str, Any]) -> Self:
+        """A copy whose unset (None) options take the preset's values; set ones are kept."""
+        return self.model_copy(update={k: v for k, v in preset.items() if getattr(self, k) is None})
 
 
 @dataclass
