@@ -37,6 +37,7 @@ ERRORS = {
     "409": "the model's stored files failed their checksum (named) and it is not served",
     "413": "body over the size limit",
     "422": "the model lacks the capability; the message lists what it has",
+    "503": "the service is starting or stopping",
 }
 
 

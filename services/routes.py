@@ -46,6 +46,18 @@ class Api(Protocol):
     def served(self) -> list[str]: ...
 
 
+# Between start-up and shutdown BentoML holds the service instance; outside it (a request that
+# races the shutdown) its accessor raises, and the answer is 503, not a traceback.
+NOT_RUNNING = ApiError(503, None, "the service is starting or stopping; retry", "unavailable")
+
+
+def _instance(service: Callable[[], Api]) -> Api | None:
+    try:
+        return service()
+    except Exception:
+        return None
+
+
 def _content_length(scope: dict[str, Any]) -> int | None:
     for name, value in scope["headers"]:
         if name == b"content-length":
@@ -78,7 +90,11 @@ class _Endpoint:
             err = ApiError(400, "body", "the request body must be a JSON object", "invalid_json")
             await error_response(self.endpoint, err)(scope, receive, send)
             return
-        answer = await self.service().handle(self.endpoint, parsed, may_hold_bools=may_hold_bools(body))
+        service = _instance(self.service)
+        if service is None:
+            await error_response(self.endpoint, NOT_RUNNING)(scope, receive, send)
+            return
+        answer = await service.handle(self.endpoint, parsed, may_hold_bools=may_hold_bools(body))
         await answer(scope, receive, send)
 
     async def _read(self, scope: dict[str, Any], receive: Any, send: Any) -> bytes | None:
@@ -138,7 +154,7 @@ class ApiRoutes:
         endpoint = self.endpoints.get(path)
         if endpoint is not None and (method == "POST" or (method == "GET" and path == "/models")):
             await endpoint(scope, receive, send)
-        elif endpoint is not None:
+        elif endpoint is not None and method not in ("OPTIONS", "HEAD"):
             allowed = "GET, POST" if path == "/models" else "POST"
             err = ApiError(
                 405, "method", f"{method} {path} is not allowed; use {allowed}", "method_not_allowed"
@@ -148,6 +164,8 @@ class ApiRoutes:
             name = "index.html" if path in ("/", "/ui") else path.removeprefix("/static/")
             await static_file(name)(scope, receive, send)
         elif method == "GET" and path == "/docs.json":
-            await json_response(openapi.build(self.service().served(), self.auth))(scope, receive, send)
+            service = _instance(self.service)
+            served = service.served() if service is not None else []
+            await json_response(openapi.build(served, self.auth))(scope, receive, send)
         else:
             await self.app(scope, receive, send)

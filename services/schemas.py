@@ -71,7 +71,9 @@ class SampleRequest(_Strict):
     model: str = Field(pattern=MODEL_REF, description="name (newest version) or name:version")
     n: Int = Field(1, ge=1, le=MAX_N, description=f"number of samples, at most {MAX_N}")
     seed: Int | None = Field(None, ge=0, lt=2**63, description="same seed, same samples")
-    temperature: float = Field(1.0, ge=0.0, le=10.0, description="scales the normal noise")
+    temperature: float = Field(
+        1.0, ge=0.0, le=10.0, description="scales the normal and Gumbel noise: 0 takes the most likely draw"
+    )
     format: Literal["json", "png"] = Field("json", description="png: a base64 PNG grid (image data)")
 
 

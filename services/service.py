@@ -67,6 +67,19 @@ def _validate(model: type[BaseModel], body: dict[str, Any], may_hold_bools: bool
         raise ApiError(400, top, f"{field}: {message}", reason) from None
 
 
+def _check_sample_cost(loaded: LoadedModel, n: int, field: str) -> None:
+    """Refuse a sample whose graph calls (n x the loop's steps) exceed the per-request row limit."""
+    cost = loaded.sample_cost(n)
+    if cost > MAX_DRAW_ROWS:
+        steps = cost // n
+        raise ApiError(
+            400,
+            field,
+            f"{field}: {n} samples x {steps} sampling steps = {cost} rows exceeds {MAX_DRAW_ROWS}",
+            f"invalid_{field}",
+        )
+
+
 async def _call(fn: Any, req: Any, rows: int) -> Any:
     if rows <= INLINE_ROWS:
         return fn(req)
@@ -129,7 +142,9 @@ class Genreg:
         try:
             if endpoint == "sample":
                 req = _validate(SampleRequest, body, may_hold_bools)
-                return json_response(await _call(self._sample, req, req.n))
+                # A step-loop sampler runs its graph once per step: weigh the request by that.
+                cost = self._resolve(req.model).sample_cost(req.n)
+                return json_response(await _call(self._sample, req, cost))
             if endpoint == "score":
                 req = _validate(ScoreRequest, body, may_hold_bools)
                 return json_response(await _call(self._score, req, len(req.x) * req.k))
@@ -151,6 +166,7 @@ class Genreg:
                 f"{loaded.stored.tag} was not trained on images: png is unavailable",
                 "invalid_format",
             )
+        _check_sample_cost(loaded, req.n, "n")
         try:
             x = loaded.sample(req.n, seed=req.seed, temperature=req.temperature)
         except CapabilityError as exc:
@@ -185,6 +201,7 @@ class Genreg:
             real = check_rows(req.x, loaded.stored.data, what="x").astype(np.float64)
         except InputError as exc:
             raise ApiError(400, exc.field, str(exc), "invalid_x") from None
+        _check_sample_cost(loaded, req.n_model or len(real), "n_model" if req.n_model else "x")
         fake = loaded.sample(req.n_model or len(real), seed=req.seed).astype(np.float64)
         ROWS.labels(model=loaded.stored.name, kind="sample").inc(len(fake))
         with np.errstate(all="ignore"):

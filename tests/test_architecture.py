@@ -155,3 +155,16 @@ def test_every_hook_is_exercised_by_a_fixture_plugin(name):
     assert hook.get_hookimpls(), f"no fixture plugin registers an implementation of {name}"
     assert name in HOOK_CALLS, f"tests/test_architecture.py does not know how to call {name}"
     assert HOOK_CALLS[name](hook), f"calling {name} through pluggy produced nothing"
+
+
+def test_every_family_folder_is_in_the_independence_contract():
+    import tomllib
+
+    contracts = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["importlinter"]["contracts"]
+    independent = next(c["modules"] for c in contracts if c["type"] == "independence")
+    folders = {
+        f"plugins.{p.name}"
+        for p in (ROOT / "plugins").iterdir()
+        if (p / "__init__.py").is_file() and p.name != "common"
+    }
+    assert set(independent) == folders

@@ -73,7 +73,7 @@ def test_step_loop_runs_the_graph_once_per_step_with_that_steps_noise():
         out[:, t] = t + 1
         return out
 
-    state = run_loop(run, spec, 5, noise)
+    state = run_loop(run, spec, 5, lambda t: {"g": noise["g"][t]})
     assert seen == [0, 1, 2, 3]
     np.testing.assert_array_equal(state, np.tile([1, 2, 3, 4], (5, 1)))
     # Temperature scales Gumbel draws (T = 0: no noise, the most likely value).
@@ -174,3 +174,40 @@ def test_bad_rows_are_refused_naming_the_field(server, row, problem):
     assert problem in resp.json()["error"]
     resp = post(client, "/score", {"model": "autoregressive-digits", "x": [[0.0] * 64], "kind": "bound"})
     assert resp.status_code == 422 and "log_prob" in resp.json()["error"]
+
+
+def test_a_step_loop_must_be_a_sampler_with_distinct_input_names():
+    from pydantic import ValidationError
+
+    from registry.runtime.graphs import GraphSpec
+
+    loop = StepLoop(steps=3, state_dim=3)
+    with pytest.raises(ValidationError, match="only a sampler"):
+        GraphSpec(role="scorer", file="s.onnx", kind="log_prob", output="o", loop=loop)
+    with pytest.raises(ValidationError, match="distinct names"):
+        GraphSpec(
+            role="sampler",
+            file="s.onnx",
+            x_input=None,
+            output="o",
+            loop=loop,
+            noise=[{"name": "step", "dist": "gumbel", "dim": 2}],
+        )
+
+
+@pytest.mark.slow
+def test_sample_cost_counts_the_steps_and_is_capped(trained):
+    from services.errors import ApiError
+    from services.service import MAX_DRAW_ROWS, _check_sample_cost
+
+    loaded = LoadedModel(get_model("autoregressive-digits"))
+    assert loaded.sample_cost(10) == 640
+    assert LoadedModel(get_model("gaussian-digits")).sample_cost(10) == 10
+    _check_sample_cost(loaded, MAX_DRAW_ROWS // 64, "n")
+    with pytest.raises(ApiError) as refused:
+        _check_sample_cost(loaded, MAX_DRAW_ROWS // 64 + 1, "n")
+    assert (
+        refused.value.status == 400
+        and refused.value.field == "n"
+        and "64 sampling steps" in refused.value.message
+    )

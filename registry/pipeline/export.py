@@ -90,6 +90,10 @@ def check_parity(
     rows = parity_rows(x)
     report: dict[str, float] = {}
     for spec in graphs:
+        if spec.loop is not None and spec.loop.state_dim != rows.shape[1]:
+            raise ExportError(
+                f"{spec.file}: the step loop's state has {spec.loop.state_dim} values, the data {rows.shape[1]}"
+            )
         session = open_session(directory / spec.file, providers=["CPUExecutionProvider"])
         rng = np.random.default_rng(seed)
         # A step-loop sampler is checked whole: the runtime's loop over ONNX Runtime against

@@ -11,7 +11,7 @@ from collections.abc import Callable
 from typing import Literal
 
 import numpy as np
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, model_validator
 
 NoiseDist = Literal["normal", "uniform", "gumbel"]
 # Gumbel draws come from uniforms kept off 0 and 1, so that every draw is finite (and a
@@ -70,6 +70,20 @@ class GraphSpec(BaseModel):
     output: str
     loop: StepLoop | None = None  # a sampler applied step by step (autoregressive, diffusion)
 
+    @model_validator(mode="after")
+    def _loop_is_a_sampler(self) -> GraphSpec:
+        if self.loop is None:
+            return self
+        if self.role != "sampler" or self.x_input is not None:
+            raise ValueError("loop: only a sampler (role='sampler', x_input=None) can be a step loop")
+        reserved = {self.loop.state_input, self.loop.step_input}
+        clash = reserved & {n.name for n in self.noise}
+        if len(reserved) < 2 or clash:
+            raise ValueError(
+                f"loop: the state, step and noise inputs need distinct names (clash: {sorted(clash)})"
+            )
+        return self
+
 
 def draw_noise(
     specs: list[NoiseInput], n: int, rng: np.random.Generator, temperature: float = 1.0
@@ -100,14 +114,21 @@ def loop_noise(
 
 
 def run_loop(
-    run: Callable[[dict[str, np.ndarray]], np.ndarray], spec: GraphSpec, n: int, noise: dict[str, np.ndarray]
+    run: Callable[[dict[str, np.ndarray]], np.ndarray],
+    spec: GraphSpec,
+    n: int,
+    step_noise: Callable[[int], dict[str, np.ndarray]],
 ) -> np.ndarray:
-    """Apply a step-loop sampler: ``run`` is one call of its graph; ``noise`` from :func:`loop_noise`."""
+    """Apply a step-loop sampler: ``run`` is one call of its graph, ``step_noise(t)`` step t's draws.
+
+    Called for t = 0, 1, ... in order, so a generator drawing as it is asked gives the stream
+    :func:`loop_noise` gives, without holding every step's noise at once.
+    """
     loop = spec.loop
     assert loop is not None
     state = np.full((n, loop.state_dim), loop.init, dtype=np.float32)
     for t in range(loop.steps):
-        feeds = {name: draws[t] for name, draws in noise.items()}
+        feeds = dict(step_noise(t))
         feeds[loop.state_input] = state
         feeds[loop.step_input] = np.full((n, 1), t, dtype=np.int64)
         state = np.asarray(run(feeds), dtype=np.float32)
@@ -129,4 +150,4 @@ def run_sampler(
     """Samples from a sampler graph given its noise (:func:`sample_noise`): one call, or the loop."""
     if spec.loop is None:
         return run(noise)
-    return run_loop(run, spec, n, noise)
+    return run_loop(run, spec, n, lambda t: {name: draws[t] for name, draws in noise.items()})

@@ -11,7 +11,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-from registry.runtime.graphs import GraphSpec, draw_noise, run_sampler, sample_noise
+from registry.runtime.graphs import GraphSpec, draw_noise, run_loop
 from registry.runtime.sessions import open_session
 from registry.runtime.store import StoredModel
 
@@ -91,8 +91,17 @@ class LoadedModel:
         spec = self.stored.graph("sampler")
         if spec is None:
             raise CapabilityError(f"{self.stored.tag} cannot sample; it can score: {', '.join(self.kinds)}")
-        noise = sample_noise(spec, n, np.random.default_rng(seed), temperature)
-        return run_sampler(lambda feeds: self.run(spec, feeds), spec, n, noise)
+        rng = np.random.default_rng(seed)
+        run = lambda feeds: self.run(spec, feeds)  # noqa: E731
+        if spec.loop is None:
+            return run(draw_noise(spec.noise, n, rng, temperature))
+        # Each step's noise is drawn as the loop reaches it: the same stream, a step's memory.
+        return run_loop(run, spec, n, lambda t: draw_noise(spec.noise, n, rng, temperature))
+
+    def sample_cost(self, n: int) -> int:
+        """Rows the sampler's graph runs for n samples: n, or n x steps for a step loop."""
+        spec = self.stored.graph("sampler")
+        return n * (spec.loop.steps if spec is not None and spec.loop is not None else 1)
 
     def log_weights(self, x: np.ndarray, seed: int | None = None, k: int = 1) -> np.ndarray:
         """(n, k) log importance weights from the bound scorer: k noise draws per row.
