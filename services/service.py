@@ -11,6 +11,7 @@ which read and parse each body once; bearer auth (services.auth) guards every ro
 from __future__ import annotations
 
 import base64
+import functools
 import logging
 import os
 import time
@@ -143,8 +144,9 @@ class Genreg:
             if endpoint == "sample":
                 req = _validate(SampleRequest, body, may_hold_bools)
                 # A step-loop sampler runs its graph once per step: weigh the request by that.
-                cost = self._resolve(req.model).sample_cost(req.n)
-                return json_response(await _call(self._sample, req, cost))
+                loaded = self._resolve(req.model)
+                sample = functools.partial(self._sample, loaded=loaded)
+                return json_response(await _call(sample, req, loaded.sample_cost(req.n)))
             if endpoint == "score":
                 req = _validate(ScoreRequest, body, may_hold_bools)
                 return json_response(await _call(self._score, req, len(req.x) * req.k))
@@ -156,8 +158,7 @@ class Genreg:
             return error_response(endpoint, err)
 
     # --- /sample ---------------------------------------------------------------------------
-    def _sample(self, req: SampleRequest) -> dict[str, Any]:
-        loaded = self._resolve(req.model)
+    def _sample(self, req: SampleRequest, loaded: LoadedModel) -> dict[str, Any]:
         shape = loaded.stored.data.get("image_shape")
         if req.format == "png" and not shape:
             raise ApiError(

@@ -17,6 +17,7 @@ from registry.pipeline.surgery import elbo_surgery, encode, mig
 from registry.runtime.models import LoadedModel
 from registry.runtime.scoring import score
 from registry.runtime.two_sample import c2st, jsd_lower_bound, mmd_test
+from registry.runtime.units import bits_per_dim
 
 IWAE_K = 64
 TWO_SAMPLE_ROWS = 1000
@@ -52,13 +53,13 @@ def evaluate(loaded: LoadedModel, data: Dataset, split: str = "test", seed: int 
     scores = np.mean([score(loaded, x, kind, seed=seed + i).scores for i in range(draws)], axis=0)
     metrics["kind"] = kind
     metrics["nats"] = float(scores.mean())
-    metrics["bits_per_dim"] = float(-scores.mean() / (data.dim * np.log(2)))
+    metrics["bits_per_dim"] = float(bits_per_dim(scores.mean(), data.dim))
     metrics["finite_share"] = float(np.isfinite(scores).mean())
     if kind == "bound":
         # The importance-weighted bound with 64 draws: tighter, still a lower bound.
         iwae = score(loaded, x[:1000], "bound", k=IWAE_K, seed=seed).scores
         metrics[f"iwae{IWAE_K}_nats"] = float(iwae.mean())
-        metrics[f"iwae{IWAE_K}_bits_per_dim"] = float(-iwae.mean() / (data.dim * np.log(2)))
+        metrics[f"iwae{IWAE_K}_bits_per_dim"] = float(bits_per_dim(iwae.mean(), data.dim))
     if loaded.stored.graph("encoder") is not None:
         # The aggregate posterior costs N^2 per draw: 2,000 points keep it to seconds.
         metrics["surgery"] = elbo_surgery(loaded, x[:SURGERY_ROWS], seed=seed)

@@ -42,12 +42,15 @@ class Scores:
 
     model: str
     kind: str
-    rows: int
     k: int
     scores: np.ndarray
     bits_per_dim: np.ndarray | None
     elbo: np.ndarray | None
     dim: int
+
+    @property
+    def rows(self) -> int:
+        return len(self.scores)
 
     @property
     def likelihood(self) -> bool:
@@ -110,14 +113,10 @@ def score(
     elbo = None
     if kind == "discriminator":
         logits = loaded.logits(rows).astype(np.float64)
-        return Scores(
-            loaded.stored.tag, kind, len(rows), k, 1.0 / (1.0 + np.exp(-logits)), None, None, loaded.dim
-        )
+        return Scores(loaded.stored.tag, kind, k, 1.0 / (1.0 + np.exp(-logits)), None, None, loaded.dim)
     if kind == "bound":
         average, scores = bound_estimates(loaded.log_weights(rows, seed, k))
         elbo = average if k > 1 else None
     else:
         scores = loaded.point_scores(rows, kind, seed)
-    return Scores(
-        loaded.stored.tag, kind, len(rows), k, scores, bits_per_dim(scores, loaded.dim), elbo, loaded.dim
-    )
+    return Scores(loaded.stored.tag, kind, k, scores, bits_per_dim(scores, loaded.dim), elbo, loaded.dim)
