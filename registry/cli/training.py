@@ -67,6 +67,10 @@ def train(
     if "kl" in test:
         parts.append(f"KL(data||model) {test['kl']:.4f} nats")
     parts.append("parity " + ", ".join(f"{k} {v:.2g}" for k, v in stored.meta["parity"].items()))
+    stages = stored.meta.get("stages", {})
+    if stages:
+        order = [k for k in ("export", "parity", "evaluate") if k in stages]
+        parts.append("after training " + ", ".join(f"{k} {stages[k]:.1f} s" for k in order))
     typer.echo("; ".join(parts))
 
 

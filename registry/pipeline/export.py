@@ -6,6 +6,7 @@ parity check usable) where torch is not installed.
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +15,11 @@ import numpy as np
 from registry.contract.family import Family, GraphSpec
 
 PARITY_ROWS = 1000
+# A step-loop sampler runs its step graph once per step: 32 rows x 64 steps of a PixelCNN are
+# 2,048 step calls per side (a few seconds), where 1,000 rows took 94 s of the export; 32 x 64
+# sampled values still resolve the 0.1% mismatch allowance.
+LOOP_PARITY_ROWS = 32
+TORCHSCRIPT_OPSET = 18
 PARITY_TOLERANCE = 1e-4  # max abs error, nats per row (scores) or data units (samples)
 # Float32 rounding grows with the terms a score sums (a flow's log-determinants cancel to a
 # value far smaller than themselves), so the allowance grows with the score's magnitude; real
@@ -22,6 +28,9 @@ PARITY_RELATIVE = 1e-5
 # Sampling on discrete data floors to a level; a value within float error of a bin edge may
 # land in the neighbouring level, so discrete samples are compared by the share that differ.
 DISCRETE_MISMATCH_TOLERANCE = 1e-3
+
+
+log = logging.getLogger("genreg.export")
 
 
 class ExportError(RuntimeError):
@@ -34,30 +43,53 @@ def export_torch(
     output: str,
     path: Path,
 ) -> None:
-    """Export ``module(*inputs.values())`` to a single self-contained ONNX file, dynamic batch."""
+    """Export ``module(*inputs.values())`` to a single self-contained ONNX file, dynamic batch.
+
+    The TorchScript exporter first: it traces a small family's graph in about a second, where
+    the dynamo exporter's tracing, decompositions and rewrite rules took 18-27 s on the same
+    spline flow (benchmarks/RESULTS.md, Export). A trace bakes in Python control flow, so the
+    parity check, run at a batch size other than the example's, is what stands behind it. A
+    module the tracer cannot handle goes through the dynamo exporter, unoptimised: ONNX
+    Runtime optimises the graph again when it loads it.
+    """
     import logging
     import warnings
 
     import torch
 
-    # The exporter logs about optional torchvision ops and deprecations on every call.
+    # The exporters log about optional torchvision ops and deprecations on every call.
     logging.getLogger("torch.onnx").setLevel(logging.ERROR)
     logging.getLogger("torch._export").setLevel(logging.ERROR)
     module.eval()
     # Distinct tensors per input: the exporter would merge one tensor passed twice.
     args = tuple(t.clone() for t in inputs.values())
-    batch = torch.export.Dim("batch", min=1)
-    dynamic = tuple({0: batch} for _ in inputs)
+    names = list(inputs)
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore")
+        try:
+            torch.onnx.export(
+                module,
+                args,
+                str(path),
+                dynamo=False,
+                input_names=names,
+                output_names=[output],
+                dynamic_axes={name: {0: "batch"} for name in [*names, output]},
+                opset_version=TORCHSCRIPT_OPSET,
+            )
+            return
+        except Exception as exc:  # any tracer failure: the dynamo exporter may still manage
+            log.info("TorchScript export of %s failed (%s); using the dynamo exporter", path.name, exc)
+        batch = torch.export.Dim("batch", min=1)
         program = torch.onnx.export(
             module,
             args,
             dynamo=True,
-            input_names=list(inputs),
+            input_names=names,
             output_names=[output],
-            dynamic_shapes=dynamic,
+            dynamic_shapes=tuple({0: batch} for _ in names),
             external_data=False,
+            optimize=False,
             verbose=False,
             report=False,
         )
@@ -98,10 +130,9 @@ def check_parity(
         rng = np.random.default_rng(seed)
         # A step-loop sampler is checked whole: the runtime's loop over ONNX Runtime against
         # the family's reference, given every step's noise.
+        n = LOOP_PARITY_ROWS if spec.loop is not None else len(rows)
         noise = (
-            sample_noise(spec, len(rows), rng)
-            if spec.role == "sampler"
-            else draw_noise(spec.noise, len(rows), rng)
+            sample_noise(spec, n, rng) if spec.role == "sampler" else draw_noise(spec.noise, len(rows), rng)
         )
         feeds: dict[str, np.ndarray] = dict(noise)
         if spec.role == "sampler":
@@ -125,7 +156,7 @@ def check_parity(
                 feeds[spec.x_input or "x"] = rows
             expected = family.reference(model, spec, feeds)
         call = lambda f, session=session, spec=spec: session.run([spec.output], f)[0]  # noqa: E731
-        got = run_sampler(call, spec, len(rows), noise) if spec.role == "sampler" else call(feeds)
+        got = run_sampler(call, spec, n, noise) if spec.role == "sampler" else call(feeds)
         expected = np.asarray(expected, dtype=np.float64).reshape(got.shape)
         label = f"{spec.role}:{spec.kind}" if spec.kind else spec.role
         if spec.role == "sampler" and discrete:

@@ -6,6 +6,8 @@ import datetime as dt
 import platform
 import tempfile
 import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from importlib import metadata as importlib_metadata
 from pathlib import Path
 from typing import Any
@@ -42,17 +44,19 @@ def train_and_store(
     plugin: dict[str, str] | None = None,
 ) -> StoredModel:
     """Train ``family`` on ``data``, export and check its graphs, and save a new version."""
-    start = time.monotonic()
-    model = family.train(data, config, control)
-    train_seconds = time.monotonic() - start
+    stages = _Stages(control.log if control.progress else None)
+    with stages("train"):
+        model = family.train(data, config, control)
     caps = family.model_capabilities(model)
     if not caps <= set(family.capabilities):
         raise RuntimeError(f"family {family.name!r}: a model claims {caps - set(family.capabilities)}")
 
     with tempfile.TemporaryDirectory(prefix="genreg-export-") as tmp:
         directory = Path(tmp)
-        graphs = family.export(model, directory)
-        parity = check_parity(family, model, graphs, directory, data.test, discrete=data.discrete)
+        with stages("export"):
+            graphs = family.export(model, directory)
+        with stages("parity"):
+            parity = check_parity(family, model, graphs, directory, data.test, discrete=data.discrete)
         weights = family.weights(model)
         if weights:
             np.savez(directory / "weights.npz", **weights)
@@ -66,7 +70,7 @@ def train_and_store(
             "graphs": [g.model_dump(mode="json") for g in graphs],
             "parity": parity,
             "train": {
-                "seconds": round(train_seconds, 3),
+                "seconds": round(stages.seconds["train"], 3),
                 "seed": control.seed,
                 "device": control.device,
                 **getattr(model, "fit", {}),
@@ -78,9 +82,32 @@ def train_and_store(
         probe = StoredModel(
             name or f"{family.name}-{data.name}", "unsaved", directory, {**meta, "checksums": {}}
         )
-        meta["metrics"] = {"test": evaluate(LoadedModel(probe, providers=["CPUExecutionProvider"]), data)}
-        stored = save_model(name or default_name(family.name, data.name), directory, meta)
+        with stages("evaluate"):
+            meta["metrics"] = {"test": evaluate(LoadedModel(probe, providers=["CPUExecutionProvider"]), data)}
+        # What each stage after training cost, so a slow export shows in the registry itself.
+        meta["stages"] = {k: round(v, 3) for k, v in stages.seconds.items() if k != "train"}
+        with stages("store"):
+            stored = save_model(name or default_name(family.name, data.name), directory, meta)
     return get_model(stored.tag)
+
+
+class _Stages:
+    """Times the named stages of a run and says which one is running (export and evaluation
+    take seconds with no progress bar of their own)."""
+
+    def __init__(self, say: Callable[[str], None] | None) -> None:
+        self.say = say
+        self.seconds: dict[str, float] = {}
+
+    @contextmanager
+    def __call__(self, stage: str) -> Iterator[None]:
+        if self.say is not None and stage != "train":
+            self.say(f"{stage}...")
+        start = time.monotonic()
+        try:
+            yield
+        finally:
+            self.seconds[stage] = time.monotonic() - start
 
 
 def default_name(family: str, data: str) -> str:
