@@ -70,6 +70,13 @@ class BearerAuth:
         return configured_token() is not None
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if self.token is not None and scope["type"] == "websocket":
+            # Every scope that carries a request is checked; BentoML serves no websocket of
+            # ours, but a route added later (or by BentoML) must not open a way around the token.
+            if check(self.token, scope["headers"]) is not None:
+                await receive()  # websocket.connect
+                await send({"type": "websocket.close", "code": 1008, "reason": "unauthorized"})
+                return
         if self.token is not None and scope["type"] == "http":
             path = scope["path"].rstrip("/") or "/"
             problem = None if is_open(path) else check(self.token, scope["headers"])

@@ -36,3 +36,8 @@ MODEL_INFO = Gauge(
     ["model", "version", "provider"],
     multiprocess_mode="max",
 )
+MODEL_LOADS = Counter(
+    "genreg_model_loads",
+    "Model versions the live registry loaded or refused (checksum or load failure), by model",
+    ["model", "outcome"],
+)

@@ -14,9 +14,14 @@ from pydantic import BaseModel
 from pydantic.json_schema import models_json_schema
 
 from services.schemas import (
+    MODEL_NAME,
     MODEL_REF,
     ErrorBody,
     ModelsResponse,
+    RepositoryAnswer,
+    RepositoryEntry,
+    RepositoryIndexRequest,
+    RepositoryLoadRequest,
     SampleRequest,
     SampleResponse,
     ScoreRequest,
@@ -53,10 +58,53 @@ def _text(media: str, description: str) -> dict[str, Any]:
     return {"description": description, "content": {media: {"schema": {"type": "string"}}}}
 
 
+def _repository(error: dict[str, str], denied: dict[str, Any]) -> dict[str, Any]:
+    """The model repository extension of the Open Inference Protocol (load, unload, index)."""
+
+    def body(model: type[BaseModel]) -> dict[str, Any]:
+        return {"required": False, "content": {"application/json": {"schema": _ref(model)}}}
+
+    name = {
+        "name": "name",
+        "in": "path",
+        "required": True,
+        "schema": {"type": "string", "pattern": MODEL_NAME},
+    }
+    paths: dict[str, Any] = {
+        "/v2/repository/index": {
+            "post": {
+                "summary": "Every stored version and its state here (READY, UNAVAILABLE with the reason, UNLOADED)",
+                "operationId": "repository_index",
+                "requestBody": body(RepositoryIndexRequest),
+                "responses": {"200": _json({"type": "array", "items": _ref(RepositoryEntry)}, "the index")}
+                | {"400": _json(error, ERRORS["400"]), "413": _json(error, ERRORS["413"])}
+                | denied,
+            }
+        }
+    }
+    for action, summary in (
+        ("load", "Serve the model's newest verified version (again)"),
+        ("unload", "Stop serving the model until it is loaded again"),
+    ):
+        paths[f"/v2/repository/models/{{name}}/{action}"] = {
+            "post": {
+                "summary": summary,
+                "operationId": f"repository_{action}",
+                "parameters": [name],
+                "requestBody": body(RepositoryLoadRequest),
+                "responses": {"200": _json(_ref(RepositoryAnswer), "done")}
+                | {code: _json(error, ERRORS[code]) for code in ("400", "404", "409", "413")}
+                | denied,
+            }
+        }
+    return paths
+
+
 def build(served: list[str], auth: bool) -> dict[str, Any]:
     """The document; ``served`` names the models this instance serves, ``auth`` adds 401s."""
     models = [SampleRequest, ScoreRequest, TwoSampleRequest, SampleResponse, ScoreResponse]
-    models += [TwoSampleResponse, ModelsResponse, ErrorBody]
+    models += [TwoSampleResponse, ModelsResponse, ErrorBody, RepositoryIndexRequest, RepositoryLoadRequest]
+    models += [RepositoryEntry, RepositoryAnswer]
     _, top = models_json_schema([(m, "validation") for m in models], ref_template=REF)
     components = top["$defs"]
     if served:
@@ -96,6 +144,7 @@ def build(served: list[str], auth: bool) -> dict[str, Any]:
             | {"400": _json(error, "the body is not a JSON object"), "413": _json(error, ERRORS["413"])},
         },
     }
+    paths.update(_repository(error, denied))
     for path, summary in (("/livez", "alive"), ("/readyz", "models loaded"), ("/healthz", "alive")):
         paths[path] = {
             "get": {

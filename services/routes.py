@@ -17,6 +17,7 @@ request), its router and the mount's route scan, where this middleware answers b
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Protocol
@@ -34,6 +35,11 @@ API_PATHS = {
     "/models": "models",
     "/two_sample_test": "two_sample_test",
 }
+# The Open Inference Protocol's model repository extension: the live registry's explicit
+# control (services.cache), POST only, as the protocol defines it.
+REPOSITORY = re.compile(
+    r"^/v2/repository/(?:(?P<index>index)|models/(?P<name>[^/]+)/(?P<action>load|unload))$"
+)
 STATIC = Path(__file__).resolve().parent / "static"
 MEDIA_TYPES = {".html": "text/html; charset=utf-8", ".js": "text/javascript", ".css": "text/css"}
 
@@ -41,7 +47,14 @@ MEDIA_TYPES = {".html": "text/html; charset=utf-8", ".js": "text/javascript", ".
 class Api(Protocol):
     """What the routes need of the service instance."""
 
-    async def handle(self, endpoint: str, body: dict[str, Any], *, may_hold_bools: bool) -> Response: ...
+    async def handle(
+        self,
+        endpoint: str,
+        body: dict[str, Any],
+        *,
+        may_hold_bools: bool,
+        params: dict[str, str] | None = None,
+    ) -> Response: ...
 
     def served(self) -> list[str]: ...
 
@@ -71,16 +84,23 @@ def _content_length(scope: dict[str, Any]) -> int | None:
 class _Endpoint:
     """One API route as a bare ASGI app (no Request object: the body is all it needs)."""
 
-    def __init__(self, endpoint: str, service: Callable[[], Api], max_body_bytes: int) -> None:
+    def __init__(
+        self,
+        endpoint: str,
+        service: Callable[[], Api],
+        max_body_bytes: int,
+        params: dict[str, str] | None = None,
+    ) -> None:
         self.endpoint = endpoint
         self.service = service
         self.max_body_bytes = max_body_bytes
+        self.params = params  # values taken from the path (the model name of a repository call)
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         body = b"" if scope["method"] == "GET" else await self._read(scope, receive, send)
         if body is None:
             return
-        if self.endpoint == "models" and not body.strip():
+        if (self.endpoint == "models" or self.endpoint.startswith("repository")) and not body.strip():
             body = b"{}"
         try:
             parsed = loads(body)
@@ -94,7 +114,9 @@ class _Endpoint:
         if service is None:
             await error_response(self.endpoint, NOT_RUNNING)(scope, receive, send)
             return
-        answer = await service.handle(self.endpoint, parsed, may_hold_bools=may_hold_bools(body))
+        answer = await service.handle(
+            self.endpoint, parsed, may_hold_bools=may_hold_bools(body), params=self.params
+        )
         await answer(scope, receive, send)
 
     async def _read(self, scope: dict[str, Any], receive: Any, send: Any) -> bytes | None:
@@ -141,6 +163,7 @@ class ApiRoutes:
         self.app = app
         self.service = service
         self.auth = auth
+        self.max_body_bytes = max_body_bytes
         self.endpoints = {
             path: _Endpoint(endpoint, service, max_body_bytes) for path, endpoint in API_PATHS.items()
         }
@@ -160,6 +183,8 @@ class ApiRoutes:
                 405, "method", f"{method} {path} is not allowed; use {allowed}", "method_not_allowed"
             )
             await error_response(API_PATHS[path], err)(scope, receive, send)
+        elif (match := REPOSITORY.match(path)) is not None:
+            await self._repository(match, scope, receive, send)
         elif method == "GET" and (path in ("/", "/ui") or path.startswith("/static/")):
             name = "index.html" if path in ("/", "/ui") else path.removeprefix("/static/")
             await static_file(name)(scope, receive, send)
@@ -169,3 +194,17 @@ class ApiRoutes:
             await json_response(openapi.build(served, self.auth))(scope, receive, send)
         else:
             await self.app(scope, receive, send)
+
+    async def _repository(self, match: re.Match[str], scope: dict[str, Any], receive: Any, send: Any) -> None:
+        endpoint = "repository_index" if match["index"] else f"repository_{match['action']}"
+        if scope["method"] != "POST":
+            err = ApiError(
+                405,
+                "method",
+                f"{scope['method']} {scope['path']} is not allowed; use POST",
+                "method_not_allowed",
+            )
+            await error_response(endpoint, err)(scope, receive, send)
+            return
+        params = None if match["index"] else {"model": match["name"]}
+        await _Endpoint(endpoint, self.service, self.max_body_bytes, params)(scope, receive, send)

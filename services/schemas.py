@@ -155,3 +155,29 @@ class ModelsResponse(BaseModel):
 class ErrorBody(BaseModel):
     error: str = Field(description="what is wrong, naming the field")
     field: str | None = Field(description="the request field at fault (body: the body as a whole)")
+
+
+# The Open Inference Protocol's model repository extension (the live registry's control).
+MODEL_NAME = r"^[a-z0-9][a-z0-9._-]*$"
+
+
+class RepositoryIndexRequest(_Strict):
+    ready: bool | None = Field(None, description="true: only the versions being served")
+
+
+class RepositoryLoadRequest(_Strict):
+    parameters: dict[str, Any] | None = Field(None, description="accepted for the protocol; none are used")
+
+
+class RepositoryEntry(BaseModel):
+    name: str
+    version: str
+    state: Literal["READY", "UNAVAILABLE", "UNLOADED"]
+    reason: str = Field(
+        "", description="why a version is not served (e.g. the artifact whose checksum failed)"
+    )
+
+
+class RepositoryAnswer(BaseModel):
+    model: str = Field(description="the name, and for a load the name:version now served")
+    state: Literal["READY", "UNLOADED"]

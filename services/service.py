@@ -14,6 +14,7 @@ import base64
 import functools
 import logging
 import os
+import re
 import time
 from typing import Any
 
@@ -31,11 +32,22 @@ from registry.runtime.store import ModelNotFound, StoreError
 from registry.runtime.two_sample import c2st, mmd_test
 from services.auth import BearerAuth
 from services.batching import Batcher
-from services.cache import ModelCache
+from services.cache import ModelCache, Watcher
 from services.errors import ApiError, error_response, json_response
 from services.metrics import INFERENCE_SECONDS, MODEL_INFO, ROWS
 from services.routes import API_PATHS, ApiRoutes
-from services.schemas import MAX_DRAW_ROWS, ModelInfo, SampleRequest, ScoreRequest, TwoSampleRequest
+from services.schemas import (
+    MAX_DRAW_ROWS,
+    MODEL_NAME,
+    ModelInfo,
+    RepositoryAnswer,
+    RepositoryEntry,
+    RepositoryIndexRequest,
+    RepositoryLoadRequest,
+    SampleRequest,
+    ScoreRequest,
+    TwoSampleRequest,
+)
 
 log = logging.getLogger("genreg.service")
 WORKERS = int(os.environ.get("GENREG_WORKERS", "1"))
@@ -49,6 +61,8 @@ MAX_BODY_BYTES = int(os.environ.get("GENREG_MAX_BODY_BYTES", str(64 * 1024 * 102
 # Requests up to this many rows run on the event loop: for them a thread hop costs more than
 # the ONNX Runtime call itself; larger ones go to a worker thread (benchmarks/RESULTS.md, Serving).
 INLINE_ROWS = int(os.environ.get("GENREG_INLINE_ROWS", "64"))
+# How often the live registry looks for new versions in the store (a directory scan: cheap).
+POLL_SECONDS = float(os.environ.get("GENREG_POLL_SECONDS", "2"))
 
 
 def _validate(model: type[BaseModel], body: dict[str, Any], may_hold_bools: bool) -> Any:
@@ -96,17 +110,20 @@ class Genreg:
     """Serves every model in the store (or GENREG_MODELS) from ONNX Runtime sessions."""
 
     def __init__(self) -> None:
-        self.cache = ModelCache(threads=ORT_THREADS)
+        self.cache = ModelCache(threads=ORT_THREADS, on_load=self._instrument, on_retire=self._retire)
         start = time.perf_counter()
         self.cache.load_all()
-        for loaded in self.cache.loaded.values():
-            self._instrument(loaded)
         log.info(
             "loaded %d models in %.2fs on %s",
             len(self.cache.loaded),
             time.perf_counter() - start,
             self.cache.providers,
         )
+        # The live registry: new versions stored while the service runs are served without a
+        # restart (services.cache). 0 turns the watcher off; the repository API still works.
+        self.watcher = Watcher(self.cache, POLL_SECONDS) if POLL_SECONDS > 0 else None
+        if self.watcher is not None:
+            self.watcher.start()
 
     def __is_ready__(self) -> bool:
         return self.cache.ready
@@ -114,7 +131,6 @@ class Genreg:
     @staticmethod
     def _instrument(loaded: LoadedModel) -> None:
         name = loaded.stored.name
-        MODEL_INFO.labels(model=name, version=loaded.stored.version, provider=loaded.provider).set(1)
 
         def observe(graph: str, seconds: float) -> None:
             INFERENCE_SECONDS.labels(model=name, graph=graph).observe(seconds)
@@ -123,6 +139,12 @@ class Genreg:
         if BATCH_MAX_ROWS > 0:
             loaded.runners = {f: Batcher(run, BATCH_MAX_ROWS) for f, run in loaded.runners.items()}
 
+    @staticmethod
+    def _retire(loaded: LoadedModel) -> None:
+        MODEL_INFO.labels(
+            model=loaded.stored.name, version=loaded.stored.version, provider=loaded.provider
+        ).set(0)
+
     def _resolve(self, ref: str) -> LoadedModel:
         try:
             loaded = self.cache.resolve(ref)
@@ -130,17 +152,24 @@ class Genreg:
             raise ApiError(404, "model", str(exc), "unknown_model") from None
         except StoreError as exc:
             raise ApiError(409, "model", str(exc), "store_error") from None
-        if loaded.on_run is None:
-            self._instrument(loaded)
         return loaded
 
     def served(self) -> list[str]:
         """The names this instance serves (their newest versions)."""
         return sorted(self.cache.newest)
 
-    async def handle(self, endpoint: str, body: dict[str, Any], *, may_hold_bools: bool = True) -> Response:
-        """The answer to one parsed request body: the result, or the error's JSON."""
+    async def handle(
+        self,
+        endpoint: str,
+        body: dict[str, Any],
+        *,
+        may_hold_bools: bool = True,
+        params: dict[str, str] | None = None,
+    ) -> Response:
+        """The answer to one parsed request body (``params``: values from the path), or the error's JSON."""
         try:
+            if endpoint.startswith("repository_"):
+                return json_response(await self._repository(endpoint, body, (params or {}).get("model")))
             if endpoint == "sample":
                 req = _validate(SampleRequest, body, may_hold_bools)
                 # A step-loop sampler runs its graph once per step: weigh the request by that.
@@ -156,6 +185,33 @@ class Genreg:
             return json_response({"models": [model_info(m) for m in self.cache.models()]})
         except ApiError as err:
             return error_response(endpoint, err)
+
+    # --- /v2/repository/... (the live registry's explicit control) ---------------------------
+    async def _repository(self, endpoint: str, body: dict[str, Any], name: str | None) -> Any:
+        if endpoint == "repository_index":
+            req = _validate(RepositoryIndexRequest, body, False)
+            entries = await anyio.to_thread.run_sync(self.cache.index)
+            return [
+                RepositoryEntry(**vars(e)).model_dump()
+                for e in entries
+                if not req.ready or e.state == "READY"
+            ]
+        _validate(RepositoryLoadRequest, body, False)
+        if name is None or not re.match(MODEL_NAME, name):
+            raise ApiError(400, "model", f"model: {name!r} is not a model name", "invalid_model")
+        try:
+            if endpoint == "repository_load":
+                loaded = await anyio.to_thread.run_sync(self.cache.load, name)
+                return RepositoryAnswer(model=loaded.stored.tag, state="READY").model_dump()
+            if not await anyio.to_thread.run_sync(self.cache.unload, name) and not any(
+                e.name == name for e in self.cache.index()
+            ):
+                raise ModelNotFound(f"no model named {name!r} in the store")
+            return RepositoryAnswer(model=name, state="UNLOADED").model_dump()
+        except ModelNotFound as exc:
+            raise ApiError(404, "model", str(exc), "unknown_model") from None
+        except StoreError as exc:
+            raise ApiError(409, "model", str(exc), "store_error") from None
 
     # --- /sample ---------------------------------------------------------------------------
     def _sample(self, req: SampleRequest, loaded: LoadedModel) -> dict[str, Any]:

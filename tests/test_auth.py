@@ -35,6 +35,8 @@ CALLS = [
     ("POST", "/models", {}),
     ("GET", "/models", None),
     ("GET", "/docs.json", None),
+    ("POST", "/v2/repository/index", {}),
+    ("POST", "/v2/repository/models/auth-gaussian/load", {}),
 ]
 
 
@@ -91,3 +93,35 @@ def test_bearer_parsing_and_comparison():
     assert check(token, [(b"authorization", b"Bearer " + token)]) is None
     assert check(token, [(b"authorization", b"Bearer " + token[:-1])]) == "invalid bearer token"
     assert check(token, []).startswith("missing")
+
+
+def test_a_websocket_without_the_token_is_closed_before_it_reaches_the_app(monkeypatch):
+    import asyncio
+
+    from services.auth import BearerAuth
+
+    monkeypatch.setenv("GENREG_API_TOKEN", TOKEN)
+    reached: list[str] = []
+
+    async def app(scope, receive, send):  # an app that would accept any websocket
+        reached.append(scope["path"])
+        await send({"type": "websocket.accept"})
+
+    async def connect(headers):
+        sent: list[dict] = []
+
+        async def receive():
+            return {"type": "websocket.connect"}
+
+        async def send(message):
+            sent.append(message)
+
+        scope = {"type": "websocket", "path": "/anything", "headers": headers}
+        await BearerAuth(app, endpoints={})(scope, receive, send)
+        return sent
+
+    refused = asyncio.run(connect([(b"authorization", b"Bearer wrong")]))
+    assert refused == [{"type": "websocket.close", "code": 1008, "reason": "unauthorized"}]
+    assert reached == []
+    accepted = asyncio.run(connect([(b"authorization", f"Bearer {TOKEN}".encode())]))
+    assert accepted == [{"type": "websocket.accept"}] and reached == ["/anything"]

@@ -41,7 +41,8 @@ class LoadedModel:
     def __init__(self, stored: StoredModel, providers: list[str] | None = None, threads: int = 0) -> None:
         self.stored = stored
         self.sessions = {
-            spec.file: open_session(stored.file(spec.file), providers, threads) for spec in stored.graphs
+            spec.file: open_session(stored.read_verified(spec.file), providers, threads)
+            for spec in stored.graphs
         }
         # Called with (graph role, seconds) after each run: the service's latency metric.
         self.on_run: Callable[[str, float], None] | None = None

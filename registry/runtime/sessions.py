@@ -18,8 +18,12 @@ def available_providers() -> list[str]:
     return [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in found]
 
 
-def open_session(path: Path, providers: list[str] | None = None, threads: int = 0) -> Any:
-    """An InferenceSession with every graph optimisation on; ``threads`` = 0 is ONNX Runtime's default."""
+def open_session(path: Path | bytes, providers: list[str] | None = None, threads: int = 0) -> Any:
+    """An InferenceSession with every graph optimisation on; ``threads`` = 0 is ONNX Runtime's default.
+
+    ``path`` may be the graph's bytes: the service opens what it has just hashed, so a file
+    replaced between the checksum and the load cannot slip in.
+    """
     import onnxruntime as ort
 
     options = ort.SessionOptions()
@@ -28,7 +32,8 @@ def open_session(path: Path, providers: list[str] | None = None, threads: int = 
         options.intra_op_num_threads = threads
     options.log_severity_level = 3
     chosen = providers or available_providers()
-    return ort.InferenceSession(str(path), options, providers=[_with_options(p) for p in chosen])
+    model = path if isinstance(path, bytes) else str(path)
+    return ort.InferenceSession(model, options, providers=[_with_options(p) for p in chosen])
 
 
 def _with_options(provider: str) -> str | tuple[str, dict[str, str]]:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -93,6 +94,19 @@ class StoredModel:
                     f"{self.tag}: artifact {name} does not match its recorded sha256; refusing to load"
                 )
 
+    def read_verified(self, name: str) -> bytes:
+        """An artifact's bytes, checked against its recorded sha256 (an unsaved model has none)."""
+        path = self.path / name
+        if not path.is_file():
+            raise IntegrityError(f"{self.tag}: artifact {name} is missing")
+        data = path.read_bytes()
+        expected = self.meta["checksums"].get(name)
+        if expected is not None and hashlib.sha256(data).hexdigest() != expected:
+            raise IntegrityError(
+                f"{self.tag}: artifact {name} does not match its recorded sha256; refusing to load"
+            )
+        return data
+
     def summary(self) -> dict[str, Any]:
         return {
             "name": self.name,
@@ -173,6 +187,29 @@ def _not_found_message(name: str, version: str | None) -> str:
     if version and versions:
         return f"model {name!r} has no version {version!r}; stored versions: {', '.join(versions)}"
     return f"no model named {name!r} in the store"
+
+
+def store_signature() -> frozenset[tuple[str, str]]:
+    """Every (name, version) folder in the store, read from the file system alone.
+
+    A cheap question to ask every second or two: only when its answer changes does a watcher
+    need the full listing (BentoML parses every version's model.yaml for that). BentoML moves a
+    finished version into the store in one rename, so a listed folder is never half-written.
+    """
+    from bentoml._internal.configuration.containers import BentoMLContainer
+
+    root = Path(BentoMLContainer.model_store_dir.get())
+    found: set[tuple[str, str]] = set()
+    try:
+        names = [e for e in os.scandir(root) if e.is_dir()]
+    except FileNotFoundError:
+        return frozenset()
+    for name in names:
+        try:
+            found.update((name.name, v.name) for v in os.scandir(name.path) if v.is_dir())
+        except FileNotFoundError:  # removed between the two scans
+            continue
+    return frozenset(found)
 
 
 def list_models() -> list[StoredModel]:
