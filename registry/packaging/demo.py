@@ -1,11 +1,18 @@
-"""`make demo`: train the default models on embedded data (small budgets), then serve them."""
+"""`make demo`: serve the default models on embedded data within a minute, training them as it goes.
+
+The baselines train in seconds and are served first; the other families train one after the
+other (small budgets) while the service runs, and each is served as soon as it is stored (the
+live registry, services.cache). A second run reuses the stored models and serves at once.
+"""
 
 from __future__ import annotations
 
 import argparse
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 # (family, data, time budget in seconds): a few minutes on 2 cores in all.
@@ -38,59 +45,113 @@ The service is starting; once it is ready, try:
 """
 
 
-def train_defaults(retrain: bool = False) -> list[str]:
+def _train(family: str, data: str, budget: int, extra: list[str]) -> None:
+    cmd = [sys.executable, "-m", "registry.cli", "train", family, "--data", data, *extra]
+    if budget:
+        cmd += ["--time-budget", str(budget)]
+    subprocess.run(cmd, check=True)
+
+
+def train_defaults(
+    retrain: bool = False,
+    models: tuple[tuple[str, str, int], ...] = DEFAULT_MODELS,
+    extra: list[str] | None = None,
+) -> list[str]:
     """Train each default model unless a version is already stored; return their names."""
     from registry.runtime.store import list_models
 
     stored = {m.name for m in list_models()}
     names = []
-    for family, data, budget in DEFAULT_MODELS:
+    for family, data, budget in models:
         name = f"{family}-{data}"
         names.append(name)
         if name in stored and not retrain:
             print(f"{name}: already stored (use --retrain for a new version)")
             continue
-        cmd = [sys.executable, "-m", "registry.cli", "train", family, "--data", data]
-        if budget:
-            cmd += ["--time-budget", str(budget)]
-        subprocess.run(cmd, check=True)
+        _train(family, data, budget, extra or [])
     return names
 
 
-def main() -> None:
+def _served(base: str) -> set[str] | None:
+    import httpx
+
+    try:
+        return {m["name"] for m in httpx.get(base + "/models", timeout=5).json()["models"]}
+    except (httpx.HTTPError, ValueError, KeyError):
+        return None
+
+
+def _wait_served(base: str, server: subprocess.Popen, names: set[str], timeout: float = 120) -> bool:
+    """Until the service lists ``names`` (it picks new versions up from the store by itself)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and server.poll() is None:
+        served = _served(base)
+        if served is not None and names <= served:
+            return True
+        time.sleep(0.5)
+    return False
+
+
+def _status(names: list[str], served: set[str]) -> str:
+    ready = [n for n in names if n in served]
+    pending = [n for n in names if n not in served]
+    line = f"ready ({len(ready)}/{len(names)}): {', '.join(ready) or '-'}"
+    return line + (f"; still training: {', '.join(pending)}" if pending else "")
+
+
+def _grid(out: Path) -> None:
+    cmd = [sys.executable, "-m", "registry.cli", "sample", "flow-digits", "-n", "16", "--seed", "0"]
+    subprocess.run([*cmd, "--out", str(out)], check=True)
+
+
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--retrain", action="store_true", help="train new versions even if stored")
     parser.add_argument("--no-serve", action="store_true", help="train only")
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=3000)
-    args = parser.parse_args()
-    print(f"model store: {os.environ.get('BENTOML_HOME', Path.home() / 'bentoml')}")
-    train_defaults(args.retrain)
-    grid = Path("grid.png")
-    subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "registry.cli",
-            "sample",
-            "flow-digits",
-            "-n",
-            "16",
-            "--seed",
-            "0",
-            "--out",
-            str(grid),
-        ],
-        check=True,
-    )
-    subprocess.run([sys.executable, "-m", "registry.cli", "list"], check=True)
+    parser.add_argument("--epochs", type=int, help="cap every model's epochs (a quick smoke run)")
+    parser.add_argument("--exit-when-trained", action="store_true", help="stop serving once all are trained")
+    args = parser.parse_args(argv)
+    print(f"model store: {os.environ.get('BENTOML_HOME', Path.home() / 'bentoml')}", flush=True)
+    extra = ["--epochs", str(args.epochs)] if args.epochs else []
+    # The models that train in seconds first, so the service answers within a minute; the
+    # rest train while it serves, and the live registry serves each one as it is stored.
+    quick = tuple(m for m in DEFAULT_MODELS if m[2] == 0)
+    slow = tuple(sorted((m for m in DEFAULT_MODELS if m[2] != 0), key=lambda m: m[2]))
     if args.no_serve:
+        train_defaults(args.retrain, DEFAULT_MODELS, extra)
+        _grid(Path("grid.png"))
         return
-    print(CURL_EXAMPLES.format(base=f"http://{args.host}:{args.port}"), flush=True)
-    os.execv(
-        sys.executable,
-        [sys.executable, "-m", "registry.cli", "serve", "--host", args.host, "--port", str(args.port)],
-    )
+    names = [f"{family}-{data}" for family, data, _ in DEFAULT_MODELS]
+    train_defaults(args.retrain, quick, extra)
+    base = f"http://{args.host}:{args.port}"
+    cmd = [sys.executable, "-m", "registry.cli", "serve", "--host", args.host, "--port", str(args.port)]
+    server = subprocess.Popen(cmd)
+    # A TERM (e.g. from a supervisor) unwinds like Ctrl-C, so the service is stopped with us.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    try:
+        quick_names = {f"{family}-{data}" for family, data, _ in quick}
+        if not _wait_served(base, server, quick_names):
+            raise SystemExit(f"the service did not come up on {base}")
+        print(CURL_EXAMPLES.format(base=base), flush=True)
+        print(_status(names, _served(base) or set()), flush=True)
+        for family, data, budget in slow:
+            name = f"{family}-{data}"
+            train_defaults(args.retrain, ((family, data, budget),), extra)
+            if not _wait_served(base, server, {name}):
+                print(f"{name} was stored but is not served: see the service's log", flush=True)
+            print(_status(names, _served(base) or set()), flush=True)
+        _grid(Path("grid.png"))
+        print("all trained; wrote grid.png (16 samples of flow-digits)", flush=True)
+        if not args.exit_when_trained:
+            server.wait()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        if server.poll() is None:
+            server.terminate()
+            server.wait(timeout=30)
 
 
 if __name__ == "__main__":
