@@ -16,6 +16,7 @@ import logging
 import os
 import re
 import time
+from contextlib import AbstractContextManager, nullcontext
 from typing import Any
 
 import anyio
@@ -30,6 +31,7 @@ from registry.runtime.rows import InputError, check_rows
 from registry.runtime.scoring import score
 from registry.runtime.store import ModelNotFound, StoreError
 from registry.runtime.two_sample import c2st, mmd_test
+from services.admission import HEAVY_VALUES, MAX_HEAVY, HeavyGate
 from services.auth import BearerAuth
 from services.batching import Batcher
 from services.cache import ModelCache, Watcher
@@ -110,6 +112,7 @@ class Genreg:
     """Serves every model in the store (or GENREG_MODELS) from ONNX Runtime sessions."""
 
     def __init__(self) -> None:
+        self.heavy = HeavyGate(MAX_HEAVY)
         self.cache = ModelCache(threads=ORT_THREADS, on_load=self._instrument, on_retire=self._retire)
         start = time.perf_counter()
         self.cache.load_all()
@@ -124,6 +127,10 @@ class Genreg:
         self.watcher = Watcher(self.cache, POLL_SECONDS) if POLL_SECONDS > 0 else None
         if self.watcher is not None:
             self.watcher.start()
+
+    def _admit(self, values: int, field: str, what: str) -> AbstractContextManager[None]:
+        """A heavy-request slot when the request handles more than HEAVY_VALUES values."""
+        return self.heavy.admit(field, what) if values > HEAVY_VALUES else nullcontext()
 
     def __is_ready__(self) -> bool:
         return self.cache.ready
@@ -175,13 +182,22 @@ class Genreg:
                 # A step-loop sampler runs its graph once per step: weigh the request by that.
                 loaded = self._resolve(req.model)
                 sample = functools.partial(self._sample, loaded=loaded)
-                return json_response(await _call(sample, req, loaded.sample_cost(req.n)))
+                cost = loaded.sample_cost(req.n)
+                with self._admit(cost * loaded.dim, "n", f"{req.n} samples"):
+                    return json_response(await _call(sample, req, cost))
             if endpoint == "score":
                 req = _validate(ScoreRequest, body, may_hold_bools)
-                return json_response(await _call(self._score, req, len(req.x) * req.k))
+                rows = len(req.x) * req.k
+                field, what = (
+                    ("k", f"{len(req.x)} rows x {req.k} draws") if req.k > 1 else ("x", f"{rows} rows")
+                )
+                with self._admit(rows * req.x.shape[1], field, what):
+                    return json_response(await _call(self._score, req, rows))
             if endpoint == "two_sample_test":
                 req = _validate(TwoSampleRequest, body, may_hold_bools)
-                return json_response(await anyio.to_thread.run_sync(self._two_sample, req))
+                # Always heavy: the test holds (x + model rows)^2 matrices.
+                with self.heavy.admit("x", "a two-sample test"):
+                    return json_response(await anyio.to_thread.run_sync(self._two_sample, req))
             return json_response({"models": [model_info(m) for m in self.cache.models()]})
         except ApiError as err:
             return error_response(endpoint, err)
