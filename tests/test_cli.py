@@ -50,6 +50,10 @@ def test_train_sample_score_roundtrip(tmp_path, bentoml_home):
         (["train", "categorical", "--data", "moons"], "categorical needs discrete data"),
         (["sample", "no-such-model"], "no model named 'no-such-model'"),
         (["train", "flow", "--data", "moons", "-o", "dequantization=variational"], "discrete data only"),
+        (
+            ["evaluate", "any-model", "--draws", "8", "--split", "train"],
+            "--split, --draws applies only with --surgery",
+        ),
     ],
 )
 def test_user_mistakes_get_one_line_errors(args, message):
@@ -86,3 +90,11 @@ def test_score_bound_with_k_draws_reports_both_bounds_with_standard_errors(tmp_p
     assert avg.startswith("mean average bound (k=16)") and "±" in avg
     # The importance-weighted bound is the larger (tighter) one.
     assert float(iw.split()[4]) >= float(avg.split()[4])
+
+
+def test_draws_on_an_exact_score_are_an_error_as_over_http(tmp_path, trained):
+    rows = tmp_path / "rows.npy"
+    np.save(rows, load_digits().test[:3])
+    proc = genreg("score", "categorical-digits", "--file", str(rows), "-k", "4", check=False)
+    assert proc.returncode == 2 and proc.stdout == ""
+    assert "k > 1 applies to kind 'bound' only, not 'log_prob'" in proc.stderr

@@ -16,15 +16,26 @@ from registry.datasets import load_dataset
 def evaluate(
     model: Annotated[str, typer.Argument(help="name or name:version")],
     surgery: Annotated[bool, typer.Option(help="ELBO surgery (latent-variable models)")] = False,
-    split: Annotated[str, typer.Option(help="train, validation or test (built-in data)")] = "test",
-    draws: Annotated[int, typer.Option(min=1, max=256, help="posterior draws per point")] = 4,
-    seed: Annotated[int, typer.Option()] = 0,
+    split: Annotated[
+        str | None, typer.Option(help="train, validation or test (default test; surgery)")
+    ] = None,
+    draws: Annotated[
+        int | None, typer.Option(min=1, max=256, help="posterior draws per point (surgery)")
+    ] = None,
+    seed: Annotated[int | None, typer.Option(help="surgery's seed (default 0)")] = None,
     as_json: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
     """Evaluate a stored model on its data: stored metrics, and ELBO surgery with --surgery."""
     from registry.pipeline.surgery import elbo_surgery
     from registry.runtime.models import LoadedModel
     from registry.runtime.store import get_model
+
+    # An option that would change nothing is an error, as an inapplicable field is over HTTP.
+    given = [f"--{n}" for n, v in (("split", split), ("draws", draws), ("seed", seed)) if v is not None]
+    if given and not surgery:
+        fail(f"{', '.join(given)} applies only with --surgery")
+        return
+    split, draws, seed = split or "test", draws or 4, seed or 0
 
     try:
         loaded = LoadedModel(get_model(model))
