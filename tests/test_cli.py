@@ -21,6 +21,8 @@ def genreg(*args: str, check: bool = True) -> subprocess.CompletedProcess:
 def test_train_sample_score_roundtrip(tmp_path, bentoml_home):
     out = genreg("train", "gaussian", "--data", "digits", "--quiet", "--name", "cli-gauss")
     assert "saved cli-gauss:" in out.stdout and "bits/dim" in out.stdout
+    # What the time after training went to, stage by stage (export used to take minutes).
+    assert "after training export" in out.stdout and "parity" in out.stdout and "evaluate" in out.stdout
     listing = genreg("list").stdout
     assert "cli-gauss:" in listing and "gaussian" in listing
 
