@@ -20,6 +20,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from registry.runtime.models import LoadedModel
+from registry.runtime.remote import pull_new
 from registry.runtime.sessions import available_providers
 from registry.runtime.store import (
     ModelNotFound,
@@ -246,11 +247,21 @@ class ModelCache:
 
 
 class Watcher:
-    """Polls the store every ``interval`` seconds and refreshes the cache when it changed."""
+    """Polls the store every ``interval`` seconds and refreshes the cache when it changed.
 
-    def __init__(self, cache: ModelCache, interval: float) -> None:
+    With ``remote`` (GENREG_MODELS_FROM, e.g. s3://bucket/prefix) it also pulls newly pushed
+    versions into the local store every ``remote_interval`` seconds; the next scan serves them.
+    """
+
+    def __init__(
+        self, cache: ModelCache, interval: float, remote: str | None = None, remote_interval: float = 10.0
+    ) -> None:
         self.cache = cache
         self.interval = interval
+        self.remote = remote
+        self.remote_interval = remote_interval
+        self._refused_remote: set[str] = set()
+        self._next_pull = 0.0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="genreg-store-watcher", daemon=True)
 
@@ -263,6 +274,10 @@ class Watcher:
     def _run(self) -> None:
         while not self._stop.wait(self.interval):
             try:
+                if self.remote and time.monotonic() >= self._next_pull:
+                    self._next_pull = time.monotonic() + self.remote_interval
+                    for tag in pull_new(self.remote, allow_list(), refused=self._refused_remote):
+                        log.info("pulled %s from the remote store", tag)
                 if self.cache.changed():
                     for tag, outcome in self.cache.refresh().items():
                         log.info("store changed: %s %s", tag, outcome)

@@ -65,6 +65,8 @@ MAX_BODY_BYTES = int(os.environ.get("GENREG_MAX_BODY_BYTES", str(64 * 1024 * 102
 INLINE_ROWS = int(os.environ.get("GENREG_INLINE_ROWS", "64"))
 # How often the live registry looks for new versions in the store (a directory scan: cheap).
 POLL_SECONDS = float(os.environ.get("GENREG_POLL_SECONDS", "2"))
+# With GENREG_MODELS_FROM (genreg serve --models-from), how often to look for pushed versions.
+REMOTE_POLL_SECONDS = float(os.environ.get("GENREG_REMOTE_POLL_SECONDS", "10"))
 
 
 def _validate(model: type[BaseModel], body: dict[str, Any], may_hold_bools: bool) -> Any:
@@ -124,7 +126,10 @@ class Genreg:
         )
         # The live registry: new versions stored while the service runs are served without a
         # restart (services.cache). 0 turns the watcher off; the repository API still works.
-        self.watcher = Watcher(self.cache, POLL_SECONDS) if POLL_SECONDS > 0 else None
+        remote = os.environ.get("GENREG_MODELS_FROM") or None
+        self.watcher = (
+            Watcher(self.cache, POLL_SECONDS, remote, REMOTE_POLL_SECONDS) if POLL_SECONDS > 0 else None
+        )
         if self.watcher is not None:
             self.watcher.start()
 

@@ -53,14 +53,21 @@ class Server:
 
 
 @contextmanager
-def running_server(log_path: Path, workers: int = 1, timeout: float = 120, **env: str) -> Iterator[Server]:
-    """The service with ``env`` added to the environment; stopped (TERM, then KILL) on exit."""
+def running_server(
+    log_path: Path, workers: int = 1, timeout: float = 120, args: tuple[str, ...] = (), **env: str
+) -> Iterator[Server]:
+    """The service with ``env`` added to the environment (and ``args`` to `genreg serve`);
+    stopped (TERM, then KILL) on exit."""
     port = free_port()
     full_env = dict(os.environ, **env)
     cmd = [sys.executable, "-m", "registry.cli", "serve", "--host", "127.0.0.1", "--port", str(port)]
     with log_path.open("w") as log:
         proc = subprocess.Popen(
-            [*cmd, "--workers", str(workers)], stdout=log, stderr=subprocess.STDOUT, env=full_env, cwd=ROOT
+            [*cmd, "--workers", str(workers), *args],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=full_env,
+            cwd=ROOT,
         )
     server = Server(f"http://127.0.0.1:{port}", proc, log_path)
     try:

@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from registry.cli.app import app
+from registry.cli.app import USER_ERRORS, app, fail
 
 
 @app.command()
@@ -17,6 +17,12 @@ def serve(
     port: Annotated[int, typer.Option(min=1, max=65535)] = 3000,
     workers: Annotated[int, typer.Option(min=1, max=64, help="worker processes")] = 1,
     models: Annotated[str | None, typer.Option(help="comma-separated allow-list (default: all)")] = None,
+    models_from: Annotated[
+        str | None,
+        typer.Option(
+            help="pull the newest versions from this URI (e.g. s3://bucket/prefix) now and as they are pushed"
+        ),
+    ] = None,
 ) -> None:
     """Serve the store's models over HTTP (BentoML + ONNX Runtime)."""
     import os
@@ -24,6 +30,18 @@ def serve(
     env = dict(os.environ, GENREG_WORKERS=str(workers))
     if models:
         env["GENREG_MODELS"] = models
+    if models_from:
+        from registry.runtime.remote import pull_new
+
+        # Pulled once here, before the workers start, so they load the models at start-up;
+        # afterwards each worker's watcher pulls what is pushed later (GENREG_MODELS_FROM).
+        try:
+            pulled = pull_new(models_from, models.split(",") if models else None)
+        except USER_ERRORS as exc:
+            fail(str(exc))
+            return
+        typer.echo(f"pulled {', '.join(pulled) or 'nothing new'} from the remote store", err=True)
+        env["GENREG_MODELS_FROM"] = models_from
     env["BENTOML_HOME"] = str(_server_home(Path(env.get("BENTOML_HOME", "~/bentoml")).expanduser()))
     root = str(Path(__file__).resolve().parents[2])
     env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH")) if p)
