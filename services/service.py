@@ -27,6 +27,7 @@ from starlette.responses import Response
 
 from registry.runtime.models import CapabilityError, LoadedModel
 from registry.runtime.png import png_grid
+from registry.runtime.remote import pull_new
 from registry.runtime.rows import InputError, check_rows
 from registry.runtime.scoring import score
 from registry.runtime.store import ModelNotFound, StoreError
@@ -34,7 +35,7 @@ from registry.runtime.two_sample import c2st, mmd_test
 from services.admission import HEAVY_VALUES, MAX_HEAVY, HeavyGate
 from services.auth import BearerAuth
 from services.batching import Batcher
-from services.cache import ModelCache, Watcher
+from services.cache import ModelCache, Watcher, allow_list
 from services.errors import ApiError, error_response, json_response
 from services.metrics import INFERENCE_SECONDS, MODEL_INFO, ROWS
 from services.routes import API_PATHS, ApiRoutes
@@ -117,6 +118,15 @@ class Genreg:
         self.heavy = HeavyGate(MAX_HEAVY)
         self.cache = ModelCache(threads=ORT_THREADS, on_load=self._instrument, on_retire=self._retire)
         start = time.perf_counter()
+        remote = os.environ.get("GENREG_MODELS_FROM") or None
+        if remote:
+            # A replica that starts with an empty store pulls before it loads (and is not ready
+            # until then); `genreg serve --models-from` has usually pulled already.
+            try:
+                for tag in pull_new(remote, allow_list()):
+                    log.info("pulled %s from the remote store", tag)
+            except StoreError as exc:
+                log.warning("could not pull from the remote store at start-up: %s", exc)
         self.cache.load_all()
         log.info(
             "loaded %d models in %.2fs on %s",
@@ -126,7 +136,6 @@ class Genreg:
         )
         # The live registry: new versions stored while the service runs are served without a
         # restart (services.cache). 0 turns the watcher off; the repository API still works.
-        remote = os.environ.get("GENREG_MODELS_FROM") or None
         self.watcher = (
             Watcher(self.cache, POLL_SECONDS, remote, REMOTE_POLL_SECONDS) if POLL_SECONDS > 0 else None
         )

@@ -117,6 +117,10 @@ def test_bento_config_pins_local_versions_and_swaps_in_the_gpu_runtime():
     gpu = bento_config(BuildOptions(gpu=True, pin=False), [])
     assert "onnxruntime-gpu" in gpu["python"]["packages"]
     assert not any(p.startswith("onnxruntime==") or p == "onnxruntime" for p in gpu["python"]["packages"])
+    # The image for replicas that pull their models from S3 carries s3fs, pinned like the rest.
+    s3 = bento_config(BuildOptions(s3=True), [])
+    assert f"s3fs=={metadata.version('s3fs')}" in s3["python"]["packages"]
+    assert not any(p.startswith("s3fs") for p in cpu["python"]["packages"])
 
 
 def test_forbidden_requirements_name_the_training_stack():

@@ -77,6 +77,45 @@ def test_manifests_fit_together_and_probe_the_service_endpoints():
     assert "cpu" in container["resources"]["requests"]  # the HPA's utilisation needs a request
 
 
+def s3_variant() -> dict[str, dict]:
+    docs = {}
+    for path in sorted((DEPLOY / "k8s" / "s3").glob("*.yaml")):
+        for doc in yaml.safe_load_all(path.read_text()):
+            docs[doc["kind"]] = doc
+    return docs
+
+
+@pytest.mark.parametrize("version", K8S_VERSIONS)
+def test_the_s3_variant_matches_the_schemas(version):
+    docs = s3_variant()
+    assert set(docs) == {"Deployment", "Secret"}
+    for doc in docs.values():
+        kubernetes_validate.validate(doc, version, strict=True)
+
+
+def test_the_s3_variant_pulls_into_its_own_store_with_the_secrets_credentials():
+    docs, shared = s3_variant(), manifests()
+    pod = docs["Deployment"]["spec"]["template"]
+    container = pod["spec"]["containers"][0]
+    env = {e["name"]: e.get("value") for e in container["env"]}
+    assert env["GENREG_MODELS_FROM"].startswith("s3://")
+    secret = docs["Secret"]
+    assert [s["secretRef"]["name"] for s in container["envFrom"]] == [secret["metadata"]["name"]]
+    assert {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"} <= set(secret["stringData"])
+    # No credential in the Deployment itself: only through the Secret.
+    assert not any(name.startswith("AWS_") for name in env)
+    mounts = {m["name"]: m["mountPath"] for m in container["volumeMounts"]}
+    volumes = {v["name"]: v for v in pod["spec"]["volumes"]}
+    assert mounts["models"] == "/home/bentoml/models" and "emptyDir" in volumes["models"]
+    # The shared Service, budget and autoscaler select and scale these pods too.
+    assert shared["Service"]["spec"]["selector"].items() <= pod["metadata"]["labels"].items()
+    assert (
+        docs["Deployment"]["metadata"]["name"]
+        == shared["HorizontalPodAutoscaler"]["spec"]["scaleTargetRef"]["name"]
+    )
+    assert container["readinessProbe"]["httpGet"]["path"] == "/readyz"
+
+
 def test_prometheus_config_scrapes_annotated_genreg_pods():
     config = yaml.safe_load((DEPLOY / "prometheus.yml").read_text())
     jobs = {job["job_name"]: job for job in config["scrape_configs"]}

@@ -31,12 +31,15 @@ def build(
     models: ModelsOption = None,
     no_models: NoModelsOption = False,
     gpu: Annotated[bool, typer.Option(help="onnxruntime-gpu instead of onnxruntime")] = False,
+    s3: Annotated[
+        bool, typer.Option(help="add s3fs, for replicas that pull from GENREG_MODELS_FROM")
+    ] = False,
 ) -> None:
     """Build the Bento (`bentoml build`): service, serving modules, models, locked serving deps."""
     from registry.packaging.bento import BuildError, BuildOptions, build_bento
 
     try:
-        result = build_bento(BuildOptions(models=_model_list(models, no_models), gpu=gpu))
+        result = build_bento(BuildOptions(models=_model_list(models, no_models), gpu=gpu, s3=s3))
     except (BuildError, *USER_ERRORS) as exc:
         fail(str(exc))
         return
@@ -73,6 +76,9 @@ def containerize(
     fresh: Annotated[bool, typer.Option(help="debootstrap and build the base image again")] = False,
     save: Annotated[Path | None, typer.Option(help="also write the image here (docker save)")] = None,
     run: Annotated[bool, typer.Option(help="then run the image in the foreground until Ctrl-C")] = False,
+    s3: Annotated[
+        bool, typer.Option(help="add s3fs, for replicas that pull from GENREG_MODELS_FROM")
+    ] = False,
     port: Annotated[int, typer.Option(min=1, max=65535, help="port for --run (host network)")] = 3000,
 ) -> None:
     """Build the serving image from Debian packages with a private dockerd (root, Debian host)."""
@@ -98,7 +104,7 @@ def containerize(
         for pkg in ensure_tools():
             typer.echo(f"installed {pkg}", err=True)
         if bento is None:
-            result = build_bento(BuildOptions(models=_model_list(models, no_models)))
+            result = build_bento(BuildOptions(models=_model_list(models, no_models), s3=s3))
             bento = result.tag
             typer.echo(f"built {bento} with {len(result.models)} models in {result.seconds:.1f}s", err=True)
         with docker_daemon(config.data_root) as docker:

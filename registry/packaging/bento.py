@@ -42,6 +42,7 @@ class BuildOptions(BaseModel):
         None, description="name or name:version each; None = newest version of every stored name"
     )
     gpu: bool = Field(False, description="onnxruntime-gpu instead of onnxruntime")
+    s3: bool = Field(False, description="add s3fs: the service pulls from GENREG_MODELS_FROM=s3://...")
     pin: bool = Field(True, description="pin the serving packages to the versions installed here")
     version: str | None = None
 
@@ -86,6 +87,8 @@ def bento_config(options: BuildOptions, models: list[str]) -> dict[str, Any]:
     packages = list(config["python"]["packages"])
     if options.gpu:
         packages = ["onnxruntime-gpu" if p == "onnxruntime" else p for p in packages]
+    if options.s3:
+        packages.append("s3fs")
     if options.pin:
         packages = [_pinned(p) for p in packages]
     config["python"]["packages"] = packages

@@ -171,7 +171,9 @@ def pull(ref: str, uri: str, storage_options: dict[str, Any] | None = None) -> S
             if "exist" not in str(exc).lower():  # another replica or worker imported it first
                 raise RemoteError(f"cannot import {wanted.tag}: {exc}") from None
         except Exception as exc:  # an archive that was pushed broken: not a readable export
-            raise RemoteError(f"{wanted.tag}: not a readable model archive ({type(exc).__name__}: {exc})") from None
+            raise RemoteError(
+                f"{wanted.tag}: not a readable model archive ({type(exc).__name__}: {exc})"
+            ) from None
     try:
         return get_model(wanted.tag)  # every artifact against the manifest's checksums
     except StoreError:
