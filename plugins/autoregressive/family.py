@@ -25,6 +25,7 @@ class AutoregressiveFamily(TorchFamily):
     )
     capabilities = frozenset({Capability.SAMPLE, Capability.LOG_PROB})
     Config = ARConfig
+    data_parallel = True  # plugins.common.training.fit: DistributedDataParallel
 
     def train(self, data: Dataset, config: ARConfig, control: TrainControl) -> ARModel:
         from plugins.autoregressive.train import train_autoregressive

@@ -22,6 +22,7 @@ class FitResult:
     best_validation: float
     seconds: float
     stopped: str  # "early-stopping", "epochs" or "time-budget"
+    processes: int = 1  # data-parallel ranks that trained it
 
 
 def seed_everything(seed: int) -> torch.Generator:
@@ -31,9 +32,43 @@ def seed_everything(seed: int) -> torch.Generator:
 
 
 def pick_device(control: TrainControl) -> torch.device:
-    if control.device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(control.device)
+    name = control.device
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda":
+        # The process's own GPU (one per rank under --nproc; torch.cuda.set_device chose it).
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device(name)
+
+
+def _world() -> tuple[int, int]:
+    """(rank, world size) of a running data-parallel group; (0, 1) outside one."""
+    dist = torch.distributed
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+class _Loss(torch.nn.Module):
+    """The loss as a module's forward, so DistributedDataParallel can wrap it: the families'
+    losses call their models' own methods (log_prob, encode), not forward."""
+
+    def __init__(self, module: torch.nn.Module, loss_fn: Callable[..., torch.Tensor]) -> None:
+        super().__init__()
+        self.module = module
+        self.loss_fn = loss_fn
+
+    def forward(self, batch: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        return self.loss_fn(batch, generator)
+
+
+def _agree(values: list[float], src: int = 0) -> list[float]:
+    """Rank ``src``'s values on every rank: the group must take the same decisions."""
+    t = torch.tensor(values, dtype=torch.float64)
+    if torch.distributed.get_backend() == "nccl":
+        t = t.cuda()
+    torch.distributed.broadcast(t, src)
+    return t.cpu().tolist()
 
 
 def fit(
@@ -55,9 +90,26 @@ def fit(
 
     ``validate`` returns a number to minimise, in ``unit``. A non-finite loss stops the
     epoch's update (the step is skipped) rather than poisoning the weights.
+
+    Inside a data-parallel group (``genreg train --nproc N``: torch.distributed initialised)
+    every rank draws the same permutation and takes its share of each global batch of
+    ``batch_size`` rows; DistributedDataParallel averages the gradients, so the group takes the
+    steps one process would with the same global batch. Rank 0's validation, time budget and
+    stopping decisions are broadcast, so the ranks stop together.
     """
     generator = seed_everything(control.seed)
     device = train.device
+    rank, world = _world()
+    step_module: torch.nn.Module = module
+    if world > 1:
+        # Data-dependent initialisation (actnorm) runs on the first forward; run it on the same
+        # global batch on every rank before DDP starts, so all ranks begin from one state.
+        with torch.no_grad():
+            first = train[torch.randperm(len(train), generator=torch.Generator().manual_seed(control.seed))]
+            module.train()
+            loss_fn(first[:batch_size], torch.Generator().manual_seed(control.seed + 7))
+        ddp_kwargs = {"device_ids": [device.index]} if device.type == "cuda" else {}
+        step_module = torch.nn.parallel.DistributedDataParallel(_Loss(module, loss_fn), **ddp_kwargs)
     opt = torch.optim.AdamW(module.parameters(), lr=lr, weight_decay=weight_decay)
     epochs = control.epochs or epochs
     steps_per_epoch = -(-len(train) // batch_size)
@@ -78,17 +130,30 @@ def fit(
     start = time.monotonic()
     first_epoch_end = start
     stopped = "epochs"
-    bar = tqdm(range(1, epochs + 1), disable=not control.progress, unit="epoch", dynamic_ncols=True)
+    bar = tqdm(
+        range(1, epochs + 1), disable=not control.progress or rank > 0, unit="epoch", dynamic_ncols=True
+    )
     epoch = 0
     for epoch in bar:
         module.train()
         perm = torch.randperm(len(train), generator=generator).to(device)
         total, count = 0.0, 0
         for i in range(0, len(train), batch_size):
-            batch = train[perm[i : i + batch_size]]
-            loss = loss_fn(batch, generator)
-            if not torch.isfinite(loss):
-                continue
+            if world > 1:
+                share = perm[i : i + batch_size][rank::world]
+                if len(perm[i : i + batch_size]) < world:
+                    break  # a last batch too small to give every rank a row
+                batch = train[share]
+                loss = step_module(batch, generator)
+                finite = torch.tensor([float(torch.isfinite(loss))], device=loss.device)
+                torch.distributed.all_reduce(finite, op=torch.distributed.ReduceOp.MIN)
+                if not bool(finite.item()):  # every rank skips the step together
+                    continue
+            else:
+                batch = train[perm[i : i + batch_size]]
+                loss = loss_fn(batch, generator)
+                if not torch.isfinite(loss):
+                    continue
             opt.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(module.parameters(), grad_clip)
@@ -103,9 +168,13 @@ def fit(
             per_epoch = (now - first_epoch_end) / (epoch - 1) if epoch > 1 else now - start
             fits = epoch + int(max(deadline - now, 0.0) / max(per_epoch, 1e-6))
             epochs = max(min(fits, requested), epoch)
-            plan[0] = epochs * steps_per_epoch
         module.eval()
         val = validate()
+        out_of_time = time.monotonic() > deadline
+        if world > 1:
+            val, epochs, out_of_time = _agree([val, float(epochs), float(out_of_time)])
+            epochs, out_of_time = int(epochs), bool(out_of_time)
+        plan[0] = epochs * steps_per_epoch
         if val < best[0]:
             best = (val, epoch)
             best_state = copy.deepcopy(module.state_dict())
@@ -115,7 +184,7 @@ def fit(
         if epoch - best[1] >= patience:
             stopped = "early-stopping"
             break
-        if time.monotonic() > deadline:
+        if out_of_time:
             stopped = "time-budget"
             break
         if epoch >= epochs:  # the plan, cut to fit a time budget
@@ -124,7 +193,7 @@ def fit(
     bar.close()
     module.load_state_dict(best_state)
     module.eval()
-    return FitResult(epoch, best[1], best[0], time.monotonic() - start, stopped)
+    return FitResult(epoch, best[1], best[0], time.monotonic() - start, stopped, world)
 
 
 def fit_config(

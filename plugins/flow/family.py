@@ -23,6 +23,7 @@ class FlowFamily(TorchFamily):
     )
     capabilities = frozenset({Capability.SAMPLE, Capability.LOG_PROB, Capability.BOUND})
     Config = FlowConfig
+    data_parallel = True  # plugins.common.training.fit: DistributedDataParallel
 
     def train(self, data: Dataset, config: FlowConfig, control: TrainControl) -> FlowModel:
         from plugins.flow.train import train_flow

@@ -22,6 +22,7 @@ class VAEFamily(TorchFamily):
     description = "VAE / beta-VAE: Gaussian encoder, categorical or Gaussian decoder; ELBO and IWAE bounds"
     capabilities = frozenset({Capability.SAMPLE, Capability.BOUND})
     Config = VAEConfig
+    data_parallel = True  # plugins.common.training.fit: DistributedDataParallel
 
     def train(self, data: Dataset, config: VAEConfig, control: TrainControl) -> VAEModel:
         from plugins.vae.train import train_vae

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Annotated
 
@@ -29,10 +30,34 @@ def train(
     validation: Annotated[Path | None, typer.Option(help="user data: separate validation file")] = None,
     device: Annotated[str, typer.Option(help="cpu, cuda or auto")] = "auto",
     quiet: Annotated[bool, typer.Option(help="no progress bar")] = False,
+    nproc: Annotated[
+        int, typer.Option(min=1, max=256, help="data-parallel processes here (torchrun; one per GPU)")
+    ] = 1,
 ) -> None:
     """Train a family on data, export it to ONNX, check parity and store a new version."""
     from registry.contract.family import TrainControl
+    from registry.pipeline import distributed
     from registry.pipeline.train import default_name, train_and_store
+
+    if nproc > 1 and distributed.world_size() == 1:
+        try:
+            fam = get_plugins().get(family)
+        except USER_ERRORS as exc:
+            fail(str(exc))
+            return
+        if not fam.data_parallel:
+            parallel = sorted(n for n, e in get_plugins().families.items() if e.family.data_parallel)
+            fail(f"{family} trains in one process; --nproc applies to: {', '.join(parallel)}")
+            return
+        argv = sys.argv[1:]
+        for i, arg in enumerate(argv):  # the same command, less --nproc, in every process
+            if arg == "--nproc":
+                del argv[i : i + 2]
+                break
+            if arg.startswith("--nproc="):
+                del argv[i]
+                break
+        raise typer.Exit(distributed.launch(argv, nproc))
 
     plugins = get_plugins()
     try:
@@ -42,11 +67,16 @@ def train(
         for note in dataset.notes:
             typer.echo(note, err=True)
         entry = plugins.families[family]
-        typer.echo(
-            f"training {family} on {dataset.name} ({len(dataset.train)} rows, dim {dataset.dim}"
-            f"{f', {dataset.levels} levels' if dataset.levels else ''})",
-            err=True,
-        )
+        distributed.join_group(device)
+        main = distributed.is_main_process()
+        if main:
+            processes = distributed.world_size()
+            typer.echo(
+                f"training {family} on {dataset.name} ({len(dataset.train)} rows, dim {dataset.dim}"
+                f"{f', {dataset.levels} levels' if dataset.levels else ''})"
+                + (f" on {processes} processes" if processes > 1 else ""),
+                err=True,
+            )
         stored = train_and_store(
             fam,
             dataset,
@@ -59,6 +89,10 @@ def train(
         )
     except USER_ERRORS as exc:
         fail(str(exc))
+        return
+    finally:
+        distributed.leave_group()
+    if stored is None:  # a rank other than 0: rank 0 stores and reports
         return
     test = stored.metrics.get("test", {})
     parts = [f"saved {stored.tag}"]

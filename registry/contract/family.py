@@ -72,6 +72,10 @@ class Family:
     description: ClassVar[str] = ""
     capabilities: ClassVar[frozenset[Capability]] = frozenset()
     Config: ClassVar[type[FamilyConfig]] = FamilyConfig
+    # True when ``train`` runs data-parallel inside a torch.distributed group (genreg train
+    # --nproc N): every rank trains on its share of each batch and the gradients are averaged.
+    # A family whose training does not do that trains in one process; --nproc is refused.
+    data_parallel: ClassVar[bool] = False
 
     def train(self, data: Dataset, config: FamilyConfig, control: TrainControl) -> Any:
         """Fit the family to ``data.train`` (validate on ``data.validation``)."""

@@ -16,6 +16,7 @@ import numpy as np
 
 from registry.contract.dataset import Dataset
 from registry.contract.family import Family, FamilyConfig, TrainControl
+from registry.pipeline.distributed import is_main_process
 from registry.pipeline.evaluate import evaluate
 from registry.pipeline.export import check_parity
 from registry.runtime.models import LoadedModel
@@ -42,11 +43,17 @@ def train_and_store(
     *,
     name: str | None = None,
     plugin: dict[str, str] | None = None,
-) -> StoredModel:
-    """Train ``family`` on ``data``, export and check its graphs, and save a new version."""
+) -> StoredModel | None:
+    """Train ``family`` on ``data``, export and check its graphs, and save a new version.
+
+    In a data-parallel group (registry.pipeline.distributed) every rank trains and only rank 0
+    exports and stores; the others return None.
+    """
     stages = _Stages(control.log if control.progress else None)
     with stages("train"):
         model = family.train(data, config, control)
+    if not is_main_process():
+        return None
     caps = family.model_capabilities(model)
     if not caps <= set(family.capabilities):
         raise RuntimeError(f"family {family.name!r}: a model claims {caps - set(family.capabilities)}")
