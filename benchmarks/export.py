@@ -12,39 +12,15 @@ side by side, with the parity each exporter reaches.
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import sys
 import tempfile
 import time
-import warnings
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 os.environ.setdefault("BENTOML_HOME", tempfile.mkdtemp(prefix="genreg-export-bench-"))
-
-
-def dynamo_export(module, inputs, output, path, optimize: bool) -> None:
-    """The exporter as it was before (dynamo, optimised) or with its optimiser off."""
-    import torch
-
-    module.eval()
-    args = tuple(t.clone() for t in inputs.values())
-    batch = torch.export.Dim("batch", min=1)
-    with torch.no_grad(), warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        program = torch.onnx.export(
-            module,
-            args,
-            dynamo=True,
-            input_names=list(inputs),
-            output_names=[output],
-            dynamic_shapes=tuple({0: batch} for _ in inputs),
-            external_data=False,
-            optimize=optimize,
-            verbose=False,
-            report=False,
-        )
-    program.save(str(path), external_data=False)
 
 
 def main() -> None:
@@ -78,7 +54,9 @@ def main() -> None:
         if name in compare:
             for optimize in (True, False):
                 label = f"dynamo{'' if optimize else ' unoptimised'}"
-                exporters.append((label, lambda *a, o=optimize: dynamo_export(*a, optimize=o)))
+                exporters.append(
+                    (label, functools.partial(torchscript, exporter="dynamo", optimize=optimize))
+                )
         for label, exporter in exporters:
             with tempfile.TemporaryDirectory() as tmp:
                 directory = Path(tmp)

@@ -26,9 +26,9 @@ REQUIRED_METRICS = {
 }
 
 
-def manifests() -> dict[str, dict]:
+def manifests(folder: Path = DEPLOY / "k8s") -> dict[str, dict]:
     docs = {}
-    for path in sorted((DEPLOY / "k8s").glob("*.yaml")):
+    for path in sorted(folder.glob("*.yaml")):
         for doc in yaml.safe_load_all(path.read_text()):
             docs[doc["kind"]] = doc
     return docs
@@ -77,24 +77,16 @@ def test_manifests_fit_together_and_probe_the_service_endpoints():
     assert "cpu" in container["resources"]["requests"]  # the HPA's utilisation needs a request
 
 
-def s3_variant() -> dict[str, dict]:
-    docs = {}
-    for path in sorted((DEPLOY / "k8s" / "s3").glob("*.yaml")):
-        for doc in yaml.safe_load_all(path.read_text()):
-            docs[doc["kind"]] = doc
-    return docs
-
-
 @pytest.mark.parametrize("version", K8S_VERSIONS)
 def test_the_s3_variant_matches_the_schemas(version):
-    docs = s3_variant()
+    docs = manifests(DEPLOY / "k8s" / "s3")
     assert set(docs) == {"Deployment", "Secret"}
     for doc in docs.values():
         kubernetes_validate.validate(doc, version, strict=True)
 
 
 def test_the_s3_variant_pulls_into_its_own_store_with_the_secrets_credentials():
-    docs, shared = s3_variant(), manifests()
+    docs, shared = manifests(DEPLOY / "k8s" / "s3"), manifests()
     pod = docs["Deployment"]["spec"]["template"]
     container = pod["spec"]["containers"][0]
     env = {e["name"]: e.get("value") for e in container["env"]}

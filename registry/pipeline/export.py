@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
@@ -42,15 +42,18 @@ def export_torch(
     inputs: dict[str, Any],
     output: str,
     path: Path,
+    *,
+    exporter: Literal["auto", "dynamo"] = "auto",
+    optimize: bool = False,
 ) -> None:
     """Export ``module(*inputs.values())`` to a single self-contained ONNX file, dynamic batch.
 
-    The TorchScript exporter first: it traces a small family's graph in about a second, where
-    the dynamo exporter's tracing, decompositions and rewrite rules took 18-27 s on the same
-    spline flow (benchmarks/RESULTS.md, Export). A trace bakes in Python control flow, so the
-    parity check, run at a batch size other than the example's, is what stands behind it. A
-    module the tracer cannot handle goes through the dynamo exporter, unoptimised: ONNX
-    Runtime optimises the graph again when it loads it.
+    ``auto``: the TorchScript exporter first: it traces a small family's graph in about a
+    second, where the dynamo exporter's tracing, decompositions and rewrite rules took 18-27 s
+    on the same spline flow (benchmarks/RESULTS.md, Export). A trace bakes in Python control
+    flow, so the parity check, run at a batch size other than the example's, is what stands
+    behind it. A module the tracer cannot handle goes through the dynamo exporter, by default
+    unoptimised (``optimize``): ONNX Runtime optimises the graph again when it loads it.
     """
     import logging
     import warnings
@@ -66,20 +69,21 @@ def export_torch(
     names = list(inputs)
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        try:
-            torch.onnx.export(
-                module,
-                args,
-                str(path),
-                dynamo=False,
-                input_names=names,
-                output_names=[output],
-                dynamic_axes={name: {0: "batch"} for name in [*names, output]},
-                opset_version=TORCHSCRIPT_OPSET,
-            )
-            return
-        except Exception as exc:  # any tracer failure: the dynamo exporter may still manage
-            log.info("TorchScript export of %s failed (%s); using the dynamo exporter", path.name, exc)
+        if exporter == "auto":
+            try:
+                torch.onnx.export(
+                    module,
+                    args,
+                    str(path),
+                    dynamo=False,
+                    input_names=names,
+                    output_names=[output],
+                    dynamic_axes={name: {0: "batch"} for name in [*names, output]},
+                    opset_version=TORCHSCRIPT_OPSET,
+                )
+                return
+            except Exception as exc:  # any tracer failure: the dynamo exporter may still manage
+                log.info("TorchScript export of %s failed (%s); using the dynamo exporter", path.name, exc)
         batch = torch.export.Dim("batch", min=1)
         program = torch.onnx.export(
             module,
@@ -89,7 +93,7 @@ def export_torch(
             output_names=[output],
             dynamic_shapes=tuple({0: batch} for _ in names),
             external_data=False,
-            optimize=False,
+            optimize=optimize,
             verbose=False,
             report=False,
         )
