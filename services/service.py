@@ -250,7 +250,7 @@ class Genreg:
             raise ApiError(
                 400,
                 "format",
-                f"{loaded.stored.tag} was not trained on images: png is unavailable",
+                f"format: png is unavailable, {loaded.stored.tag} was not trained on images",
                 "invalid_format",
             )
         _check_sample_cost(loaded, req.n, "n")

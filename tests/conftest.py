@@ -96,6 +96,11 @@ def trained(bentoml_home):
 
     # A newer version of flow-8gaussians with a critic: the server serves it as the newest.
     models["flow-8gaussians+critic"] = attach_critic("flow-8gaussians", steps=1500)
+    # A poor model (independent pixels) with a critic: the likelihood-free checks must tell it
+    # from digits. A separate name keeps gaussian-digits itself without a discriminator; 300
+    # steps suffice because its samples are far from digits.
+    _train("gaussian", "digits", name="gaussian-digits-critic")
+    models["gaussian-digits-critic"] = attach_critic("gaussian-digits-critic", steps=300)
     return models
 
 

@@ -100,3 +100,81 @@ def test_draws_on_an_exact_score_are_an_error_as_over_http(tmp_path, trained):
     proc = genreg("score", "categorical-digits", "--file", str(rows), "-k", "4", check=False)
     assert proc.returncode == 2 and proc.stdout == ""
     assert "k > 1 applies to kind 'bound' only, not 'log_prob'" in proc.stderr
+
+
+@pytest.mark.slow
+def test_evaluate_prints_stored_metrics_and_elbo_surgery(trained):
+    import json
+
+    from registry.datasets import load_dataset
+    from registry.pipeline.surgery import elbo_surgery
+    from registry.runtime.models import LoadedModel
+
+    plain = json.loads(genreg("evaluate", "gaussian-digits").stdout)
+    assert plain == {"model": trained["gaussian-digits"].tag, "metrics": trained["gaussian-digits"].metrics}
+
+    vae = trained["vae-digits"]
+    args = ("evaluate", "vae-digits", "--surgery", "--split", "validation", "--draws", "2", "--seed", "5")
+    out = json.loads(genreg(*args, "--json").stdout)
+    validation = load_dataset("digits").validation
+    # The same estimate in-process, on the split and with the draws and seed asked for.
+    expected = elbo_surgery(LoadedModel(vae), validation, draws=2, seed=5)
+    assert out["model"] == vae.tag and out["surgery"]["n"] == len(validation)
+    assert out["surgery"] == pytest.approx(expected, rel=1e-9)
+    # The table prints the same numbers, one per term.
+    text = genreg(*args).stdout.splitlines()
+    assert text[0].startswith(f"ELBO surgery of {vae.tag} on validation ({len(validation)} points, 2 draws")
+    table = {line.split()[0]: float(line.split()[1]) for line in text[1:7]}
+    for key, val in table.items():
+        assert val == pytest.approx(expected[key], abs=1e-4), key
+
+    proc = genreg("evaluate", "flow-digits", "--surgery", check=False)
+    assert proc.returncode == 2 and "has no encoder graph" in proc.stderr
+
+
+@pytest.mark.slow
+def test_critic_stores_a_new_version_with_what_it_printed(train_model):
+    from registry.runtime.models import LoadedModel
+    from registry.runtime.store import get_model
+
+    # One Gaussian blob against 8 separated modes: a critic tells them apart easily.
+    base = train_model("gaussian", "8gaussians", name="cli-critic")
+    out = genreg("critic", "cli-critic", "--steps", "200").stdout.strip()
+    new = get_model("cli-critic")
+    assert new.version != base.version and new.meta["parent"] == base.tag
+    m = new.metrics["critic"]
+    assert out == (
+        f"saved {new.tag} (from {base.tag}): C2ST accuracy {m['c2st_accuracy']:.3f} "
+        f"(p = {m['c2st_p_value']:.3g}), AUC {m['auc']:.3f}, JSD >= {m['jsd_lower_bound']:.4f} nats"
+    )
+    assert m["steps"] == 200 and m["c2st_accuracy"] > 0.6 and m["c2st_p_value"] < 1e-10
+    assert LoadedModel(new).kinds == ["log_prob", "discriminator"]
+    again = genreg("critic", "cli-critic", "--steps", "200", check=False)
+    assert again.returncode == 2 and "already has a discriminator; pass --replace" in again.stderr
+
+
+@pytest.mark.slow
+def test_report_tabulates_each_model_on_the_data(trained, tmp_path):
+    out = tmp_path / "report"
+    proc = genreg("report", "--data", "digits", "--out", str(out))
+    assert proc.stdout.strip() == f"wrote {out / 'report.md'} and {out / 'report.html'}"
+    md = (out / "report.md").read_text().splitlines()
+    rows = {line.split(" | ")[0].lstrip("| "): line.split(" | ") for line in md if line.startswith("| ")}
+    for name in ("flow-digits", "gaussian-digits", "gaussian-digits-critic", "vae-digits"):
+        stored = trained[name]
+        row = rows[stored.tag]
+        test = stored.metrics["test"]
+        assert row[1] == stored.family and row[2] == f"{test['bits_per_dim']:.3f}" and row[3] == test["kind"]
+        assert row[4] == f"{test['two_sample']['c2st']['accuracy']:.3f}"
+        assert row[8].strip(" |") == f"![](samples-{name}.png)"
+        assert (out / f"samples-{name}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # The critic's figures appear only where there is a critic.
+    critic = trained["gaussian-digits-critic"].metrics["critic"]
+    assert rows[trained["gaussian-digits-critic"].tag][6] == f"{critic['c2st_accuracy']:.3f}"
+    assert rows[trained["gaussian-digits"].tag][6] == "none"
+    assert "flow-8gaussians" not in "\n".join(md)  # only models trained on digits
+    svg = (out / "likelihood-vs-c2st.svg").read_text()
+    plotted = [r for tag, r in rows.items() if tag != "model" and r[2] != "none" and r[4] != "none"]
+    assert svg.count("<circle") == len(plotted) >= 4  # one point per model with both figures
+    page = (out / "report.html").read_text()
+    assert page.count("<tr>") == len(rows) and f"<td>{trained['flow-digits'].tag}</td>" in page

@@ -108,3 +108,46 @@ def test_a_third_party_step_loop_sampler_trains_checks_and_samples(fixture_site,
     assert np.all(np.isin((np.diff(a, axis=1) % 3), (0, 1)))
     configs = np.array(list(itertools.product(range(3), repeat=4)), dtype=np.float32)
     assert np.exp(score(loaded, configs, "log_prob").scores).sum() == pytest.approx(1.0, abs=1e-5)
+
+
+STORE_PROBE = """
+from registry.runtime.store import list_models, save_model
+
+
+def save(name, tmp_path):
+    (tmp_path / name).mkdir()
+    (tmp_path / name / "file.txt").write_text(name)
+    save_model(name, tmp_path / name, {"family": "none", "data": {"name": "none"}, "graphs": []})
+
+
+def test_1_the_session_store(tmp_path):
+    save("outside", tmp_path)
+    assert [m.name for m in list_models()] == ["outside"]
+
+
+def test_2_a_private_store(genreg_store, tmp_path):
+    assert list_models() == []
+    save("inside", tmp_path)
+    assert [m.name for m in list_models()] == ["inside"]
+
+
+def test_3_the_session_store_again():
+    assert [m.name for m in list_models()] == ["outside"]
+"""
+
+
+def test_genreg_store_fixture_is_private_and_gives_the_session_store_back(tmp_path):
+    """The fixture genreg ships for plugin authors (pytest11), in a pytest run of its own: a
+    store already in use must be swapped for an empty one, and restored after the test."""
+    import os
+
+    (tmp_path / "test_probe.py").write_text(STORE_PROBE)
+    env = dict(os.environ, BENTOML_HOME=str(tmp_path / "session-home"))
+    proc = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "test_probe.py"],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env=env,
+    )
+    assert proc.returncode == 0 and "3 passed" in proc.stdout, proc.stdout + proc.stderr

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import math
+from types import SimpleNamespace
+from typing import ClassVar
 
 import numpy as np
 import pytest
@@ -71,6 +73,65 @@ def test_surgery_terms_add_up_for_beta_vae(train_model):
     assert stored_metrics["mig"]["factors"] == ["shape", "scale", "x", "y"]
     codes, _ = encode(loaded, x)
     assert codes.shape == (len(x), 6)
+
+
+class _LinearGaussianVAE:
+    """Stands in for a LoadedModel (what elbo_surgery reads of one): a 1-D encoder
+    q(z|x) = N(0.8 x, s(x)^2) and decoder p(x|z) = N(z, 1), whose terms are known exactly."""
+
+    SCALE: ClassVar[dict[float, float]] = {-1.0: 0.3, 0.0: 0.5, 2.0: 0.4}
+
+    def __init__(self) -> None:
+        self.stored = SimpleNamespace(meta={"config": {"beta": 1.0}}, data={}, graph=lambda role: role)
+
+    def run(self, role: str, feeds: dict[str, np.ndarray]) -> np.ndarray:
+        if role == "encoder":
+            x = feeds["x"][:, 0].astype(np.float64)
+            log_var = 2 * np.log([self.SCALE[v] for v in x])
+            return np.stack([0.8 * x, log_var], 1)
+        return np.concatenate([feeds["z"], np.zeros_like(feeds["z"])], -1)  # mean z, log var 0
+
+
+def test_surgery_terms_match_an_exact_aggregate_posterior():
+    """Three distinct points (100, 200, 300 copies): q(z) is exactly the 3-component mixture
+    the estimator sums over, so I_q[x,z] and KL(q(z)||p(z)) are 1-D integrals, done here by
+    quadrature. The sum check in the test above cannot see an error in log q(z) (it cancels);
+    this one does: a wrong sign or a missing log N moves either term by about a nat."""
+    vae = _LinearGaussianVAE()
+    values, counts = np.array([-1.0, 0.0, 2.0]), np.array([100, 200, 300])
+    x = np.repeat(values, counts)[:, None].astype(np.float32)
+    draws = 64
+    s = elbo_surgery(vae, x, draws=draws, seed=0)
+
+    weights = counts / counts.sum()
+    means, scales = 0.8 * values, np.array([vae.SCALE[v] for v in values])
+    z = np.linspace(-8, 8, 20001)
+    log_comp = -0.5 * (
+        math.log(2 * math.pi) + 2 * np.log(scales[:, None]) + ((z - means[:, None]) / scales[:, None]) ** 2
+    )
+    comp = np.exp(log_comp)
+    log_q = np.log(weights @ comp)
+    log_p = -0.5 * (math.log(2 * math.pi) + z**2)
+    # Per point k: E_q(z|x_k)[log q(z|x_k) - log q(z)]; then the first two moments over the data.
+    mi_k = np.trapezoid(comp * (log_comp - log_q), z, axis=1)
+    mi_sq_k = np.trapezoid(comp * (log_comp - log_q) ** 2, z, axis=1)
+    mutual_info, mi_var = weights @ mi_k, weights @ mi_sq_k - (weights @ mi_k) ** 2
+    q = weights @ comp
+    marginal_kl = np.trapezoid(q * (log_q - log_p), z)
+    kl_var = np.trapezoid(q * (log_q - log_p) ** 2, z) - marginal_kl**2
+    # Monte Carlo over N * draws = 38,400 draws: 6 standard errors (each term's own sd, from the
+    # same quadrature) makes a false failure a ~1e-9 event; the defects above move a term ~1 nat.
+    rows = len(x) * draws
+    assert 0.5 < mutual_info < math.log(3)  # far from both ends: the check is not vacuous
+    assert s["mutual_information"] == pytest.approx(mutual_info, abs=6 * math.sqrt(mi_var / rows))
+    assert s["marginal_kl"] == pytest.approx(marginal_kl, abs=6 * math.sqrt(kl_var / rows))
+    # Closed forms: KL(N(m, s^2) || N(0, 1)) and E_q log N(x; z, 1) = -(log 2pi + (x - m)^2 + s^2) / 2.
+    kl_closed = weights @ (0.5 * (means**2 + scales**2 - 1 - 2 * np.log(scales)))
+    assert s["kl_posterior_prior"] == pytest.approx(kl_closed, rel=1e-6)
+    assert s["kl_posterior_prior"] == pytest.approx(mutual_info + marginal_kl, abs=1e-3)
+    rec = weights @ (-0.5 * (math.log(2 * math.pi) + (values - means) ** 2 + scales**2))
+    # log p(x|z) varies by well under 1 nat across draws: 0.02 is over 6 standard errors.
+    assert s["reconstruction"] == pytest.approx(rec, abs=0.02)
 
 
 def test_mig_separates_disentangled_from_random_codes():

@@ -23,16 +23,25 @@ from registry.runtime.store import StoredModel
 @pytest.fixture()
 def genreg_store(tmp_path, monkeypatch) -> Iterator[Any]:
     home = tmp_path / "bentoml-home"
-    home.mkdir()
-    monkeypatch.setenv("BENTOML_HOME", str(home))
-    try:  # BentoML caches its store location once configured: point it here for this test
+    (home / "models").mkdir(parents=True)
+    monkeypatch.setenv("BENTOML_HOME", str(home))  # for subprocesses, e.g. the `genreg` CLI
+    try:
         from bentoml._internal.configuration.containers import BentoMLContainer
-
-        BentoMLContainer.bentoml_home.set(str(home))
-        BentoMLContainer.model_store.reset()
-    except Exception:  # pragma: no cover - only the environment variable is public
-        pass
-    yield home
+        from bentoml._internal.models import ModelStore
+    except ImportError:  # pragma: no cover - only the environment variable is public
+        yield home
+        return
+    # In this process BentoML resolves its store once and caches it (resetting an override
+    # does not clear that cache), so the store itself is overridden here, and put back after:
+    # the test sees an empty store, and the tests after it see theirs again.
+    previous_home, previous_store = BentoMLContainer.bentoml_home.get(), BentoMLContainer.model_store.get()
+    BentoMLContainer.bentoml_home.set(str(home))
+    BentoMLContainer.model_store.set(ModelStore(str(home / "models")))
+    try:
+        yield home
+    finally:
+        BentoMLContainer.bentoml_home.set(previous_home)
+        BentoMLContainer.model_store.set(previous_store)
 
 
 @pytest.fixture()

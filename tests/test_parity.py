@@ -1,0 +1,75 @@
+"""The export's parity check: each row's error against that row's own allowance."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper
+
+from registry.contract.family import Capability, Family, GraphSpec
+from registry.pipeline.export import PARITY_RELATIVE, PARITY_TOLERANCE, ExportError, check_parity
+
+
+def _sum_scorer(path: Path) -> GraphSpec:
+    """An ONNX scorer whose score is the sum of the row (built with onnx.helper: no torch)."""
+    axes = helper.make_tensor("axes", TensorProto.INT64, [1], [1])
+    node = helper.make_node("ReduceSum", ["x", "axes"], ["score"], keepdims=0)
+    graph = helper.make_graph(
+        [node],
+        "sum",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 2])],
+        [helper.make_tensor_value_info("score", TensorProto.FLOAT, ["batch"])],
+        [axes],
+    )
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
+    return GraphSpec(role="scorer", file=path.name, kind="log_prob", output="score")
+
+
+class Offset(Family):
+    """A reference that is the row sum plus a chosen error on chosen rows."""
+
+    name = "offset"
+    capabilities = frozenset({Capability.LOG_PROB})
+
+    def __init__(self, errors: dict[int, float]) -> None:
+        self.errors = errors
+
+    def log_prob(self, model, x, noise):
+        out = x.astype(np.float64).sum(1)
+        for row, err in self.errors.items():
+            out[row % len(out)] += err
+        return out
+
+
+# Row 0 scores -10,000 nats (its allowance 1e-4 + 1e-5 * 1e4 = 0.1001); row 1 scores -1 nat
+# (allowance 1.1e-4). The parity check cycles these two rows over its 1,000.
+ROWS = np.array([[-5000.0, -5000.0], [-0.5, -0.5]], dtype=np.float32)
+SMALL_ALLOWANCE = PARITY_TOLERANCE + PARITY_RELATIVE * 1.0
+LARGE_ALLOWANCE = PARITY_TOLERANCE + PARITY_RELATIVE * 1e4
+
+
+@pytest.mark.parametrize(
+    ("errors", "refused"),
+    [
+        ({}, False),
+        # Each row within its own allowance passes, the large one by far more than the small one's.
+        ({0: 0.9 * LARGE_ALLOWANCE, 1: 0.9 * SMALL_ALLOWANCE}, False),
+        # An error on the small row that the large row's allowance would hide (10x its own).
+        ({1: 10 * SMALL_ALLOWANCE}, True),
+        ({0: 1.1 * LARGE_ALLOWANCE}, True),
+    ],
+)
+def test_each_row_is_held_to_its_own_allowance(tmp_path, errors, refused):
+    spec = _sum_scorer(tmp_path / "scorer.onnx")
+    assert 10 * SMALL_ALLOWANCE < LARGE_ALLOWANCE  # what makes the third case a real test
+    family = Offset(errors)
+    if refused:
+        with pytest.raises(ExportError, match="scorer:log_prob.*row 1" if 1 in errors else "row 0"):
+            check_parity(family, None, [spec], tmp_path, ROWS, discrete=False)
+    else:
+        report = check_parity(family, None, [spec], tmp_path, ROWS, discrete=False)
+        # The record is the measured max abs error, float32 rounding of the sums included.
+        assert report["scorer:log_prob"] == pytest.approx(max(errors.values(), default=0.0), abs=1e-3)
