@@ -57,19 +57,19 @@ def train_defaults(
     models: tuple[tuple[str, str, int], ...] = DEFAULT_MODELS,
     extra: list[str] | None = None,
 ) -> list[str]:
-    """Train each default model unless a version is already stored; return their names."""
+    """Train each default model unless a version is already stored; return the names trained."""
     from registry.runtime.store import list_models
 
     stored = {m.name for m in list_models()}
-    names = []
+    trained = []
     for family, data, budget in models:
         name = f"{family}-{data}"
-        names.append(name)
         if name in stored and not retrain:
-            print(f"{name}: already stored (use --retrain for a new version)")
+            print(f"{name}: already stored (use --retrain for a new version)", flush=True)
             continue
         _train(family, data, budget, extra or [])
-    return names
+        trained.append(name)
+    return trained
 
 
 def _served(base: str) -> set[str] | None:
@@ -138,7 +138,8 @@ def main(argv: list[str] | None = None) -> None:
         print(_status(names, _served(base) or set()), flush=True)
         for family, data, budget in slow:
             name = f"{family}-{data}"
-            train_defaults(args.retrain, ((family, data, budget),), extra)
+            if not train_defaults(args.retrain, ((family, data, budget),), extra):
+                continue  # already stored and served
             if not _wait_served(base, server, {name}):
                 print(f"{name} was stored but is not served: see the service's log", flush=True)
             print(_status(names, _served(base) or set()), flush=True)
