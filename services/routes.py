@@ -23,8 +23,8 @@ from typing import Any, Protocol
 
 from starlette.responses import Response
 
-from services import openapi
-from services.errors import ApiError, error_response, json_response
+from services import openapi, v2
+from services.errors import NOT_RUNNING, ApiError, error_response, json_response
 from services.jsonbody import loads, may_hold_bools
 
 # Path -> endpoint name (the label of genreg_errors_total and the handler's switch).
@@ -38,17 +38,12 @@ STATIC = Path(__file__).resolve().parent / "static"
 MEDIA_TYPES = {".html": "text/html; charset=utf-8", ".js": "text/javascript", ".css": "text/css"}
 
 
-class Api(Protocol):
-    """What the routes need of the service instance."""
+class Api(v2.V2Api, Protocol):
+    """What the routes need of the service instance (and the V2 routes, services.v2)."""
 
     async def handle(self, endpoint: str, body: dict[str, Any], *, may_hold_bools: bool) -> Response: ...
 
     def served(self) -> list[str]: ...
-
-
-# Between start-up and shutdown BentoML holds the service instance; outside it (a request that
-# races the shutdown) its accessor raises, and the answer is 503, not a traceback.
-NOT_RUNNING = ApiError(503, None, "the service is starting or stopping; retry", "unavailable")
 
 
 def _instance(service: Callable[[], Api]) -> Api | None:
@@ -68,6 +63,26 @@ def _content_length(scope: dict[str, Any]) -> int | None:
     return None
 
 
+async def read_body(scope: dict[str, Any], receive: Any, limit: int) -> bytes | ApiError | None:
+    """The whole body; ApiError 413 past ``limit`` (declared or streamed); None if the client left."""
+    too_large = ApiError(413, "body", f"the request body exceeds {limit} bytes", "too_large")
+    declared = _content_length(scope)
+    if declared is not None and declared > limit:
+        return too_large
+    chunks, size = [], 0
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            return None
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > limit:
+            return too_large
+        chunks.append(chunk)
+        if not message.get("more_body", False):
+            return b"".join(chunks)
+
+
 class _Endpoint:
     """One API route as a bare ASGI app (no Request object: the body is all it needs)."""
 
@@ -77,8 +92,11 @@ class _Endpoint:
         self.max_body_bytes = max_body_bytes
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
-        body = b"" if scope["method"] == "GET" else await self._read(scope, receive, send)
+        body = b"" if scope["method"] == "GET" else await read_body(scope, receive, self.max_body_bytes)
         if body is None:
+            return
+        if isinstance(body, ApiError):
+            await error_response(self.endpoint, body)(scope, receive, send)
             return
         if self.endpoint == "models" and not body.strip():
             body = b"{}"
@@ -96,29 +114,6 @@ class _Endpoint:
             return
         answer = await service.handle(self.endpoint, parsed, may_hold_bools=may_hold_bools(body))
         await answer(scope, receive, send)
-
-    async def _read(self, scope: dict[str, Any], receive: Any, send: Any) -> bytes | None:
-        """The whole body, or None after answering 413 (or when the client went away)."""
-        too_large = ApiError(
-            413, "body", f"the request body exceeds {self.max_body_bytes} bytes", "too_large"
-        )
-        declared = _content_length(scope)
-        if declared is not None and declared > self.max_body_bytes:
-            await error_response(self.endpoint, too_large)(scope, receive, send)
-            return None
-        chunks, size = [], 0
-        while True:
-            message = await receive()
-            if message["type"] == "http.disconnect":
-                return None
-            chunk = message.get("body", b"")
-            size += len(chunk)
-            if size > self.max_body_bytes:
-                await error_response(self.endpoint, too_large)(scope, receive, send)
-                return None
-            chunks.append(chunk)
-            if not message.get("more_body", False):
-                return b"".join(chunks)
 
 
 def static_file(name: str) -> Response:
@@ -141,6 +136,7 @@ class ApiRoutes:
         self.app = app
         self.service = service
         self.auth = auth
+        self.max_body_bytes = max_body_bytes
         self.endpoints = {
             path: _Endpoint(endpoint, service, max_body_bytes) for path, endpoint in API_PATHS.items()
         }
@@ -159,7 +155,9 @@ class ApiRoutes:
             err = ApiError(
                 405, "method", f"{method} {path} is not allowed; use {allowed}", "method_not_allowed"
             )
-            await error_response(API_PATHS[path], err)(scope, receive, send)
+            await error_response(API_PATHS[path], err, headers={"allow": allowed})(scope, receive, send)
+        elif (found := v2.route(path)) is not None and method not in ("OPTIONS", "HEAD"):
+            await self._v2(found, scope, receive, send)
         elif method == "GET" and (path in ("/", "/ui") or path.startswith("/static/")):
             name = "index.html" if path in ("/", "/ui") else path.removeprefix("/static/")
             await static_file(name)(scope, receive, send)
@@ -169,3 +167,22 @@ class ApiRoutes:
             await json_response(openapi.build(served, self.auth))(scope, receive, send)
         else:
             await self.app(scope, receive, send)
+
+    async def _v2(self, found: v2.Route, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        """An Open Inference Protocol route (services.v2): same body limit, same service instance."""
+        method, path = scope["method"], scope["path"]
+        if method != found.method:
+            await v2.method_not_allowed(found, method, path)(scope, receive, send)
+            return
+        body = b""
+        if method == "POST":
+            read = await read_body(scope, receive, self.max_body_bytes)
+            if read is None:
+                return
+            if isinstance(read, ApiError):
+                await v2.refuse(found.endpoint, read)(scope, receive, send)
+                return
+            body = read
+        headers = dict(scope["headers"])
+        answer = await v2.answer(found, headers, body, _instance(self.service))
+        await answer(scope, receive, send)

@@ -15,19 +15,20 @@ import functools
 import logging
 import os
 import time
+from collections.abc import Callable
 from typing import Any
 
 import anyio
 import bentoml
 import numpy as np
-from pydantic import BaseModel, ValidationError
 from starlette.responses import Response
 
+from registry.runtime import scoring
 from registry.runtime.models import CapabilityError, LoadedModel
 from registry.runtime.png import png_grid
 from registry.runtime.rows import InputError, check_rows
-from registry.runtime.scoring import score
-from registry.runtime.store import ModelNotFound, StoreError
+from registry.runtime.scoring import Scores
+from registry.runtime.store import ModelNotFound, StoreError, list_models
 from registry.runtime.two_sample import c2st, mmd_test
 from services.auth import BearerAuth
 from services.batching import Batcher
@@ -35,7 +36,15 @@ from services.cache import ModelCache
 from services.errors import ApiError, error_response, json_response
 from services.metrics import INFERENCE_SECONDS, MODEL_INFO, ROWS
 from services.routes import API_PATHS, ApiRoutes
-from services.schemas import MAX_DRAW_ROWS, ModelInfo, SampleRequest, ScoreRequest, TwoSampleRequest
+from services.schemas import (
+    MAX_DRAW_ROWS,
+    ModelInfo,
+    SampleRequest,
+    ScoreRequest,
+    TwoSampleRequest,
+    validate,
+)
+from services.v2 import endpoint_of
 
 log = logging.getLogger("genreg.service")
 WORKERS = int(os.environ.get("GENREG_WORKERS", "1"))
@@ -51,23 +60,6 @@ MAX_BODY_BYTES = int(os.environ.get("GENREG_MAX_BODY_BYTES", str(64 * 1024 * 102
 INLINE_ROWS = int(os.environ.get("GENREG_INLINE_ROWS", "64"))
 
 
-def _validate(model: type[BaseModel], body: dict[str, Any], may_hold_bools: bool) -> Any:
-    try:
-        return model.model_validate(body, context={"may_hold_bools": may_hold_bools})
-    except ValidationError as exc:
-        first = exc.errors(include_url=False)[0]
-        field = ".".join(str(p) for p in first["loc"]) or "body"
-        top = str(first["loc"][0]) if first["loc"] else "body"
-        message = "unknown field" if first["type"] == "extra_forbidden" else first["msg"]
-        message = message.removeprefix("Value error, ")
-        # The reason is a metric label: only names the schema defines, never a client's
-        # invented field name (each would be a new time series, without bound).
-        reason = f"invalid_{top}" if top in model.model_fields else "unknown_field"
-        if first["type"] != "extra_forbidden" and top not in model.model_fields:
-            reason = "invalid_body"
-        raise ApiError(400, top, f"{field}: {message}", reason) from None
-
-
 def _check_sample_cost(loaded: LoadedModel, n: int, field: str) -> None:
     """Refuse a sample whose graph calls (n x the loop's steps) exceed the per-request row limit."""
     cost = loaded.sample_cost(n)
@@ -81,10 +73,10 @@ def _check_sample_cost(loaded: LoadedModel, n: int, field: str) -> None:
         )
 
 
-async def _call(fn: Any, req: Any, rows: int) -> Any:
+async def _call(fn: Callable[[], Any], rows: int) -> Any:
     if rows <= INLINE_ROWS:
-        return fn(req)
-    return await anyio.to_thread.run_sync(fn, req)
+        return fn()
+    return await anyio.to_thread.run_sync(fn)
 
 
 def model_info(loaded: LoadedModel) -> dict[str, Any]:
@@ -123,7 +115,8 @@ class Genreg:
         if BATCH_MAX_ROWS > 0:
             loaded.runners = {f: Batcher(run, BATCH_MAX_ROWS) for f, run in loaded.runners.items()}
 
-    def _resolve(self, ref: str) -> LoadedModel:
+    def resolve(self, ref: str) -> LoadedModel:
+        """The loaded model for ``name`` or ``name:version``; ApiError 404 (unknown) or 409 (corrupt)."""
         try:
             loaded = self.cache.resolve(ref)
         except ModelNotFound as exc:
@@ -138,24 +131,79 @@ class Genreg:
         """The names this instance serves (their newest versions)."""
         return sorted(self.cache.newest)
 
+    def ready(self) -> bool:
+        return self.cache.ready
+
+    def versions(self, name: str) -> list[str]:
+        """The stored versions of a served name, newest first (each may be asked for by version)."""
+        return [m.version for m in list_models() if m.name == name]
+
     async def handle(self, endpoint: str, body: dict[str, Any], *, may_hold_bools: bool = True) -> Response:
         """The answer to one parsed request body: the result, or the error's JSON."""
         try:
             if endpoint == "sample":
-                req = _validate(SampleRequest, body, may_hold_bools)
+                req = validate(SampleRequest, body, may_hold_bools)
+                loaded = self.resolve(req.model)
                 # A step-loop sampler runs its graph once per step: weigh the request by that.
-                loaded = self._resolve(req.model)
-                sample = functools.partial(self._sample, loaded=loaded)
-                return json_response(await _call(sample, req, loaded.sample_cost(req.n)))
+                sample = functools.partial(self._sample, req, loaded)
+                return json_response(await _call(sample, loaded.sample_cost(req.n)))
             if endpoint == "score":
-                req = _validate(ScoreRequest, body, may_hold_bools)
-                return json_response(await _call(self._score, req, len(req.x) * req.k))
+                req = validate(ScoreRequest, body, may_hold_bools)
+                loaded = self.resolve(req.model)
+                result = await self.score(loaded, req.x, req.kind, k=req.k, seed=req.seed)
+                return json_response(result.as_dict())
             if endpoint == "two_sample_test":
-                req = _validate(TwoSampleRequest, body, may_hold_bools)
+                req = validate(TwoSampleRequest, body, may_hold_bools)
                 return json_response(await anyio.to_thread.run_sync(self._two_sample, req))
             return json_response({"models": [model_info(m) for m in self.cache.models()]})
         except ApiError as err:
             return error_response(endpoint, err)
+
+    # --- the one sampling and scoring path of both protocols (genreg's and V2) ----------------
+    async def sample(
+        self, loaded: LoadedModel, n: int, *, seed: int | None, temperature: float, protocol: str = "genreg"
+    ) -> np.ndarray:
+        """n samples (float32 rows in data units); ApiError for a request the model cannot take."""
+        _check_sample_cost(loaded, n, "n")
+        draw = functools.partial(self._draw, loaded, n, seed, temperature, protocol)
+        return await _call(draw, loaded.sample_cost(n))
+
+    async def score(
+        self,
+        loaded: LoadedModel,
+        x: Any,
+        kind: str | None,
+        *,
+        k: int,
+        seed: int | None,
+        protocol: str = "genreg",
+    ) -> Scores:
+        """registry.runtime.scoring.score (rows checked there), its refusals as ApiError."""
+        rows = int(x.shape[0]) if getattr(x, "ndim", 0) else 1
+        run = functools.partial(self._score, loaded, x, kind, k, seed, protocol)
+        return await _call(run, rows * k)
+
+    def _draw(
+        self, loaded: LoadedModel, n: int, seed: int | None, temperature: float, protocol: str
+    ) -> np.ndarray:
+        try:
+            x = loaded.sample(n, seed=seed, temperature=temperature)
+        except CapabilityError as exc:
+            raise ApiError(422, "model", str(exc), "missing_capability") from None
+        ROWS.labels(model=loaded.stored.name, kind="sample", protocol=protocol).inc(n)
+        return x
+
+    def _score(
+        self, loaded: LoadedModel, x: Any, kind: str | None, k: int, seed: int | None, protocol: str
+    ) -> Scores:
+        try:
+            result = scoring.score(loaded, x, kind, k=k, seed=seed, max_draw_rows=MAX_DRAW_ROWS)
+        except CapabilityError as exc:
+            raise ApiError(422, exc.field, str(exc), "missing_capability") from None
+        except InputError as exc:
+            raise ApiError(400, exc.field, str(exc), f"invalid_{exc.field}") from None
+        ROWS.labels(model=loaded.stored.name, kind=result.kind, protocol=protocol).inc(result.rows)
+        return result
 
     # --- /sample ---------------------------------------------------------------------------
     def _sample(self, req: SampleRequest, loaded: LoadedModel) -> dict[str, Any]:
@@ -168,11 +216,7 @@ class Genreg:
                 "invalid_format",
             )
         _check_sample_cost(loaded, req.n, "n")
-        try:
-            x = loaded.sample(req.n, seed=req.seed, temperature=req.temperature)
-        except CapabilityError as exc:
-            raise ApiError(422, "model", str(exc), "missing_capability") from None
-        ROWS.labels(model=loaded.stored.name, kind="sample").inc(req.n)
+        x = self._draw(loaded, req.n, req.seed, req.temperature, "genreg")
         out: dict[str, Any] = {"model": loaded.stored.tag}
         if req.format == "png":
             high = loaded.stored.data.get("high") or float(np.max(x))
@@ -181,21 +225,9 @@ class Genreg:
             out["samples"] = x
         return out
 
-    # --- /score ----------------------------------------------------------------------------
-    def _score(self, req: ScoreRequest) -> dict[str, Any]:
-        loaded = self._resolve(req.model)
-        try:
-            result = score(loaded, req.x, req.kind, k=req.k, seed=req.seed, max_draw_rows=MAX_DRAW_ROWS)
-        except CapabilityError as exc:
-            raise ApiError(422, exc.field, str(exc), "missing_capability") from None
-        except InputError as exc:
-            raise ApiError(400, exc.field, str(exc), f"invalid_{exc.field}") from None
-        ROWS.labels(model=loaded.stored.name, kind=result.kind).inc(result.rows)
-        return result.as_dict()
-
     # --- /two_sample_test -------------------------------------------------------------------
     def _two_sample(self, req: TwoSampleRequest) -> dict[str, Any]:
-        loaded = self._resolve(req.model)
+        loaded = self.resolve(req.model)
         if loaded.stored.graph("sampler") is None:
             raise ApiError(422, "model", f"{loaded.stored.tag} cannot sample", "missing_capability")
         try:
@@ -204,7 +236,7 @@ class Genreg:
             raise ApiError(400, exc.field, str(exc), "invalid_x") from None
         _check_sample_cost(loaded, req.n_model or len(real), "n_model" if req.n_model else "x")
         fake = loaded.sample(req.n_model or len(real), seed=req.seed).astype(np.float64)
-        ROWS.labels(model=loaded.stored.name, kind="sample").inc(len(fake))
+        ROWS.labels(model=loaded.stored.name, kind="sample", protocol="genreg").inc(len(fake))
         with np.errstate(all="ignore"):
             if req.test == "mmd":
                 result = mmd_test(real, fake, permutations=req.permutations, seed=req.seed)
@@ -220,7 +252,7 @@ class Genreg:
 
 # Auth first (outermost), so that it also guards BentoML's own routes; then the API's routes,
 # which find this worker's service instance through BentoML's own accessor.
-Genreg.add_asgi_middleware(BearerAuth, endpoints=API_PATHS)
+Genreg.add_asgi_middleware(BearerAuth, endpoints=API_PATHS, endpoint_of=endpoint_of)
 Genreg.add_asgi_middleware(
     ApiRoutes,
     service=bentoml.get_current_service,
