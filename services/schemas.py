@@ -246,6 +246,61 @@ V2SampleParameters = create_model(
 )
 
 
+# V2 responses (published in the OpenAPI document; the fuzzer checks answers against them).
+class V2Error(BaseModel):
+    error: str = Field(description="what is wrong, naming the field or tensor")
+
+
+class V2ServerMetadata(BaseModel):
+    name: str
+    version: str
+    extensions: list[str]
+
+
+class V2Live(BaseModel):
+    live: bool
+
+
+class V2Ready(BaseModel):
+    ready: bool
+
+
+class V2ModelReady(BaseModel):
+    name: str
+    ready: bool
+
+
+class V2TensorMetadata(BaseModel):
+    name: str
+    datatype: Literal["FP32", "FP64"]
+    shape: list[int] = Field(description="-1: any number of rows")
+
+
+class V2ModelMetadata(BaseModel):
+    name: str
+    versions: list[str] = Field(description="stored versions, newest first")
+    platform: str
+    inputs: list[V2TensorMetadata] = Field(description="x (score); none to sample")
+    outputs: list[V2TensorMetadata]
+    parameters: dict[str, str | int] = Field(description="family, kinds, operations, steps (step samplers)")
+
+
+class V2OutputTensor(BaseModel):
+    name: str = Field(description="scores, bits_per_dim, elbo (score) or samples (sample)")
+    datatype: Literal["FP32", "FP64"]
+    shape: list[int]
+    data: list[Number] | None = Field(None, description="row-major; null for a non-finite value")
+    parameters: dict[str, int] | None = Field(None, description="binary_data_size of a binary output")
+
+
+class V2InferResponse(BaseModel):
+    model_name: str
+    model_version: str
+    id: str | None = None
+    parameters: dict[str, str | int] = Field(description="kind and k (score); n and steps (sample)")
+    outputs: list[V2OutputTensor]
+
+
 def validate(
     model: type[BaseModel], body: dict[str, Any], may_hold_bools: bool = True, prefix: str = ""
 ) -> Any:

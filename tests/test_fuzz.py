@@ -36,7 +36,18 @@ def test_schema_driven_fuzz_of_every_endpoint(server):
         "GET /readyz",
         "GET /healthz",
         "GET /metrics",
+        "GET /v2",
+        "GET /v2/health/live",
+        "GET /v2/health/ready",
+        "GET /v2/models/{name}",
+        "GET /v2/models/{name}/ready",
+        "POST /v2/models/{name}/infer",
+        "GET /v2/models/{name}/versions/{version}",
+        "GET /v2/models/{name}/versions/{version}/ready",
+        "POST /v2/models/{name}/versions/{version}/infer",
     }
+    # the V2 routes reach served models, not only 404s for invented names
+    assert sent["POST /v2/models/{name}/infer 200"] and sent["GET /v2/models/{name} 200"], sent
     assert sum(sent.values()) >= 240
     assert not any(key.endswith((" 500", " 502", " 503")) for key in sent), sent
     assert "Traceback" not in log_path.read_text()
@@ -180,6 +191,10 @@ def test_invented_field_names_never_become_metric_labels(server):
         "unknown_model",
         "store_error",
         "missing_capability",
+        "method_not_allowed",
+        "invalid_binary",
+        "invalid_tensor",
+        "unavailable",
     } | {
         f"invalid_{f}"
         for f in (
@@ -194,5 +209,11 @@ def test_invented_field_names_never_become_metric_labels(server):
             "test",
             "n_model",
             "permutations",
+            # the V2 infer request's fields and parameters
+            "id",
+            "inputs",
+            "outputs",
+            "parameters",
+            "steps",
         )
     }
