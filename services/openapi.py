@@ -8,12 +8,19 @@ what clients, Swagger UI and the schema-driven fuzzer (tests/test_fuzz.py) rely 
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from pydantic import BaseModel
 from pydantic.json_schema import models_json_schema
 
+from registry.runtime.scoring import draw_weight
 from services.schemas import (
+    MAX_DRAW_ROWS,
+    MAX_DRAWS,
+    MAX_N,
+    MAX_ROWS,
+    MAX_TWO_SAMPLE,
     MODEL_REF,
     V2_PROTOCOL_PARAMETERS,
     ErrorBody,
@@ -88,8 +95,10 @@ def _text(media: str, description: str) -> dict[str, Any]:
     return {"description": description, "content": {media: {"schema": {"type": "string"}}}}
 
 
-def build(served: list[str], auth: bool) -> dict[str, Any]:
-    """The document; ``served`` names the models this instance serves, ``auth`` adds 401s."""
+def build(served: list[str], auth: bool, described: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+    """The document; ``served`` names the models this instance serves, ``auth`` adds 401s, and
+    ``described`` (Genreg.described: each stored version's width, levels, kinds, sampler)
+    makes the request schemas exact (:func:`_exact`)."""
     models = [SampleRequest, ScoreRequest, TwoSampleRequest, SampleResponse, ScoreResponse]
     models += [TwoSampleResponse, ModelsResponse, ErrorBody, *V2_MODELS]
     _, top = models_json_schema([(m, "validation") for m in models], ref_template=REF)
@@ -103,6 +112,8 @@ def build(served: list[str], auth: bool) -> dict[str, Any]:
             prop.pop("type", None)
             prop["anyOf"] = [{"type": "string", "enum": served}, {"type": "string", "pattern": MODEL_REF}]
             prop["description"] = "name (newest version) or name:version"
+    if described:
+        _exact(components, described)
     error = _ref(ErrorBody)
     denied = {"401": _json(error, "missing or wrong bearer token")} if auth else {}
     paths: dict[str, Any] = {}
@@ -305,3 +316,113 @@ def _v2_paths(components: dict[str, Any], served: list[str], denied: dict[str, A
             }
         }
     return paths
+
+
+# --- exact request schemas ---------------------------------------------------------------------
+# A schema-valid request must be answered (2xx, or 404/409 for a model not served or broken),
+# and any other refused with 4xx: the fuzzer checks both ways (positive_data_acceptance,
+# negative_data_rejection). The pydantic models cannot know a model's width, levels or kinds,
+# so with the store known each body becomes "one of": a branch per stored version with its own
+# limits, and one for names that are not served (always 404).
+F32_MAX = 3.4028234663852886e38  # np.finfo(np.float32).max: the row check's bound
+
+
+def _refs(d: dict[str, Any]) -> list[str]:
+    return [d["name"], f"{d['name']}:latest", d["tag"]] if d["newest"] else [d["tag"]]
+
+
+def _rows(d: dict[str, Any], low: int, high: int) -> dict[str, Any]:
+    """Rows as registry.runtime.rows.check_rows takes them for this model's data."""
+    if d["levels"]:
+        value: dict[str, Any] = {"type": "integer", "minimum": 0, "maximum": d["levels"] - 1}
+    else:
+        value = {"type": "number", "minimum": -F32_MAX, "maximum": F32_MAX}
+    row = {"type": "array", "items": value, "minItems": d["dim"], "maxItems": d["dim"]}
+    return {"type": "array", "items": row, "minItems": low, "maxItems": high}
+
+
+def _object(properties: dict[str, Any], required: list[str]) -> dict[str, Any]:
+    return {"type": "object", "properties": properties, "required": required, "additionalProperties": False}
+
+
+def draw_tiers(
+    max_rows: int = MAX_ROWS, max_draws: int = MAX_DRAWS, budget: int = MAX_DRAW_ROWS
+) -> list[tuple[int, int]]:
+    """(most k, most rows) rectangles whose union is what /score takes: rows <= max_rows,
+    k <= max_draws and rows x draw_weight(k) <= budget (registry.runtime.scoring)."""
+    tiers: list[tuple[int, int]] = []
+    weight = 1
+    while True:
+        top = min(max_draws, weight)  # the largest k that weighs this much: k in (weight / 2, weight]
+        rows = min(max_rows, budget // draw_weight(top))
+        if rows < 1:
+            break
+        if tiers and tiers[-1][1] == rows:
+            tiers[-1] = (top, rows)
+        else:
+            tiers.append((top, rows))
+        if top == max_draws:
+            break
+        weight *= 2
+    return tiers
+
+
+def _exact(components: dict[str, Any], described: list[dict[str, Any]]) -> None:
+    seed = components["ScoreRequest"]["properties"]["seed"]
+    sample_props = components["SampleRequest"]["properties"]
+    two = components["TwoSampleRequest"]["properties"]
+    score, sample, two_sample = [], [], []
+    for d in described:
+        model = {"type": "string", "enum": _refs(d)}
+        for kind in d["kinds"]:
+            default = kind == d["kinds"][0]
+            kind_schema = {"enum": [kind, None]} if default else {"const": kind}
+            required = ["model", "x"] if default else ["model", "x", "kind"]
+            tiers = draw_tiers() if kind == "bound" else [(1, MAX_ROWS)]
+            for most_k, most_rows in tiers:
+                props = {
+                    "model": model,
+                    "x": _rows(d, 1, most_rows),
+                    "kind": kind_schema,
+                    "seed": seed,
+                    "k": {"type": "integer", "minimum": 1, "maximum": most_k},
+                }
+                score.append(_object(props, required))
+        if not d["sampler"]:
+            continue  # 422 for every request: no branch
+        most_n = min(MAX_N, MAX_DRAW_ROWS // d["steps"])
+        props = dict(sample_props)
+        props.update(
+            model=model,
+            n={**sample_props["n"], "maximum": most_n},
+            format={**sample_props["format"], "enum": ["json", "png"] if d["image"] else ["json"]},
+        )
+        sample.append(_object(props, ["model"]))
+        # Without n_model, the real rows set how many samples are drawn (x steps).
+        most_x = min(MAX_TWO_SAMPLE, MAX_DRAW_ROWS // d["steps"])
+        n_model = {"type": "integer", "minimum": 10, "maximum": most_x}
+        props = dict(two)
+        props.update(model=model, x=_rows(d, 10, MAX_TWO_SAMPLE), n_model=n_model)
+        two_sample.append(_object(props, ["model", "x", "n_model"]))
+        props = dict(props, x=_rows(d, 10, most_x), n_model={"type": "null"})
+        two_sample.append(_object(props, ["model", "x"]))
+    # Names served here, with any version: not the fallback's (their versions have branches).
+    names = sorted({d["name"] for d in described})
+    served = {"pattern": "^(" + "|".join(re.escape(n) for n in names) + ")(:.*)?$"}
+    for name, branches in (
+        ("ScoreRequest", score),
+        ("SampleRequest", sample),
+        ("TwoSampleRequest", two_sample),
+    ):
+        fallback = dict(components[name])
+        fallback["properties"] = dict(fallback["properties"])
+        fallback["properties"]["model"] = {
+            "type": "string",
+            "pattern": MODEL_REF,
+            "not": served,
+            "description": "a name not served here: 404",
+        }
+        components[name] = {
+            "anyOf": [*branches, fallback],
+            "description": components[name].get("description", ""),
+        }

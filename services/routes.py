@@ -45,6 +45,8 @@ class Api(v2.V2Api, Protocol):
 
     def served(self) -> list[str]: ...
 
+    def described(self) -> list[dict[str, Any]]: ...
+
 
 def _instance(service: Callable[[], Api]) -> Api | None:
     try:
@@ -164,7 +166,8 @@ class ApiRoutes:
         elif method == "GET" and path == "/docs.json":
             service = _instance(self.service)
             served = service.served() if service is not None else []
-            await json_response(openapi.build(served, self.auth))(scope, receive, send)
+            described = service.described() if service is not None else []
+            await json_response(openapi.build(served, self.auth, described))(scope, receive, send)
         else:
             await self.app(scope, receive, send)
 

@@ -193,6 +193,20 @@ V2_DATATYPES = (
     "BF16",
     "BYTES",
 )
+# The ones genreg's models take (rows of numbers); BOOL, BF16 and BYTES are refused by name.
+V2_NUMBERS = (
+    "UINT8",
+    "UINT16",
+    "UINT32",
+    "UINT64",
+    "INT8",
+    "INT16",
+    "INT32",
+    "INT64",
+    "FP16",
+    "FP32",
+    "FP64",
+)
 # Request parameters the protocol itself defines (the rest are genreg's operation parameters).
 V2_PROTOCOL_PARAMETERS = ("binary_data_output",)
 
@@ -207,7 +221,7 @@ class V2InputTensor(_Strict):
     name: str = Field(min_length=1, max_length=256)
     shape: list[Bounded(ge=0, lt=2**63)] = Field(max_length=16)
     # A plain string here: an unknown datatype is refused by services.tensors with the tensor's name.
-    datatype: Annotated[str, WithJsonSchema({"type": "string", "enum": list(V2_DATATYPES)})]
+    datatype: Annotated[str, WithJsonSchema({"type": "string", "enum": list(V2_NUMBERS)})]
     parameters: V2TensorParameters | None = None
     data: Annotated[Any, WithJsonSchema({"type": "array", "description": "flat or nested, row-major"})] = None
 

@@ -14,6 +14,7 @@ import base64
 import functools
 import logging
 import os
+import re
 import time
 from collections.abc import Callable
 from typing import Any
@@ -24,7 +25,7 @@ import numpy as np
 from starlette.responses import Response
 
 from registry.runtime import scoring
-from registry.runtime.models import CapabilityError, LoadedModel
+from registry.runtime.models import CapabilityError, LoadedModel, model_kinds
 from registry.runtime.png import png_grid
 from registry.runtime.rows import InputError, check_rows
 from registry.runtime.scoring import Scores
@@ -38,6 +39,7 @@ from services.metrics import INFERENCE_SECONDS, MODEL_INFO, ROWS
 from services.routes import API_PATHS, ApiRoutes
 from services.schemas import (
     MAX_DRAW_ROWS,
+    MODEL_REF,
     ModelInfo,
     SampleRequest,
     ScoreRequest,
@@ -47,6 +49,7 @@ from services.schemas import (
 from services.v2 import endpoint_of
 
 log = logging.getLogger("genreg.service")
+MODEL_PATTERN = re.compile(MODEL_REF)
 WORKERS = int(os.environ.get("GENREG_WORKERS", "1"))
 # One intra-op thread per session by default: ONNX Runtime's own pool spins against the HTTP
 # workers for the cores, and lost at batch 1 and 1024 alike (benchmarks/RESULTS.md, Serving).
@@ -134,6 +137,29 @@ class Genreg:
     def ready(self) -> bool:
         return self.cache.ready
 
+    def described(self) -> list[dict[str, Any]]:
+        """What the OpenAPI document needs to state each stored version's limits exactly (its
+        width, levels, kinds, sampler and steps), from the stored metadata: nothing is loaded."""
+        out = []
+        for stored in list_models():
+            if stored.name not in self.cache.newest:
+                continue
+            sampler = stored.graph("sampler")
+            out.append(
+                {
+                    "name": stored.name,
+                    "tag": stored.tag,
+                    "newest": self.cache.newest[stored.name] == stored.tag,
+                    "dim": int(stored.data["dim"]),
+                    "levels": stored.data.get("levels"),
+                    "image": bool(stored.data.get("image_shape")),
+                    "kinds": model_kinds(stored.capabilities),
+                    "sampler": sampler is not None,
+                    "steps": sampler.loop.steps if sampler is not None and sampler.loop is not None else 1,
+                }
+            )
+        return out
+
     def versions(self, name: str) -> list[str]:
         """The stored versions of a served name, newest first (each may be asked for by version)."""
         return [m.version for m in list_models() if m.name == name]
@@ -141,6 +167,11 @@ class Genreg:
     async def handle(self, endpoint: str, body: dict[str, Any], *, may_hold_bools: bool = True) -> Response:
         """The answer to one parsed request body: the result, or the error's JSON."""
         try:
+            ref = body.get("model")
+            if endpoint != "models" and isinstance(ref, str) and MODEL_PATTERN.fullmatch(ref):
+                # The model is the resource: an unknown one is 404 whatever else the body holds
+                # (a body's other faults are the model's to judge), as the document states.
+                self.resolve(ref)
             if endpoint == "sample":
                 req = validate(SampleRequest, body, may_hold_bools)
                 loaded = self.resolve(req.model)

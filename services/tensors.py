@@ -19,11 +19,11 @@ from typing import Any
 import numpy as np
 
 from services.jsonbody import dumps
-from services.schemas import V2_DATATYPES, V2InputTensor
+from services.schemas import V2_DATATYPES, V2_NUMBERS, V2InputTensor
 
-# Little-endian, as the protocol's binary data is.
+# Little-endian, as the protocol's binary data is. No BOOL: numpy would read it as 0 and 1,
+# which /score refuses in x as well.
 NUMPY = {
-    "BOOL": np.dtype("?"),
     "UINT8": np.dtype("<u1"),
     "UINT16": np.dtype("<u2"),
     "UINT32": np.dtype("<u4"),
@@ -36,6 +36,7 @@ NUMPY = {
     "FP32": np.dtype("<f4"),
     "FP64": np.dtype("<f8"),
 }
+assert tuple(NUMPY) == V2_NUMBERS
 DATATYPE = {dtype: name for name, dtype in NUMPY.items()}
 HEADER = "inference-header-content-length"
 
@@ -70,7 +71,7 @@ def split_body(body: bytes, header_length: str | None) -> tuple[bytes, memoryvie
 def _dtype(tensor: V2InputTensor) -> np.dtype:
     if tensor.datatype in NUMPY:
         return NUMPY[tensor.datatype]
-    if tensor.datatype in V2_DATATYPES:  # BYTES, BF16: the protocol's, not a number numpy reads
+    if tensor.datatype in V2_DATATYPES:  # BOOL, BYTES, BF16: the protocol's, not numbers for a model
         raise TensorError(
             tensor.name, f"{tensor.name}: datatype {tensor.datatype} is not supported; send FP32"
         )
@@ -100,10 +101,7 @@ def _from_json(tensor: V2InputTensor, dtype: np.dtype, count: int, may_hold_bool
         arr = np.asarray(data)
     except (ValueError, TypeError, OverflowError):
         raise TensorError(name, f"{name}: data must be a flat or evenly nested list of numbers") from None
-    is_bool = tensor.datatype == "BOOL"
-    if arr.dtype.kind not in ("b" if is_bool else "iuf") or (
-        not is_bool and may_hold_bools and _holds(data, (bool,))
-    ):
+    if arr.dtype.kind not in "iuf" or (may_hold_bools and _holds(data, (bool,))):
         raise TensorError(name, f"{name}: data must hold {tensor.datatype} values only")
     if arr.size != count:
         raise TensorError(
@@ -154,8 +152,6 @@ def decode_inputs(
                 f"({len(binary) - offset} bytes left after the header and earlier inputs)",
             )
         arr = np.frombuffer(binary, dtype=dtype, count=count, offset=offset).reshape(tensor.shape)
-        if dtype.kind == "b" and arr.view(np.uint8).max(initial=0) > 1:
-            raise TensorError(name, f"{name}: a BOOL byte that is neither 0 nor 1")
         out[name] = arr
         offset += size
     if offset != len(binary):

@@ -197,6 +197,7 @@ def test_malformed_binary_bodies_get_400_naming_the_tensor(server):
         ("FP99", "unknown datatype"),
         ("BYTES", "not supported"),
         ("BF16", "not supported"),
+        ("BOOL", "not supported"),
     ):
         bad, _ = _binary_x(2, 2, datatype=datatype)
         _error(_infer(http, "flow-8gaussians", bad, data), 400, "x:", words)
