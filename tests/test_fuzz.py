@@ -20,6 +20,8 @@ from fuzzing import fuzz
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from registry.runtime.scoring import draw_weight
+from services.openapi import draw_tiers
 from services.schemas import ScoreResponse
 
 pytestmark = pytest.mark.slow
@@ -90,6 +92,24 @@ def test_schemathesis_every_check_every_phase(server, tmp_path):
     found = re.search(r"(\d+) generated, (\d+) passed", done.stdout)
     assert found and found.group(1) == found.group(2) and int(found.group(1)) > 500, summary
     assert "Traceback" not in log_path.read_text()
+
+
+@pytest.mark.parametrize(
+    ("max_rows", "max_draws", "budget"), [(4096, 1000, 262144), (5000, 1000, 262144), (100, 7, 50)]
+)
+def test_the_published_draw_tiers_are_the_servers_rule(max_rows, max_draws, budget):
+    """The rectangles the document publishes for /score's (rows, k) cover exactly the pairs that
+    registry.runtime.scoring.score takes (rows x k, k weighed as the next power of two)."""
+    tiers = draw_tiers(max_rows, max_draws, budget)
+    for rows in sorted(
+        {1, 2, 3, 50, 99, 100, 255, 256, 257, 512, 2048, 4096, 5000} & set(range(1, max_rows + 1))
+    ):
+        for k in sorted(
+            {1, 2, 3, 4, 5, 7, 8, 9, 63, 64, 65, 100, 128, 129, 999, 1000} & set(range(1, max_draws + 1))
+        ):
+            served = rows * draw_weight(k) <= budget
+            published = any(k <= most_k and rows <= most_rows for most_k, most_rows in tiers)
+            assert served == published, (rows, k, tiers)
 
 
 def _rows(data: dict, draw_values):
