@@ -5,7 +5,9 @@ JSON body ``{"error", "field"}`` (404 for an unknown model, 422 for a kind the m
 400 for anything else wrong in the body), counted in ``genreg_errors_total``, and logged
 as one line, never as a traceback. HTTP requests reach :meth:`Genreg.handle` through the
 routes that services.routes mounts on the service (BentoML's documented way to add routes),
-which read and parse each body once; bearer auth (services.auth) guards every route.
+which read and parse each body once; bearer auth (services.auth) guards every route. The
+Open Inference Protocol's routes (services.v2) call the same :meth:`Genreg.score` and
+:meth:`Genreg.sample`: one path per operation, whichever protocol asked.
 """
 
 from __future__ import annotations
