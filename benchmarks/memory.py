@@ -3,7 +3,7 @@
 For each GENREG_MAX_HEAVY setting (0 = no limit) it starts `genreg serve` on a private store
 with the Gaussian baseline on digits, sends one two-sample test at its limits (2,000 real rows
 x 64 and 2,000 model rows) alone, then C of them at once and C scores at the draw-row limit
-(k = 1000 draws x 262 rows), and prints the worker's peak resident memory (VmHWM, reset
+(k = 1000 draws x 256 rows: k counts as 1,024 against the draw-row limit), and prints the worker's peak resident memory (VmHWM, reset
 between phases) above its idle size, with the answers' status codes.
 
   .venv/bin/python benchmarks/memory.py            # limits 0 and 2, 8 concurrent requests
@@ -63,7 +63,7 @@ def main() -> None:
         for i in range(args.concurrent)
     ]
     score = [
-        {"model": MODEL, "x": rng.integers(0, 17, (262, 64)).tolist(), "kind": "bound", "k": 1000, "seed": i}
+        {"model": MODEL, "x": rng.integers(0, 17, (256, 64)).tolist(), "kind": "bound", "k": 1000, "seed": i}
         for i in range(args.concurrent)
     ]
     print(f"{'GENREG_MAX_HEAVY':>16} {'phase':>28} {'peak MiB over idle':>19}  answers")

@@ -4,10 +4,12 @@
 (b) in-process ONNX Runtime vs HTTP /score rows/s, batch 1 with 16 concurrent clients, and
     batch 1024;
 (c) the same batch-1 load against a bare ASGI JSON echo (Starlette on uvicorn): the ceiling;
-(d) start-up time to the first successful /sample, and the server's resident memory.
+(d) start-up time to the first successful /sample, and the server's resident memory;
+(e) the Open Inference Protocol's /v2 infer with binary tensors (batch 1 against the echo,
+    batch 1024 against in-process) and with JSON tensors (batch 1024), same model and seed.
 
 Run: .venv/bin/python benchmarks/serving.py [--seconds 5] [--compare-root ../other-checkout]
-(b)-(d) run interleaved in 1-s slices, so load from other jobs hits every measure alike;
+(b)-(e) run interleaved in 1-s slices, so load from other jobs hits every measure alike;
 --compare-root adds the server of another checkout (e.g. the previous commit) to the rounds.
 Trains a small flow on digits into a private temporary store first (about a minute), unless
 --store names a BENTOML_HOME that holds one.
@@ -141,18 +143,28 @@ def onnx_vs_torch(seconds: float) -> list[str]:
     return lines
 
 
-async def http_load(base: str, body: bytes, rows: int, clients: int, seconds: float) -> float:
-    headers = {"content-type": "application/json"}
+JSON_HEADERS = {"content-type": "application/json"}
+
+
+async def http_load(
+    base: str,
+    body: bytes,
+    rows: int,
+    clients: int,
+    seconds: float,
+    path: str = "/score",
+    headers: dict[str, str] = JSON_HEADERS,
+) -> float:
     done = 0
     limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
     async with httpx.AsyncClient(base_url=base, limits=limits, timeout=60) as client:
-        await client.post("/score", content=body, headers=headers)
+        (await client.post(path, content=body, headers=headers)).raise_for_status()
         stop = time.perf_counter() + seconds
 
         async def worker() -> None:
             nonlocal done
             while time.perf_counter() < stop:
-                resp = await client.post("/score", content=body, headers=headers)
+                resp = await client.post(path, content=body, headers=headers)
                 resp.raise_for_status()
                 done += rows
 
@@ -215,6 +227,13 @@ def serving(seconds: float, compare_root: Path | None = None) -> list[str]:
     body1 = json.dumps({"model": "flow-digits", "x": one.tolist(), "seed": 0}).encode()
     body1024 = json.dumps({"model": "flow-digits", "x": big.tolist(), "seed": 0}).encode()
 
+    # The Open Inference Protocol's infer with the same rows: binary tensors both ways (the
+    # binary data extension, as tritonclient sends them by default), and JSON tensors.
+    v2_path = "/v2/models/flow-digits/infer"
+    v2bin1, v2bin_headers1 = v2_binary_body(one)
+    v2bin1024, v2bin_headers1024 = v2_binary_body(big)
+    v2json1024 = v2_json_body(big)
+
     echo_dir = Path(tempfile.mkdtemp())
     (echo_dir / "echo_app.py").write_text(ECHO_APP)
     (echo_dir / "bento_echo.py").write_text(BENTO_ECHO)
@@ -264,6 +283,15 @@ def serving(seconds: float, compare_root: Path | None = None) -> list[str]:
                 add(f"{label}|1", asyncio.run(http_load(base, body1, 1, 16, 1.0)))
                 add(f"{label}|1024", asyncio.run(http_load(base, body1024, 1024, 1, 1.0)))
                 add(f"{label}|1024x4", asyncio.run(http_load(base, body1024, 1024, 4, 1.0)))
+                if label != "this checkout, batching off":
+                    continue
+                v2 = {"path": v2_path}
+                add("v2bin1", asyncio.run(http_load(base, v2bin1, 1, 16, 1.0, **v2, headers=v2bin_headers1)))
+                add(
+                    "v2bin1024",
+                    asyncio.run(http_load(base, v2bin1024, 1024, 1, 1.0, **v2, headers=v2bin_headers1024)),
+                )
+                add("v2json1024", asyncio.run(http_load(base, v2json1024, 1024, 1, 1.0, **v2)))
         memory = {label: rss_mb(procs[label][0].pid) for label in genreg}
     finally:
         for proc, _, _ in procs.values():
@@ -288,6 +316,11 @@ def serving(seconds: float, compare_root: Path | None = None) -> list[str]:
             f"| HTTP /score, batch 1024, 1 client, {label} | {http1024:,.0f} | {http1024 / inproc1024:.2f} of in-process (target >= 0.80) |",
             f"| HTTP /score, batch 1024, 4 clients, {label} | {http1024x4:,.0f} | {http1024x4 / inproc1024:.2f} of in-process |",
         ]
+    lines += [
+        f"| V2 infer, binary tensors, batch 1, 16 clients, batching off | {mean['v2bin1']:,.0f} | {mean['v2bin1'] / echo1:.2f} of echo (target >= 1.0) |",
+        f"| V2 infer, binary tensors, batch 1024, 1 client, batching off | {mean['v2bin1024']:,.0f} | {mean['v2bin1024'] / inproc1024:.2f} of in-process (target >= 0.9) |",
+        f"| V2 infer, JSON tensors, batch 1024, 1 client, batching off | {mean['v2json1024']:,.0f} | {mean['v2json1024'] / inproc1024:.2f} of in-process |",
+    ]
     lines.append("")
     for label in genreg:
         lines.append(
@@ -295,6 +328,27 @@ def serving(seconds: float, compare_root: Path | None = None) -> list[str]:
             f"server resident memory {memory[label]:.0f} MB"
         )
     return lines
+
+
+def v2_binary_body(x: np.ndarray) -> tuple[bytes, dict[str, str]]:
+    """An infer request scoring ``x`` (kind bound, seed 0) with binary tensors in and out."""
+    data = np.ascontiguousarray(x, dtype="<f4").tobytes()
+    tensor = {
+        "name": "x",
+        "shape": list(x.shape),
+        "datatype": "FP32",
+        "parameters": {"binary_data_size": len(data)},
+    }
+    params = {"kind": "bound", "seed": 0, "binary_data_output": True}
+    head = json.dumps({"inputs": [tensor], "parameters": params}).encode()
+    headers = {"content-type": "application/octet-stream", "inference-header-content-length": str(len(head))}
+    return head + data, headers
+
+
+def v2_json_body(x: np.ndarray) -> bytes:
+    """The same request with JSON tensors both ways (flat data, as tritonclient writes it)."""
+    tensor = {"name": "x", "shape": list(x.shape), "datatype": "FP32", "data": x.reshape(-1).tolist()}
+    return json.dumps({"inputs": [tensor], "parameters": {"kind": "bound", "seed": 0}}).encode()
 
 
 def _wait_echo(base: str, body: bytes) -> None:

@@ -9,12 +9,15 @@ from __future__ import annotations
 
 import hmac
 import os
+from collections.abc import Callable
 from typing import Any
 
 from services.errors import ApiError, error_response
 
 TOKEN_ENV = "GENREG_API_TOKEN"
-OPEN_PATHS = frozenset({"/healthz", "/livez", "/readyz", "/metrics", "/", "/ui"})
+OPEN_PATHS = frozenset(
+    {"/healthz", "/livez", "/readyz", "/metrics", "/", "/ui", "/v2/health/live", "/v2/health/ready"}
+)
 OPEN_PREFIXES = ("/static/",)
 
 
@@ -57,12 +60,17 @@ class BearerAuth:
     """ASGI middleware: with a token configured, every path but the open ones needs it (401).
 
     A middleware, not a route check, so that it also guards BentoML's own routes.
-    ``endpoints`` maps API paths to the endpoint names that label genreg_errors_total.
+    ``endpoints`` maps API paths to the endpoint names that label genreg_errors_total;
+    ``endpoint_of`` names the Open Inference Protocol's (services.v2.endpoint_of), whose refusals
+    are counted with protocol="v2" and answered with its error body.
     """
 
-    def __init__(self, app: Any, endpoints: dict[str, str]) -> None:
+    def __init__(
+        self, app: Any, endpoints: dict[str, str], endpoint_of: Callable[[str], str | None] | None = None
+    ) -> None:
         self.app = app
         self.endpoints = endpoints
+        self.endpoint_of = endpoint_of or (lambda path: None)
         self.token = configured_token()
 
     @staticmethod
@@ -82,6 +90,11 @@ class BearerAuth:
             problem = None if is_open(path) else check(self.token, scope["headers"])
             if problem is not None:
                 err = ApiError(401, "authorization", problem, "unauthorized")
+                v2_endpoint = self.endpoint_of(path)
+                if v2_endpoint is not None:
+                    err.message = f"authorization: {problem}"
+                    await error_response(v2_endpoint, err, "v2")(scope, receive, send)
+                    return
                 await error_response(self.endpoints.get(path, "other"), err)(scope, receive, send)
                 return
         await self.app(scope, receive, send)

@@ -28,15 +28,27 @@ class ApiError(Exception):
         self.headers = headers or {}
 
 
+# Between start-up and shutdown BentoML holds the service instance; outside it (a request that
+# races the shutdown) its accessor raises, and the answer is 503, not a traceback.
+NOT_RUNNING = ApiError(503, None, "the service is starting or stopping; retry", "unavailable")
+
+
 def json_response(payload: object, status: int = 200, headers: dict[str, str] | None = None) -> Response:
     return Response(dumps(payload), status_code=status, media_type="application/json", headers=headers)
 
 
-def error_response(endpoint: str, err: ApiError) -> Response:
-    """``{"error", "field"}`` with the error's status, counted in genreg_errors_total."""
-    ERRORS.labels(endpoint=endpoint, reason=err.reason).inc()
-    log.info("%s %d %s: %s", endpoint, err.status, err.field or "-", err.message)
-    headers = dict(err.headers)
+def error_response(
+    endpoint: str, err: ApiError, protocol: str = "genreg", headers: dict[str, str] | None = None
+) -> Response:
+    """The error's status and body, counted in genreg_errors_total.
+
+    genreg's API answers ``{"error", "field"}``; the Open Inference Protocol (``protocol="v2"``)
+    defines its error body as ``{"error"}`` alone, and its messages name the field instead.
+    """
+    ERRORS.labels(endpoint=endpoint, reason=err.reason, protocol=protocol).inc()
+    log.info("%s %s %d %s: %s", protocol, endpoint, err.status, err.field or "-", err.message)
+    headers = {**err.headers, **(headers or {})}
     if err.status == 401:
         headers["www-authenticate"] = 'Bearer realm="genreg"'
-    return json_response({"error": err.message, "field": err.field}, err.status, headers or None)
+    body = {"error": err.message} if protocol == "v2" else {"error": err.message, "field": err.field}
+    return json_response(body, err.status, headers or None)

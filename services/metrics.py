@@ -8,10 +8,12 @@ from __future__ import annotations
 
 from prometheus_client import Counter, Gauge, Histogram
 
+# ``protocol`` tells genreg's own API ("genreg") from the Open Inference Protocol ("v2"):
+# the same requests, counted alike, told apart.
 ROWS = Counter(
     "genreg_rows",
-    "Rows sampled or scored, by model and kind (sample, log_prob, bound, discriminator)",
-    ["model", "kind"],
+    "Rows sampled or scored, by model, kind (sample, log_prob, bound, discriminator) and protocol",
+    ["model", "kind", "protocol"],
 )
 INFERENCE_SECONDS = Histogram(
     "genreg_inference_seconds",
@@ -27,8 +29,8 @@ MODEL_LOAD_SECONDS = Gauge(
 )
 ERRORS = Counter(
     "genreg_errors",
-    "Requests answered with an error, by endpoint and reason",
-    ["endpoint", "reason"],
+    "Requests answered with an error, by endpoint, reason and protocol (genreg or v2)",
+    ["endpoint", "reason", "protocol"],
 )
 MODEL_INFO = Gauge(
     "genreg_model_info",

@@ -8,14 +8,22 @@ what clients, Swagger UI and the schema-driven fuzzer (tests/test_fuzz.py) rely 
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from pydantic import BaseModel
 from pydantic.json_schema import models_json_schema
 
+from registry.runtime.scoring import draw_weight
 from services.schemas import (
+    MAX_DRAW_ROWS,
+    MAX_DRAWS,
+    MAX_N,
+    MAX_ROWS,
+    MAX_TWO_SAMPLE,
     MODEL_NAME,
     MODEL_REF,
+    V2_PROTOCOL_PARAMETERS,
     ErrorBody,
     ModelsResponse,
     RepositoryAnswer,
@@ -28,6 +36,16 @@ from services.schemas import (
     ScoreResponse,
     TwoSampleRequest,
     TwoSampleResponse,
+    V2Error,
+    V2InferRequest,
+    V2InferResponse,
+    V2Live,
+    V2ModelMetadata,
+    V2ModelReady,
+    V2Ready,
+    V2SampleParameters,
+    V2ScoreParameters,
+    V2ServerMetadata,
 )
 
 REF = "#/components/schemas/{model}"
@@ -43,6 +61,30 @@ ERRORS = {
     "413": "body over the size limit",
     "422": "the model lacks the capability; the message lists what it has",
     "503": "the service is starting or stopping",
+}
+
+
+V2_MODELS = [
+    V2InferRequest,
+    V2ScoreParameters,
+    V2SampleParameters,
+    V2Error,
+    V2ServerMetadata,
+    V2Live,
+    V2Ready,
+    V2ModelReady,
+    V2ModelMetadata,
+    V2InferResponse,
+]
+V2_NAME = r"^[a-z0-9][a-z0-9._-]*$"
+V2_VERSION = r"^[a-z0-9]+$"
+V2_ERRORS = {
+    "400": "invalid request: the field or tensor and the problem are named",
+    "404": "unknown model or version",
+    "409": ERRORS["409"],
+    "413": ERRORS["413"],
+    "422": ERRORS["422"],
+    "503": ERRORS["503"],
 }
 
 
@@ -100,11 +142,13 @@ def _repository(error: dict[str, str], denied: dict[str, Any]) -> dict[str, Any]
     return paths
 
 
-def build(served: list[str], auth: bool) -> dict[str, Any]:
-    """The document; ``served`` names the models this instance serves, ``auth`` adds 401s."""
+def build(served: list[str], auth: bool, described: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+    """The document; ``served`` names the models this instance serves, ``auth`` adds 401s, and
+    ``described`` (Genreg.described: each stored version's width, levels, kinds, sampler)
+    makes the request schemas exact (:func:`_exact`)."""
     models = [SampleRequest, ScoreRequest, TwoSampleRequest, SampleResponse, ScoreResponse]
-    models += [TwoSampleResponse, ModelsResponse, ErrorBody, RepositoryIndexRequest, RepositoryLoadRequest]
-    models += [RepositoryEntry, RepositoryAnswer]
+    models += [TwoSampleResponse, ModelsResponse, ErrorBody, *V2_MODELS, RepositoryIndexRequest]
+    models += [RepositoryLoadRequest, RepositoryEntry, RepositoryAnswer]
     _, top = models_json_schema([(m, "validation") for m in models], ref_template=REF)
     components = top["$defs"]
     if served:
@@ -116,6 +160,8 @@ def build(served: list[str], auth: bool) -> dict[str, Any]:
             prop.pop("type", None)
             prop["anyOf"] = [{"type": "string", "enum": served}, {"type": "string", "pattern": MODEL_REF}]
             prop["description"] = "name (newest version) or name:version"
+    if described:
+        _exact(components, described)
     error = _ref(ErrorBody)
     denied = {"401": _json(error, "missing or wrong bearer token")} if auth else {}
     paths: dict[str, Any] = {}
@@ -170,9 +216,262 @@ def build(served: list[str], auth: bool) -> dict[str, Any]:
         "paths": paths,
         "components": {"schemas": components},
     }
+    paths.update(_v2_paths(components, served, denied))
     if auth:
         doc["components"]["securitySchemes"] = {"bearer": {"type": "http", "scheme": "bearer"}}
         doc["security"] = [{"bearer": []}]
-        for path in ("/livez", "/readyz", "/healthz", "/metrics"):
+        for path in ("/livez", "/readyz", "/healthz", "/metrics", "/v2/health/live", "/v2/health/ready"):
             paths[path]["get"]["security"] = []
     return doc
+
+
+def _not_null(prop: dict[str, Any]) -> dict[str, Any]:
+    options = [o for o in prop.get("anyOf", []) if o != {"type": "null"}]
+    if len(options) != 1:
+        return prop
+    return {**{k: v for k, v in prop.items() if k not in ("anyOf", "default")}, **options[0]}
+
+
+def _v2_infer_body(components: dict[str, Any]) -> dict[str, Any]:
+    """The infer request as genreg maps it: score (one input, x) or sample (no inputs).
+
+    Built from V2InferRequest with the operation's parameters (the fields of /score and /sample);
+    what it cannot say (the data agreeing with the shape, rows as wide as the model) the server
+    answers with a 400 naming the tensor.
+    """
+    base = components["V2InferRequest"]
+    components["V2InputTensor"]["properties"]["name"] = {"type": "string", "enum": ["x"]}
+    protocol = {name: {"type": "boolean"} for name in V2_PROTOCOL_PARAMETERS}
+
+    def operation(title: str, params: str, inputs: dict[str, Any]) -> dict[str, Any]:
+        schema = {**base, "title": title, "properties": dict(base["properties"])}
+        # The protocol's parameters take no null: an optional one is left out instead.
+        own = {key: _not_null(prop) for key, prop in components[params]["properties"].items()}
+        schema["properties"]["parameters"] = {
+            "type": "object",
+            "properties": {**own, **protocol},
+            "additionalProperties": False,
+        }
+        schema["properties"]["inputs"] = {**base["properties"]["inputs"], **inputs}
+        return schema
+
+    return {
+        "anyOf": [
+            operation("score", "V2ScoreParameters", {"minItems": 1, "maxItems": 1}),
+            operation("sample", "V2SampleParameters", {"maxItems": 0}),
+        ]
+    }
+
+
+def _v2_paths(components: dict[str, Any], served: list[str], denied: dict[str, Any]) -> dict[str, Any]:
+    """The Open Inference Protocol's REST routes (services.v2)."""
+    error = _ref(V2Error)
+    name_schema: dict[str, Any] = {"type": "string", "pattern": V2_NAME}
+    if served:
+        name_schema = {"anyOf": [{"type": "string", "enum": served}, name_schema]}
+    name = {"name": "name", "in": "path", "required": True, "schema": name_schema}
+    version = {
+        "name": "version",
+        "in": "path",
+        "required": True,
+        "schema": {"type": "string", "pattern": V2_VERSION},
+    }
+    refused = {code: _json(error, why) for code, why in V2_ERRORS.items()}
+    paths: dict[str, Any] = {
+        "/v2": {
+            "get": {
+                "summary": "V2 server metadata",
+                "operationId": "v2_server_metadata",
+                "responses": {"200": _json(_ref(V2ServerMetadata), "name, version, extensions")} | denied,
+            }
+        },
+        "/v2/health/live": {
+            "get": {
+                "summary": "V2 server live",
+                "operationId": "v2_server_live",
+                "responses": {"200": _json(_ref(V2Live), "alive")},
+            }
+        },
+        "/v2/health/ready": {
+            "get": {
+                "summary": "V2 server ready",
+                "operationId": "v2_server_ready",
+                "responses": {
+                    "200": _json(_ref(V2Ready), "models loaded"),
+                    "503": _json(error, "starting or stopping"),
+                },
+            }
+        },
+    }
+    infer_body = _v2_infer_body(components)
+    for suffix, params in (("", [name]), ("/versions/{version}", [name, version])):
+        base = "/v2/models/{name}" + suffix
+        tag = "_version" if suffix else ""
+        lookup = {code: refused[code] for code in ("404", "409", "503")} | denied
+        paths[base] = {
+            "get": {
+                "summary": "V2 model metadata: inputs and outputs from the stored description",
+                "operationId": f"v2_model_metadata{tag}",
+                "parameters": params,
+                "responses": {"200": _json(_ref(V2ModelMetadata), "the model's metadata")} | lookup,
+            }
+        }
+        paths[base + "/ready"] = {
+            "get": {
+                "summary": "V2 model ready",
+                "operationId": f"v2_model_ready{tag}",
+                "parameters": params,
+                "responses": {"200": _json(_ref(V2ModelReady), "ready")} | lookup,
+            }
+        }
+        header = {
+            "name": "Inference-Header-Content-Length",
+            "in": "header",
+            "required": False,
+            "schema": {"type": "integer", "minimum": 1},
+            "description": "binary extension: the JSON header's length; binary tensors follow it",
+        }
+        binary = {
+            "type": "string",
+            "format": "binary",
+            "description": "the JSON request, then each binary input's bytes in order",
+        }
+        ok = {
+            "description": "the outputs",
+            "content": {
+                "application/json": {"schema": _ref(V2InferResponse)},
+                "application/octet-stream": {
+                    "schema": {
+                        "type": "string",
+                        "format": "binary",
+                        "description": "JSON header, then binary outputs",
+                    }
+                },
+            },
+        }
+        paths[base + "/infer"] = {
+            "post": {
+                "summary": "V2 infer: score (input x) or sample (no inputs), JSON or binary tensors",
+                "operationId": f"v2_infer{tag}",
+                "parameters": [*params, header],
+                "requestBody": {
+                    "required": True,
+                    "content": {
+                        "application/json": {"schema": infer_body},
+                        "application/octet-stream": {"schema": binary},
+                    },
+                },
+                "responses": {"200": ok} | refused | denied,
+            }
+        }
+    return paths
+
+
+# --- exact request schemas ---------------------------------------------------------------------
+# A schema-valid request must be answered (2xx, or 404/409 for a model not served or broken),
+# and any other refused with 4xx: the fuzzer checks both ways (positive_data_acceptance,
+# negative_data_rejection). The pydantic models cannot know a model's width, levels or kinds,
+# so with the store known each body becomes "one of": a branch per stored version with its own
+# limits, and one for names that are not served (always 404).
+F32_MAX = 3.4028234663852886e38  # np.finfo(np.float32).max: the row check's bound
+
+
+def _refs(d: dict[str, Any]) -> list[str]:
+    return [d["name"], f"{d['name']}:latest", d["tag"]] if d["newest"] else [d["tag"]]
+
+
+def _rows(d: dict[str, Any], low: int, high: int) -> dict[str, Any]:
+    """Rows as registry.runtime.rows.check_rows takes them for this model's data."""
+    if d["levels"]:
+        value: dict[str, Any] = {"type": "integer", "minimum": 0, "maximum": d["levels"] - 1}
+    else:
+        value = {"type": "number", "minimum": -F32_MAX, "maximum": F32_MAX}
+    row = {"type": "array", "items": value, "minItems": d["dim"], "maxItems": d["dim"]}
+    return {"type": "array", "items": row, "minItems": low, "maxItems": high}
+
+
+def _object(properties: dict[str, Any], required: list[str]) -> dict[str, Any]:
+    return {"type": "object", "properties": properties, "required": required, "additionalProperties": False}
+
+
+def draw_tiers(
+    max_rows: int = MAX_ROWS, max_draws: int = MAX_DRAWS, budget: int = MAX_DRAW_ROWS
+) -> list[tuple[int, int]]:
+    """(most k, most rows) rectangles whose union is what /score takes: rows <= max_rows,
+    k <= max_draws and rows x draw_weight(k) <= budget (registry.runtime.scoring)."""
+    tiers: list[tuple[int, int]] = []
+    weight = 1
+    while True:
+        top = min(max_draws, weight)  # the largest k that weighs this much: k in (weight / 2, weight]
+        rows = min(max_rows, budget // draw_weight(top))
+        if rows < 1:
+            break
+        if tiers and tiers[-1][1] == rows:
+            tiers[-1] = (top, rows)
+        else:
+            tiers.append((top, rows))
+        if top == max_draws:
+            break
+        weight *= 2
+    return tiers
+
+
+def _exact(components: dict[str, Any], described: list[dict[str, Any]]) -> None:
+    seed = components["ScoreRequest"]["properties"]["seed"]
+    sample_props = components["SampleRequest"]["properties"]
+    two = components["TwoSampleRequest"]["properties"]
+    score, sample, two_sample = [], [], []
+    for d in described:
+        model = {"type": "string", "enum": _refs(d)}
+        for kind in d["kinds"]:
+            default = kind == d["kinds"][0]
+            kind_schema = {"enum": [kind, None]} if default else {"const": kind}
+            required = ["model", "x"] if default else ["model", "x", "kind"]
+            tiers = draw_tiers() if kind == "bound" else [(1, MAX_ROWS)]
+            for most_k, most_rows in tiers:
+                props = {
+                    "model": model,
+                    "x": _rows(d, 1, most_rows),
+                    "kind": kind_schema,
+                    "seed": seed,
+                    "k": {"type": "integer", "minimum": 1, "maximum": most_k},
+                }
+                score.append(_object(props, required))
+        if not d["sampler"]:
+            continue  # 422 for every request: no branch
+        most_n = min(MAX_N, MAX_DRAW_ROWS // d["steps"])
+        props = dict(sample_props)
+        props.update(
+            model=model,
+            n={**sample_props["n"], "maximum": most_n},
+            format={**sample_props["format"], "enum": ["json", "png"] if d["image"] else ["json"]},
+        )
+        sample.append(_object(props, ["model"]))
+        # Without n_model, the real rows set how many samples are drawn (x steps).
+        most_x = min(MAX_TWO_SAMPLE, MAX_DRAW_ROWS // d["steps"])
+        n_model = {"type": "integer", "minimum": 10, "maximum": most_x}
+        props = dict(two)
+        props.update(model=model, x=_rows(d, 10, MAX_TWO_SAMPLE), n_model=n_model)
+        two_sample.append(_object(props, ["model", "x", "n_model"]))
+        props = dict(props, x=_rows(d, 10, most_x), n_model={"type": "null"})
+        two_sample.append(_object(props, ["model", "x"]))
+    # Names served here, with any version: not the fallback's (their versions have branches).
+    names = sorted({d["name"] for d in described})
+    served = {"pattern": "^(" + "|".join(re.escape(n) for n in names) + ")(:.*)?$"}
+    for name, branches in (
+        ("ScoreRequest", score),
+        ("SampleRequest", sample),
+        ("TwoSampleRequest", two_sample),
+    ):
+        fallback = dict(components[name])
+        fallback["properties"] = dict(fallback["properties"])
+        fallback["properties"]["model"] = {
+            "type": "string",
+            "pattern": MODEL_REF,
+            "not": served,
+            "description": "a name not served here: 404",
+        }
+        components[name] = {
+            "anyOf": [*branches, fallback],
+            "description": components[name].get("description", ""),
+        }

@@ -24,8 +24,8 @@ from typing import Any, Protocol
 
 from starlette.responses import Response
 
-from services import openapi
-from services.errors import ApiError, error_response, json_response
+from services import openapi, v2
+from services.errors import NOT_RUNNING, ApiError, error_response, json_response
 from services.jsonbody import loads, may_hold_bools
 
 # Path -> endpoint name (the label of genreg_errors_total and the handler's switch).
@@ -44,8 +44,8 @@ STATIC = Path(__file__).resolve().parent / "static"
 MEDIA_TYPES = {".html": "text/html; charset=utf-8", ".js": "text/javascript", ".css": "text/css"}
 
 
-class Api(Protocol):
-    """What the routes need of the service instance."""
+class Api(v2.V2Api, Protocol):
+    """What the routes need of the service instance (and the V2 routes, services.v2)."""
 
     async def handle(
         self,
@@ -58,10 +58,7 @@ class Api(Protocol):
 
     def served(self) -> list[str]: ...
 
-
-# Between start-up and shutdown BentoML holds the service instance; outside it (a request that
-# races the shutdown) its accessor raises, and the answer is 503, not a traceback.
-NOT_RUNNING = ApiError(503, None, "the service is starting or stopping; retry", "unavailable")
+    def described(self) -> list[dict[str, Any]]: ...
 
 
 def _instance(service: Callable[[], Api]) -> Api | None:
@@ -81,6 +78,26 @@ def _content_length(scope: dict[str, Any]) -> int | None:
     return None
 
 
+async def read_body(scope: dict[str, Any], receive: Any, limit: int) -> bytes | ApiError | None:
+    """The whole body; ApiError 413 past ``limit`` (declared or streamed); None if the client left."""
+    too_large = ApiError(413, "body", f"the request body exceeds {limit} bytes", "too_large")
+    declared = _content_length(scope)
+    if declared is not None and declared > limit:
+        return too_large
+    chunks, size = [], 0
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            return None
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > limit:
+            return too_large
+        chunks.append(chunk)
+        if not message.get("more_body", False):
+            return b"".join(chunks)
+
+
 class _Endpoint:
     """One API route as a bare ASGI app (no Request object: the body is all it needs)."""
 
@@ -97,8 +114,11 @@ class _Endpoint:
         self.params = params  # values taken from the path (the model name of a repository call)
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
-        body = b"" if scope["method"] == "GET" else await self._read(scope, receive, send)
+        body = b"" if scope["method"] == "GET" else await read_body(scope, receive, self.max_body_bytes)
         if body is None:
+            return
+        if isinstance(body, ApiError):
+            await error_response(self.endpoint, body)(scope, receive, send)
             return
         if (self.endpoint == "models" or self.endpoint.startswith("repository")) and not body.strip():
             body = b"{}"
@@ -118,29 +138,6 @@ class _Endpoint:
             self.endpoint, parsed, may_hold_bools=may_hold_bools(body), params=self.params
         )
         await answer(scope, receive, send)
-
-    async def _read(self, scope: dict[str, Any], receive: Any, send: Any) -> bytes | None:
-        """The whole body, or None after answering 413 (or when the client went away)."""
-        too_large = ApiError(
-            413, "body", f"the request body exceeds {self.max_body_bytes} bytes", "too_large"
-        )
-        declared = _content_length(scope)
-        if declared is not None and declared > self.max_body_bytes:
-            await error_response(self.endpoint, too_large)(scope, receive, send)
-            return None
-        chunks, size = [], 0
-        while True:
-            message = await receive()
-            if message["type"] == "http.disconnect":
-                return None
-            chunk = message.get("body", b"")
-            size += len(chunk)
-            if size > self.max_body_bytes:
-                await error_response(self.endpoint, too_large)(scope, receive, send)
-                return None
-            chunks.append(chunk)
-            if not message.get("more_body", False):
-                return b"".join(chunks)
 
 
 def static_file(name: str) -> Response:
@@ -182,16 +179,19 @@ class ApiRoutes:
             err = ApiError(
                 405, "method", f"{method} {path} is not allowed; use {allowed}", "method_not_allowed"
             )
-            await error_response(API_PATHS[path], err)(scope, receive, send)
+            await error_response(API_PATHS[path], err, headers={"allow": allowed})(scope, receive, send)
         elif (match := REPOSITORY.match(path)) is not None:
             await self._repository(match, scope, receive, send)
+        elif (found := v2.route(path)) is not None and method not in ("OPTIONS", "HEAD"):
+            await self._v2(found, scope, receive, send)
         elif method == "GET" and (path in ("/", "/ui") or path.startswith("/static/")):
             name = "index.html" if path in ("/", "/ui") else path.removeprefix("/static/")
             await static_file(name)(scope, receive, send)
         elif method == "GET" and path == "/docs.json":
             service = _instance(self.service)
             served = service.served() if service is not None else []
-            await json_response(openapi.build(served, self.auth))(scope, receive, send)
+            described = service.described() if service is not None else []
+            await json_response(openapi.build(served, self.auth, described))(scope, receive, send)
         else:
             await self.app(scope, receive, send)
 
@@ -204,7 +204,26 @@ class ApiRoutes:
                 f"{scope['method']} {scope['path']} is not allowed; use POST",
                 "method_not_allowed",
             )
-            await error_response(endpoint, err)(scope, receive, send)
+            await error_response(endpoint, err, headers={"allow": "POST"})(scope, receive, send)
             return
         params = None if match["index"] else {"model": match["name"]}
         await _Endpoint(endpoint, self.service, self.max_body_bytes, params)(scope, receive, send)
+
+    async def _v2(self, found: v2.Route, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        """An Open Inference Protocol route (services.v2): same body limit, same service instance."""
+        method, path = scope["method"], scope["path"]
+        if method != found.method:
+            await v2.method_not_allowed(found, method, path)(scope, receive, send)
+            return
+        body = b""
+        if method == "POST":
+            read = await read_body(scope, receive, self.max_body_bytes)
+            if read is None:
+                return
+            if isinstance(read, ApiError):
+                await v2.refuse(found.endpoint, read)(scope, receive, send)
+                return
+            body = read
+        headers = dict(scope["headers"])
+        answer = await v2.answer(found, headers, body, _instance(self.service))
+        await answer(scope, receive, send)

@@ -18,11 +18,14 @@ from pydantic import (
     ConfigDict,
     Field,
     PlainValidator,
+    ValidationError,
     ValidationInfo,
     WithJsonSchema,
+    create_model,
 )
 
 from registry.runtime.rows import parse_rows
+from services.errors import ApiError
 
 MAX_N = int(os.environ.get("GENREG_MAX_N", "4096"))
 MAX_ROWS = int(os.environ.get("GENREG_MAX_ROWS", "4096"))
@@ -62,6 +65,15 @@ def _integral(value: Any) -> Any:
 Int = Annotated[int, BeforeValidator(_integral)]
 
 
+def Bounded(**bounds: int) -> Any:
+    """An Int with bounds, for Optionals and list items: written before the validator, or pydantic
+    publishes them as raw ge/lt keys that JSON Schema ignores (the document lost the bound)."""
+    return Annotated[int, Field(**bounds), BeforeValidator(_integral)]
+
+
+Seed = Bounded(ge=0, lt=2**63)
+
+
 class _Strict(BaseModel):
     # strict: the published schema says integer or number, so "5" or true is refused, not coerced.
     model_config = ConfigDict(extra="forbid", strict=True, arbitrary_types_allowed=True)
@@ -70,7 +82,7 @@ class _Strict(BaseModel):
 class SampleRequest(_Strict):
     model: str = Field(pattern=MODEL_REF, description="name (newest version) or name:version")
     n: Int = Field(1, ge=1, le=MAX_N, description=f"number of samples, at most {MAX_N}")
-    seed: Int | None = Field(None, ge=0, lt=2**63, description="same seed, same samples")
+    seed: Seed | None = Field(None, description="same seed, same samples")
     temperature: float = Field(
         1.0, ge=0.0, le=10.0, description="scales the normal and Gumbel noise: 0 takes the most likely draw"
     )
@@ -81,7 +93,7 @@ class ScoreRequest(_Strict):
     model: str = Field(pattern=MODEL_REF)
     x: Rows(1, MAX_ROWS, f"rows to score, at most {MAX_ROWS}, each as wide as the model's data")
     kind: Literal["log_prob", "bound", "discriminator"] | None = None
-    seed: Int | None = Field(0, ge=0, lt=2**63, description="seed of the scorer's noise")
+    seed: Seed | None = Field(0, description="seed of the scorer's noise")
     k: Int = Field(1, ge=1, le=MAX_DRAWS, description="noise draws per row for kind=bound")
 
 
@@ -89,7 +101,9 @@ class TwoSampleRequest(_Strict):
     model: str = Field(pattern=MODEL_REF)
     x: Rows(10, MAX_TWO_SAMPLE, "real rows")
     test: Literal["mmd", "c2st"] = "mmd"
-    n_model: Int | None = Field(None, ge=10, le=MAX_TWO_SAMPLE, description="model samples (default: len(x))")
+    n_model: Bounded(ge=10, le=MAX_TWO_SAMPLE) | None = Field(
+        None, description="model samples (default: len(x))"
+    )
     seed: Int = Field(0, ge=0, lt=2**63)
     permutations: Int = Field(200, ge=0, le=2000, description="MMD permutation null size")
 
@@ -155,6 +169,170 @@ class ModelsResponse(BaseModel):
 class ErrorBody(BaseModel):
     error: str = Field(description="what is wrong, naming the field")
     field: str | None = Field(description="the request field at fault (body: the body as a whole)")
+
+
+# --- Open Inference Protocol (KServe V2) ---------------------------------------------------------
+# The protocol's request body (its JSON part; binary tensor data follows it, see services.tensors)
+# and genreg's operations as request parameters. The parameters reuse the fields of /score and
+# /sample themselves (same bounds, same defaults), so the two protocols cannot drift apart.
+
+# Every datatype the protocol names; which of them a tensor may carry is services.tensors' call.
+V2_DATATYPES = (
+    "BOOL",
+    "UINT8",
+    "UINT16",
+    "UINT32",
+    "UINT64",
+    "INT8",
+    "INT16",
+    "INT32",
+    "INT64",
+    "FP16",
+    "FP32",
+    "FP64",
+    "BF16",
+    "BYTES",
+)
+# The ones genreg's models take (rows of numbers); BOOL, BF16 and BYTES are refused by name.
+V2_NUMBERS = (
+    "UINT8",
+    "UINT16",
+    "UINT32",
+    "UINT64",
+    "INT8",
+    "INT16",
+    "INT32",
+    "INT64",
+    "FP16",
+    "FP32",
+    "FP64",
+)
+# Request parameters the protocol itself defines (the rest are genreg's operation parameters).
+V2_PROTOCOL_PARAMETERS = ("binary_data_output",)
+
+
+class V2TensorParameters(_Strict):
+    binary_data_size: Int | None = Field(
+        None, ge=0, description="bytes of this tensor in the binary part of the body (binary extension)"
+    )
+
+
+class V2InputTensor(_Strict):
+    name: str = Field(min_length=1, max_length=256)
+    shape: list[Bounded(ge=0, lt=2**63)] = Field(max_length=16)
+    # A plain string here: an unknown datatype is refused by services.tensors with the tensor's name.
+    datatype: Annotated[str, WithJsonSchema({"type": "string", "enum": list(V2_NUMBERS)})]
+    parameters: V2TensorParameters | None = None
+    data: Annotated[Any, WithJsonSchema({"type": "array", "description": "flat or nested, row-major"})] = None
+
+
+class V2OutputParameters(_Strict):
+    binary_data: bool | None = Field(None, description="this output as binary data after the JSON")
+
+
+class V2RequestedOutput(_Strict):
+    name: str = Field(min_length=1, max_length=256)
+    parameters: V2OutputParameters | None = None
+
+
+class V2InferRequest(_Strict):
+    id: str | None = Field(None, max_length=256, description="echoed in the response")
+    parameters: dict[str, bool | Int | float | str] | None = Field(
+        None, description="binary_data_output, and the operation's parameters"
+    )
+    inputs: list[V2InputTensor] = Field(max_length=16)
+    outputs: list[V2RequestedOutput] | None = Field(None, max_length=16)
+
+
+def _fields(model: type[BaseModel], *names: str) -> dict[str, Any]:
+    return {name: (model.model_fields[name].annotation, model.model_fields[name]) for name in names}
+
+
+# The V2 parameters of each operation: the very fields of ScoreRequest and SampleRequest.
+V2ScoreParameters = create_model(
+    "V2ScoreParameters", __base__=_Strict, **_fields(ScoreRequest, "kind", "seed", "k")
+)
+V2SampleParameters = create_model(
+    "V2SampleParameters",
+    __base__=_Strict,
+    **_fields(SampleRequest, "n", "seed", "temperature"),
+    steps=(Bounded(ge=1) | None, Field(None, description="sampling steps; only a step sampler's own count")),
+)
+
+
+# V2 responses (published in the OpenAPI document; the fuzzer checks answers against them).
+class V2Error(BaseModel):
+    error: str = Field(description="what is wrong, naming the field or tensor")
+
+
+class V2ServerMetadata(BaseModel):
+    name: str
+    version: str
+    extensions: list[str]
+
+
+class V2Live(BaseModel):
+    live: bool
+
+
+class V2Ready(BaseModel):
+    ready: bool
+
+
+class V2ModelReady(BaseModel):
+    name: str
+    ready: bool
+
+
+class V2TensorMetadata(BaseModel):
+    name: str
+    datatype: Literal["FP32", "FP64"]
+    shape: list[int] = Field(description="-1: any number of rows")
+
+
+class V2ModelMetadata(BaseModel):
+    name: str
+    versions: list[str] = Field(description="stored versions, newest first")
+    platform: str
+    inputs: list[V2TensorMetadata] = Field(description="x (score); none to sample")
+    outputs: list[V2TensorMetadata]
+    parameters: dict[str, str | int] = Field(description="family, kinds, operations, steps (step samplers)")
+
+
+class V2OutputTensor(BaseModel):
+    name: str = Field(description="scores, bits_per_dim, elbo (score) or samples (sample)")
+    datatype: Literal["FP32", "FP64"]
+    shape: list[int]
+    data: list[Number] | None = Field(None, description="row-major; null for a non-finite value")
+    parameters: dict[str, int] | None = Field(None, description="binary_data_size of a binary output")
+
+
+class V2InferResponse(BaseModel):
+    model_name: str
+    model_version: str
+    id: str | None = None
+    parameters: dict[str, str | int] = Field(description="kind and k (score); n and steps (sample)")
+    outputs: list[V2OutputTensor]
+
+
+def validate(
+    model: type[BaseModel], body: dict[str, Any], may_hold_bools: bool = True, prefix: str = ""
+) -> Any:
+    """``body`` as ``model``, or ApiError 400 naming the first field at fault (led by ``prefix``)."""
+    try:
+        return model.model_validate(body, context={"may_hold_bools": may_hold_bools})
+    except ValidationError as exc:
+        first = exc.errors(include_url=False)[0]
+        field = ".".join(str(p) for p in (prefix, *first["loc"]) if p != "") or "body"
+        top = str(first["loc"][0]) if first["loc"] else "body"
+        message = "unknown field" if first["type"] == "extra_forbidden" else first["msg"]
+        message = message.removeprefix("Value error, ")
+        # The reason is a metric label: only names the schema defines, never a client's
+        # invented field name (each would be a new time series, without bound).
+        reason = f"invalid_{top}" if top in model.model_fields else "unknown_field"
+        if first["type"] != "extra_forbidden" and top not in model.model_fields:
+            reason = "invalid_body"
+        raise ApiError(400, prefix or top, f"{field}: {message}", reason) from None
 
 
 # The Open Inference Protocol's model repository extension (the live registry's control).

@@ -5,7 +5,9 @@ JSON body ``{"error", "field"}`` (404 for an unknown model, 422 for a kind the m
 400 for anything else wrong in the body), counted in ``genreg_errors_total``, and logged
 as one line, never as a traceback. HTTP requests reach :meth:`Genreg.handle` through the
 routes that services.routes mounts on the service (BentoML's documented way to add routes),
-which read and parse each body once; bearer auth (services.auth) guards every route.
+which read and parse each body once; bearer auth (services.auth) guards every route. The
+Open Inference Protocol's routes (services.v2) call the same :meth:`Genreg.score` and
+:meth:`Genreg.sample`: one path per operation, whichever protocol asked.
 """
 
 from __future__ import annotations
@@ -16,21 +18,22 @@ import logging
 import os
 import re
 import time
+from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
 from typing import Any
 
 import anyio
 import bentoml
 import numpy as np
-from pydantic import BaseModel, ValidationError
 from starlette.responses import Response
 
-from registry.runtime.models import CapabilityError, LoadedModel
+from registry.runtime import scoring
+from registry.runtime.models import CapabilityError, LoadedModel, model_kinds
 from registry.runtime.png import png_grid
 from registry.runtime.remote import pull_new
 from registry.runtime.rows import InputError, check_rows
-from registry.runtime.scoring import score
-from registry.runtime.store import ModelNotFound, StoreError
+from registry.runtime.scoring import Scores
+from registry.runtime.store import ModelNotFound, StoreError, list_models
 from registry.runtime.two_sample import c2st, mmd_test
 from services.admission import HEAVY_VALUES, MAX_HEAVY, HeavyGate
 from services.auth import BearerAuth
@@ -42,6 +45,7 @@ from services.routes import API_PATHS, ApiRoutes
 from services.schemas import (
     MAX_DRAW_ROWS,
     MODEL_NAME,
+    MODEL_REF,
     ModelInfo,
     RepositoryAnswer,
     RepositoryEntry,
@@ -50,9 +54,12 @@ from services.schemas import (
     SampleRequest,
     ScoreRequest,
     TwoSampleRequest,
+    validate,
 )
+from services.v2 import endpoint_of
 
 log = logging.getLogger("genreg.service")
+MODEL_PATTERN = re.compile(MODEL_REF)
 WORKERS = int(os.environ.get("GENREG_WORKERS", "1"))
 # One intra-op thread per session by default: ONNX Runtime's own pool spins against the HTTP
 # workers for the cores, and lost at batch 1 and 1024 alike (benchmarks/RESULTS.md, Serving).
@@ -70,23 +77,6 @@ POLL_SECONDS = float(os.environ.get("GENREG_POLL_SECONDS", "2"))
 REMOTE_POLL_SECONDS = float(os.environ.get("GENREG_REMOTE_POLL_SECONDS", "10"))
 
 
-def _validate(model: type[BaseModel], body: dict[str, Any], may_hold_bools: bool) -> Any:
-    try:
-        return model.model_validate(body, context={"may_hold_bools": may_hold_bools})
-    except ValidationError as exc:
-        first = exc.errors(include_url=False)[0]
-        field = ".".join(str(p) for p in first["loc"]) or "body"
-        top = str(first["loc"][0]) if first["loc"] else "body"
-        message = "unknown field" if first["type"] == "extra_forbidden" else first["msg"]
-        message = message.removeprefix("Value error, ")
-        # The reason is a metric label: only names the schema defines, never a client's
-        # invented field name (each would be a new time series, without bound).
-        reason = f"invalid_{top}" if top in model.model_fields else "unknown_field"
-        if first["type"] != "extra_forbidden" and top not in model.model_fields:
-            reason = "invalid_body"
-        raise ApiError(400, top, f"{field}: {message}", reason) from None
-
-
 def _check_sample_cost(loaded: LoadedModel, n: int, field: str) -> None:
     """Refuse a sample whose graph calls (n x the loop's steps) exceed the per-request row limit."""
     cost = loaded.sample_cost(n)
@@ -100,10 +90,10 @@ def _check_sample_cost(loaded: LoadedModel, n: int, field: str) -> None:
         )
 
 
-async def _call(fn: Any, req: Any, rows: int) -> Any:
+async def _call(fn: Callable[[], Any], rows: int) -> Any:
     if rows <= INLINE_ROWS:
-        return fn(req)
-    return await anyio.to_thread.run_sync(fn, req)
+        return fn()
+    return await anyio.to_thread.run_sync(fn)
 
 
 def model_info(loaded: LoadedModel) -> dict[str, Any]:
@@ -166,7 +156,8 @@ class Genreg:
             model=loaded.stored.name, version=loaded.stored.version, provider=loaded.provider
         ).set(0)
 
-    def _resolve(self, ref: str) -> LoadedModel:
+    def resolve(self, ref: str) -> LoadedModel:
+        """The loaded model for ``name`` or ``name:version``; ApiError 404 (unknown) or 409 (corrupt)."""
         try:
             loaded = self.cache.resolve(ref)
         except ModelNotFound as exc:
@@ -178,6 +169,36 @@ class Genreg:
     def served(self) -> list[str]:
         """The names this instance serves (their newest versions)."""
         return sorted(self.cache.newest)
+
+    def ready(self) -> bool:
+        return self.cache.ready
+
+    def described(self) -> list[dict[str, Any]]:
+        """What the OpenAPI document needs to state each stored version's limits exactly (its
+        width, levels, kinds, sampler and steps), from the stored metadata: nothing is loaded."""
+        out = []
+        for stored in list_models():
+            if stored.name not in self.cache.newest:
+                continue
+            sampler = stored.graph("sampler")
+            out.append(
+                {
+                    "name": stored.name,
+                    "tag": stored.tag,
+                    "newest": self.cache.newest[stored.name] == stored.tag,
+                    "dim": int(stored.data["dim"]),
+                    "levels": stored.data.get("levels"),
+                    "image": bool(stored.data.get("image_shape")),
+                    "kinds": model_kinds(stored.capabilities),
+                    "sampler": sampler is not None,
+                    "steps": sampler.loop.steps if sampler is not None and sampler.loop is not None else 1,
+                }
+            )
+        return out
+
+    def versions(self, name: str) -> list[str]:
+        """The stored versions of a served name, newest first (each may be asked for by version)."""
+        return [m.version for m in list_models() if m.name == name]
 
     async def handle(
         self,
@@ -191,24 +212,26 @@ class Genreg:
         try:
             if endpoint.startswith("repository_"):
                 return json_response(await self._repository(endpoint, body, (params or {}).get("model")))
+            ref = body.get("model")
+            if endpoint != "models" and isinstance(ref, str) and MODEL_PATTERN.fullmatch(ref):
+                # The model is the resource: an unknown one is 404 whatever else the body holds
+                # (a body's other faults are the model's to judge), as the document states.
+                self.resolve(ref)
             if endpoint == "sample":
-                req = _validate(SampleRequest, body, may_hold_bools)
+                req = validate(SampleRequest, body, may_hold_bools)
+                loaded = self.resolve(req.model)
                 # A step-loop sampler runs its graph once per step: weigh the request by that.
-                loaded = self._resolve(req.model)
-                sample = functools.partial(self._sample, loaded=loaded)
+                sample = functools.partial(self._sample, req, loaded)
                 cost = loaded.sample_cost(req.n)
                 with self._admit(cost * loaded.dim, "n", f"{req.n} samples"):
-                    return json_response(await _call(sample, req, cost))
+                    return json_response(await _call(sample, cost))
             if endpoint == "score":
-                req = _validate(ScoreRequest, body, may_hold_bools)
-                rows = len(req.x) * req.k
-                field, what = (
-                    ("k", f"{len(req.x)} rows x {req.k} draws") if req.k > 1 else ("x", f"{rows} rows")
-                )
-                with self._admit(rows * req.x.shape[1], field, what):
-                    return json_response(await _call(self._score, req, rows))
+                req = validate(ScoreRequest, body, may_hold_bools)
+                loaded = self.resolve(req.model)
+                result = await self.score(loaded, req.x, req.kind, k=req.k, seed=req.seed)
+                return json_response(result.as_dict())
             if endpoint == "two_sample_test":
-                req = _validate(TwoSampleRequest, body, may_hold_bools)
+                req = validate(TwoSampleRequest, body, may_hold_bools)
                 # Always heavy: the test holds (x + model rows)^2 matrices.
                 with self.heavy.admit("x", "a two-sample test"):
                     return json_response(await anyio.to_thread.run_sync(self._two_sample, req))
@@ -216,17 +239,68 @@ class Genreg:
         except ApiError as err:
             return error_response(endpoint, err)
 
+    # --- the one sampling and scoring path of both protocols (genreg's and V2) ----------------
+    async def sample(
+        self, loaded: LoadedModel, n: int, *, seed: int | None, temperature: float, protocol: str = "genreg"
+    ) -> np.ndarray:
+        """n samples (float32 rows in data units); ApiError for a request the model cannot take."""
+        _check_sample_cost(loaded, n, "n")
+        draw = functools.partial(self._draw, loaded, n, seed, temperature, protocol)
+        cost = loaded.sample_cost(n)
+        with self._admit(cost * loaded.dim, "n", f"{n} samples"):
+            return await _call(draw, cost)
+
+    async def score(
+        self,
+        loaded: LoadedModel,
+        x: Any,
+        kind: str | None,
+        *,
+        k: int,
+        seed: int | None,
+        protocol: str = "genreg",
+    ) -> Scores:
+        """registry.runtime.scoring.score (rows checked there), its refusals as ApiError."""
+        rows = int(x.shape[0]) if getattr(x, "ndim", 0) else 1
+        width = int(x.shape[1]) if getattr(x, "ndim", 0) == 2 else 1
+        run = functools.partial(self._score, loaded, x, kind, k, seed, protocol)
+        field, what = ("k", f"{rows} rows x {k} draws") if k > 1 else ("x", f"{rows} rows")
+        with self._admit(rows * k * width, field, what):
+            return await _call(run, rows * k)
+
+    def _draw(
+        self, loaded: LoadedModel, n: int, seed: int | None, temperature: float, protocol: str
+    ) -> np.ndarray:
+        try:
+            x = loaded.sample(n, seed=seed, temperature=temperature)
+        except CapabilityError as exc:
+            raise ApiError(422, "model", str(exc), "missing_capability") from None
+        ROWS.labels(model=loaded.stored.name, kind="sample", protocol=protocol).inc(n)
+        return x
+
+    def _score(
+        self, loaded: LoadedModel, x: Any, kind: str | None, k: int, seed: int | None, protocol: str
+    ) -> Scores:
+        try:
+            result = scoring.score(loaded, x, kind, k=k, seed=seed, max_draw_rows=MAX_DRAW_ROWS)
+        except CapabilityError as exc:
+            raise ApiError(422, exc.field, str(exc), "missing_capability") from None
+        except InputError as exc:
+            raise ApiError(400, exc.field, str(exc), f"invalid_{exc.field}") from None
+        ROWS.labels(model=loaded.stored.name, kind=result.kind, protocol=protocol).inc(result.rows)
+        return result
+
     # --- /v2/repository/... (the live registry's explicit control) ---------------------------
     async def _repository(self, endpoint: str, body: dict[str, Any], name: str | None) -> Any:
         if endpoint == "repository_index":
-            req = _validate(RepositoryIndexRequest, body, False)
+            req = validate(RepositoryIndexRequest, body, False)
             entries = await anyio.to_thread.run_sync(self.cache.index)
             return [
                 RepositoryEntry(**vars(e)).model_dump()
                 for e in entries
                 if not req.ready or e.state == "READY"
             ]
-        _validate(RepositoryLoadRequest, body, False)
+        validate(RepositoryLoadRequest, body, False)
         if name is None or not re.match(MODEL_NAME, name):
             raise ApiError(400, "model", f"model: {name!r} is not a model name", "invalid_model")
         try:
@@ -250,15 +324,11 @@ class Genreg:
             raise ApiError(
                 400,
                 "format",
-                f"format: png is unavailable, {loaded.stored.tag} was not trained on images",
+                f"{loaded.stored.tag} was not trained on images: png is unavailable",
                 "invalid_format",
             )
         _check_sample_cost(loaded, req.n, "n")
-        try:
-            x = loaded.sample(req.n, seed=req.seed, temperature=req.temperature)
-        except CapabilityError as exc:
-            raise ApiError(422, "model", str(exc), "missing_capability") from None
-        ROWS.labels(model=loaded.stored.name, kind="sample").inc(req.n)
+        x = self._draw(loaded, req.n, req.seed, req.temperature, "genreg")
         out: dict[str, Any] = {"model": loaded.stored.tag}
         if req.format == "png":
             high = loaded.stored.data.get("high") or float(np.max(x))
@@ -267,21 +337,9 @@ class Genreg:
             out["samples"] = x
         return out
 
-    # --- /score ----------------------------------------------------------------------------
-    def _score(self, req: ScoreRequest) -> dict[str, Any]:
-        loaded = self._resolve(req.model)
-        try:
-            result = score(loaded, req.x, req.kind, k=req.k, seed=req.seed, max_draw_rows=MAX_DRAW_ROWS)
-        except CapabilityError as exc:
-            raise ApiError(422, exc.field, str(exc), "missing_capability") from None
-        except InputError as exc:
-            raise ApiError(400, exc.field, str(exc), f"invalid_{exc.field}") from None
-        ROWS.labels(model=loaded.stored.name, kind=result.kind).inc(result.rows)
-        return result.as_dict()
-
     # --- /two_sample_test -------------------------------------------------------------------
     def _two_sample(self, req: TwoSampleRequest) -> dict[str, Any]:
-        loaded = self._resolve(req.model)
+        loaded = self.resolve(req.model)
         if loaded.stored.graph("sampler") is None:
             raise ApiError(422, "model", f"{loaded.stored.tag} cannot sample", "missing_capability")
         try:
@@ -290,7 +348,7 @@ class Genreg:
             raise ApiError(400, exc.field, str(exc), "invalid_x") from None
         _check_sample_cost(loaded, req.n_model or len(real), "n_model" if req.n_model else "x")
         fake = loaded.sample(req.n_model or len(real), seed=req.seed).astype(np.float64)
-        ROWS.labels(model=loaded.stored.name, kind="sample").inc(len(fake))
+        ROWS.labels(model=loaded.stored.name, kind="sample", protocol="genreg").inc(len(fake))
         with np.errstate(all="ignore"):
             if req.test == "mmd":
                 result = mmd_test(real, fake, permutations=req.permutations, seed=req.seed)
@@ -306,7 +364,7 @@ class Genreg:
 
 # Auth first (outermost), so that it also guards BentoML's own routes; then the API's routes,
 # which find this worker's service instance through BentoML's own accessor.
-Genreg.add_asgi_middleware(BearerAuth, endpoints=API_PATHS)
+Genreg.add_asgi_middleware(BearerAuth, endpoints=API_PATHS, endpoint_of=endpoint_of)
 Genreg.add_asgi_middleware(
     ApiRoutes,
     service=bentoml.get_current_service,

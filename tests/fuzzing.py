@@ -47,18 +47,21 @@ def fuzz(base: str, per_operation: int, headers: dict[str, str] | None = None, s
         "models"
     ]
     served = [m["name"] for m in models]
+    versions = {m["name"]: m["version"] for m in models}
     sent: Counter = Counter()
     for result in schema.get_all_operations():
         operation = result.ok()
         for mode in (GenerationMode.POSITIVE, GenerationMode.NEGATIVE):
-            _run(operation, mode, base, max(1, per_operation // 2), headers, seed, sent, served)
+            _run(operation, mode, base, max(1, per_operation // 2), headers, seed, sent, served, versions)
     return sent
 
 
-def _run(operation, mode, base: str, examples: int, headers, seed: int, sent: Counter, served) -> None:
+def _run(
+    operation, mode, base: str, examples: int, headers, seed: int, sent: Counter, served, versions
+) -> None:
     # Names the generator invents are almost never served, so every request would stop at
-    # 404; half the valid bodies name a served model instead (still a valid body) to reach
-    # validation against the model and the model itself. Invalid bodies are left as made.
+    # 404; half the valid bodies (and V2 paths) name a served model instead (still valid) to
+    # reach validation against the model and the model itself. Invalid ones are left as made.
     names = st.sampled_from([None, *served]) if served and mode is GenerationMode.POSITIVE else st.none()
 
     @given(case=operation.as_strategy(generation_mode=mode), name=names)
@@ -73,6 +76,10 @@ def _run(operation, mode, base: str, examples: int, headers, seed: int, sent: Co
     def one(case, name) -> None:
         if name and isinstance(case.body, dict) and "model" in case.body:
             case.body["model"] = name
+        if name and case.path_parameters and "name" in case.path_parameters:
+            case.path_parameters["name"] = name
+            if "version" in case.path_parameters:
+                case.path_parameters["version"] = versions[name]
         response = case.call_and_validate(base_url=base, headers=headers, checks=CHECKS, timeout=TIMEOUT_S)
         sent[f"{operation.label} {response.status_code}"] += 1
 

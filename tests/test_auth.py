@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import json
+import re
 
 import httpx
+import numpy as np
 import pytest
 from servers import running_server
 
 from services.auth import bearer, check
+from services.v2 import endpoint_of
 
 pytestmark = pytest.mark.slow
 TOKEN = "s3cret-token-for-tests"
@@ -63,9 +66,65 @@ def test_health_metrics_and_the_gallery_page_stay_open(guarded):
     assert "genreg_errors_total" in guarded.get("/metrics").text
 
 
+def _labels(text: str, name: str) -> list[dict[str, str]]:
+    return [
+        dict(re.findall(r'(\w+)="([^"]*)"', line.split("}")[0]))
+        for line in text.splitlines()
+        if line.startswith(name + "{")
+    ]
+
+
 def test_unauthorised_calls_are_counted(guarded):
-    text = guarded.get("/metrics").text
-    assert 'genreg_errors_total{endpoint="sample",reason="unauthorized"}' in text
+    series = _labels(guarded.get("/metrics").text, "genreg_errors_total")
+    assert {"endpoint": "sample", "reason": "unauthorized", "protocol": "genreg"} in series
+
+
+V2_CALLS = [
+    ("GET", "/v2", None),
+    ("GET", "/v2/models/auth-gaussian", None),
+    ("GET", "/v2/models/auth-gaussian/ready", None),
+    ("POST", "/v2/models/auth-gaussian/infer", {"inputs": [], "parameters": {"n": 2}}),
+    (
+        "POST",
+        "/v2/models/auth-gaussian/infer",
+        {"inputs": [{"name": "x", "shape": [1, 64], "datatype": "FP32", "data": [1] * 64}]},
+    ),
+]
+
+
+@pytest.mark.parametrize(("method", "path", "body"), V2_CALLS)
+def test_every_v2_call_needs_the_token(guarded, method, path, body):
+    content = None if body is None else json.dumps(body)
+    for headers in ({}, _auth("wrong")):
+        resp = guarded.request(method, path, content=content, headers=headers)
+        assert resp.status_code == 401, resp.text
+        assert set(resp.json()) == {"error"} and "authorization" in resp.json()["error"]  # V2's error body
+        assert resp.headers["www-authenticate"].startswith("Bearer")
+    ok = guarded.request(method, path, content=content, headers=_auth(TOKEN))
+    assert ok.status_code == 200, ok.text
+    series = _labels(guarded.get("/metrics").text, "genreg_errors_total")
+    assert {"endpoint": endpoint_of(path), "reason": "unauthorized", "protocol": "v2"} in series
+
+
+def test_v2_health_stays_open_and_v2_bodies_have_the_size_limit(guarded):
+    for path in ("/v2/health/live", "/v2/health/ready"):
+        assert guarded.get(path).status_code == 200, path
+    x = np.zeros((1000, 64), dtype=np.float32).tobytes()  # 256,000 bytes > LIMIT
+    head = json.dumps(
+        {
+            "inputs": [
+                {
+                    "name": "x",
+                    "shape": [1000, 64],
+                    "datatype": "FP32",
+                    "parameters": {"binary_data_size": len(x)},
+                }
+            ]
+        }
+    ).encode()
+    headers = {**_auth(TOKEN), "inference-header-content-length": str(len(head))}
+    resp = guarded.post("/v2/models/auth-gaussian/infer", content=head + x, headers=headers)
+    assert resp.status_code == 413 and set(resp.json()) == {"error"} and str(LIMIT) in resp.json()["error"]
 
 
 def test_oversized_body_gets_413_declared_or_streamed(guarded):

@@ -163,7 +163,7 @@ def test_container_answers_like_the_local_service(container, local):
     bad = _post(base, "/score", {"model": MODELS[1], "x": [[1, 2]]})
     assert bad.status_code == 400 and bad.json()["field"] == "x"
     metrics = httpx.get(base + "/metrics").text
-    assert f'genreg_rows_total{{kind="sample",model="{MODELS[0]}"}} 64.0' in metrics
+    assert f'genreg_rows_total{{kind="sample",model="{MODELS[0]}",protocol="genreg"}} 64.0' in metrics
     assert 'provider="CPUExecutionProvider"' in metrics and "bentoml_service_request_total" in metrics
 
 

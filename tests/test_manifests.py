@@ -155,3 +155,30 @@ def test_dashboard_metrics_exist_on_a_running_service(server):
     }
     missing = dashboard_metrics() - exposed
     assert not missing, f"charted but not exported: {missing}"
+
+
+def test_kserve_runtime_fits_genreg_and_the_inference_service():
+    """deploy/kserve: CRDs the offline schemas do not know, so their core parts are checked here."""
+    runtime = yaml.safe_load((DEPLOY / "kserve" / "servingruntime.yaml").read_text())
+    isvc = yaml.safe_load((DEPLOY / "kserve" / "inferenceservice.yaml").read_text())
+    assert (runtime["kind"], isvc["kind"]) == ("ServingRuntime", "InferenceService")
+    (container,) = runtime["spec"]["containers"]
+    # The runtime's container is a core Container: validate it inside a Pod, strictly.
+    pod = {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": "check"},
+        "spec": {"containers": [container]},
+    }
+    for version in K8S_VERSIONS:
+        kubernetes_validate.validate(pod, version, strict=True)
+    port = container["ports"][0]["containerPort"]
+    assert container["args"][container["args"].index("--port") + 1] == str(port)
+    assert container["readinessProbe"]["httpGet"] == {"path": "/v2/health/ready", "port": port}
+    assert container["livenessProbe"]["httpGet"] == {"path": "/v2/health/live", "port": port}
+    model = isvc["spec"]["predictor"]["model"]
+    assert model["runtime"] == runtime["metadata"]["name"]
+    assert model["modelFormat"]["name"] in {f["name"] for f in runtime["spec"]["supportedModelFormats"]}
+    assert model["protocolVersion"] in runtime["spec"]["protocolVersions"] == ["v2"]
+    env = {e["name"]: e["value"] for e in model["env"]}
+    assert env["GENREG_MODELS"] == isvc["metadata"]["name"]  # the name clients put in /v2/models/<name>

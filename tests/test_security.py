@@ -16,6 +16,12 @@ UNSAFE = re.compile(
     r"|\btorch\.load\b|allow_pickle\s*=\s*True"
 )
 API = {"/sample", "/score", "/two_sample_test", "/models", "/livez", "/readyz", "/healthz", "/metrics"}
+# The Open Inference Protocol's read-only routes: metadata, health and infer.
+V2 = {"/v2", "/v2/health/live", "/v2/health/ready"} | {
+    base + tail
+    for base in ("/v2/models/{name}", "/v2/models/{name}/versions/{version}")
+    for tail in ("", "/ready", "/infer")
+}
 
 
 def serving_modules() -> list[Path]:
@@ -45,6 +51,6 @@ def test_the_grep_would_catch_them():
 def test_published_api_has_no_write_endpoints(server):
     client, _ = server
     paths = set(client.get("/docs.json").json()["paths"])
-    assert paths == API
-    for path in ("/train", "/upload", "/plugins", "/install", "/models/upload"):
+    assert paths == API | V2
+    for path in ("/train", "/upload", "/plugins", "/install", "/models/upload", "/v2/repository/index"):
         assert client.post(path, content=b"{}").status_code in (404, 405), path

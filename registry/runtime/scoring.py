@@ -77,6 +77,16 @@ class Scores:
         return out
 
 
+def draw_weight(k: int) -> int:
+    """What k noise draws per row weigh against a draw budget: k rounded up to a power of two.
+
+    Under rows x weight <= budget the accepted (rows, k) are a few rectangles, one per power of
+    two, which the service's published JSON Schema states exactly (services.openapi); a plain
+    product is no constraint JSON Schema can express.
+    """
+    return 1 << (k - 1).bit_length()
+
+
 def resolve_kind(loaded: LoadedModel, kind: str | None) -> str:
     """``kind``, or the model's first; CapabilityError (field ``kind``) when the model lacks it."""
     kind = kind or (loaded.kinds[0] if loaded.kinds else None)
@@ -102,14 +112,15 @@ def score(
 
     Checks, in this order: the kind (CapabilityError), the rows against the model's data
     (InputError naming ``what``), then ``k`` (InputError naming ``k``): draws apply to a bound
-    only, and rows x k may not exceed ``max_draw_rows``.
+    only, and rows x k (k weighed by :func:`draw_weight`) may not exceed ``max_draw_rows``.
     """
     kind = resolve_kind(loaded, kind)
     rows = check_rows(x, loaded.stored.data, what=what)
     if k > 1 and kind != "bound":
         raise InputError("k", f"k > 1 applies to kind 'bound' only, not {kind!r}")
-    if max_draw_rows is not None and len(rows) * k > max_draw_rows:
-        raise InputError("k", f"rows x k = {len(rows) * k} exceeds {max_draw_rows}")
+    if max_draw_rows is not None and len(rows) * draw_weight(k) > max_draw_rows:
+        weight = f" (k counts as {draw_weight(k)}, the next power of two)" if draw_weight(k) != k else ""
+        raise InputError("k", f"k: rows x k = {len(rows)} x {k}{weight} exceeds {max_draw_rows}")
     elbo = None
     if kind == "discriminator":
         logits = loaded.logits(rows).astype(np.float64)

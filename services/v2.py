@@ -1,0 +1,293 @@
+"""The Open Inference Protocol (KServe V2) over REST, beside genreg's own API.
+
+Every served genreg model is a V2 model of the same name, and its stored versions are the V2
+versions. Which operation an infer request runs is said by its inputs (docs/deploy.md, "Open
+Inference Protocol", states the mapping in full):
+
+- **score**: one input tensor named ``x``, rows of the model's width (FP32 or FP64; any
+  integer type too); request parameters ``kind``, ``k``, ``seed`` as on /score. Outputs
+  ``scores`` (FP64, nats per row, or P(real) for the discriminator), ``bits_per_dim`` (FP64,
+  likelihood kinds) and, for k > 1, ``elbo`` (FP64: the plain average, beside ``scores``, the
+  importance-weighted bound). The response's parameters give the kind and k.
+- **sample**: no inputs; parameters ``n``, ``seed``, ``temperature`` as on /sample, and
+  ``steps`` where the model samples with a step loop (its own count only). Output ``samples``
+  (FP32, n rows in data units).
+
+Both run through the service's own ``score`` and ``sample`` (the same row check, limits and
+metrics as /score and /sample, labelled protocol="v2"); errors are the protocol's
+``{"error": "..."}`` with /score's and /sample's status codes, the message naming the field.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import re
+from typing import Any, NamedTuple, Protocol
+
+import numpy as np
+from starlette.responses import Response
+
+from registry.runtime.models import LoadedModel
+from registry.runtime.scoring import Scores
+from services.errors import NOT_RUNNING, ApiError, error_response, json_response
+from services.jsonbody import loads, may_hold_bools
+from services.schemas import (
+    MAX_ROWS,
+    V2InferRequest,
+    V2SampleParameters,
+    V2ScoreParameters,
+    validate,
+)
+from services.tensors import HEADER, Output, TensorError, decode_inputs, encode_response, split_body
+
+PROTOCOL = "v2"
+PLATFORM = "genreg_onnxruntime"
+EXTENSIONS = ["binary_tensor_data", "parameters"]
+NAME = re.compile(r"[a-z0-9][a-z0-9._-]*")
+VERSION = re.compile(r"[a-z0-9]+")
+LIKELIHOODS = ("log_prob", "bound")
+
+
+def _server_version() -> str:
+    try:
+        return importlib.metadata.version("genreg")
+    except importlib.metadata.PackageNotFoundError:  # a Bento ships the source, not the dist
+        return "unknown"
+
+
+class Route(NamedTuple):
+    """A V2 path: its endpoint (the metric label), the one method it takes, and the model named."""
+
+    endpoint: str
+    method: str
+    name: str | None = None
+    version: str | None = None
+
+
+def route(path: str) -> Route | None:
+    """The V2 route a path (trailing slash stripped) names, or None."""
+    fixed = {"/v2": "server_metadata", "/v2/health/live": "server_live", "/v2/health/ready": "server_ready"}
+    if path in fixed:
+        return Route(fixed[path], "GET")
+    if not path.startswith("/v2/models/"):
+        return None
+    name, *rest = path.removeprefix("/v2/models/").split("/")
+    version = None
+    if len(rest) >= 2 and rest[0] == "versions":
+        version, rest = rest[1], rest[2:]
+    tail = {(): ("model_metadata", "GET"), ("ready",): ("model_ready", "GET"), ("infer",): ("infer", "POST")}
+    found = tail.get(tuple(rest))
+    return None if found is None else Route(*found, name, version)
+
+
+def endpoint_of(path: str) -> str | None:
+    """The metric label of a V2 path (None for any other path): what auth counts a refusal under."""
+    found = route(path)
+    return None if found is None else found.endpoint
+
+
+class V2Api(Protocol):
+    """What the V2 routes need of the service instance."""
+
+    def ready(self) -> bool: ...
+
+    def resolve(self, ref: str) -> LoadedModel: ...
+
+    def versions(self, name: str) -> list[str]: ...
+
+    async def score(
+        self,
+        loaded: LoadedModel,
+        x: Any,
+        kind: str | None,
+        *,
+        k: int,
+        seed: int | None,
+        protocol: str = ...,
+    ) -> Scores: ...
+
+    async def sample(
+        self, loaded: LoadedModel, n: int, *, seed: int | None, temperature: float, protocol: str = ...
+    ) -> np.ndarray: ...
+
+
+def method_not_allowed(found: Route, method: str, path: str) -> Response:
+    err = ApiError(405, "method", f"{method} {path} is not allowed; use {found.method}", "method_not_allowed")
+    return error_response(found.endpoint, err, PROTOCOL, headers={"allow": found.method})
+
+
+def refuse(endpoint: str, err: ApiError) -> Response:
+    return error_response(endpoint, err, PROTOCOL)
+
+
+async def answer(found: Route, headers: dict[bytes, bytes], body: bytes, service: V2Api | None) -> Response:
+    """The answer to one V2 request (its method already checked), errors as the protocol's body."""
+    try:
+        if found.endpoint == "server_live":
+            return json_response({"live": True})
+        if service is None:
+            raise NOT_RUNNING
+        if found.endpoint == "server_ready":
+            if not service.ready():
+                raise ApiError(503, None, "not ready: the models are still loading", "unavailable")
+            return json_response({"ready": True})
+        if found.endpoint == "server_metadata":
+            return json_response({"name": "genreg", "version": _server_version(), "extensions": EXTENSIONS})
+        loaded = _model(service, found)
+        if found.endpoint == "model_ready":
+            return json_response({"name": loaded.stored.name, "ready": True})
+        if found.endpoint == "model_metadata":
+            return json_response(metadata(loaded, service.versions(loaded.stored.name)))
+        return await _infer(service, loaded, headers, body)
+    except ApiError as err:
+        return refuse(found.endpoint, err)
+
+
+def _model(service: V2Api, found: Route) -> LoadedModel:
+    name, version = found.name or "", found.version
+    if not NAME.fullmatch(name) or (version is not None and not VERSION.fullmatch(version)):
+        shown = name if version is None else f"{name}, version {version}"
+        raise ApiError(
+            404, "model", f"model: no model {shown[:100]!r} is served; see GET /models", "unknown_model"
+        )
+    return service.resolve(name if version is None else f"{name}:{version}")
+
+
+def metadata(loaded: LoadedModel, versions: list[str]) -> dict[str, Any]:
+    """The model's V2 metadata, derived from its stored description (data width, kinds, sampler)."""
+    dim, kinds = loaded.dim, loaded.kinds
+    inputs, outputs = [], []
+    if kinds:
+        inputs.append({"name": "x", "datatype": "FP32", "shape": [-1, dim]})
+        outputs.append({"name": "scores", "datatype": "FP64", "shape": [-1]})
+        if any(kind in LIKELIHOODS for kind in kinds):
+            outputs.append({"name": "bits_per_dim", "datatype": "FP64", "shape": [-1]})
+        if "bound" in kinds:
+            outputs.append({"name": "elbo", "datatype": "FP64", "shape": [-1]})
+    sampler = loaded.stored.graph("sampler")
+    parameters: dict[str, Any] = {"family": loaded.stored.family, "kinds": ",".join(kinds)}
+    if sampler is not None:
+        outputs.append({"name": "samples", "datatype": "FP32", "shape": [-1, dim]})
+        parameters["operations"] = "score: input x; sample: no inputs" if kinds else "sample: no inputs"
+        if sampler.loop is not None:
+            parameters["steps"] = sampler.loop.steps
+    else:
+        parameters["operations"] = "score: input x"
+    return {
+        "name": loaded.stored.name,
+        "versions": versions,
+        "platform": PLATFORM,
+        "inputs": inputs,
+        "outputs": outputs,
+        "parameters": parameters,
+    }
+
+
+async def _infer(service: V2Api, loaded: LoadedModel, headers: dict[bytes, bytes], body: bytes) -> Response:
+    length = headers.get(HEADER.encode())
+    try:
+        head, binary = split_body(body, None if length is None else length.decode("latin-1"))
+    except TensorError as exc:
+        raise ApiError(400, exc.field, exc.message, "invalid_binary") from None
+    try:
+        parsed = loads(head)
+    except ValueError:
+        parsed = None
+    if not isinstance(parsed, dict):
+        raise ApiError(400, "body", "body: the inference request must be a JSON object", "invalid_json")
+    bools = may_hold_bools(head)
+    req = validate(V2InferRequest, parsed, bools)
+    params = dict(req.parameters or {})
+    binary_default = params.pop("binary_data_output", False)
+    if not isinstance(binary_default, bool):
+        raise ApiError(
+            400, "parameters", "parameters.binary_data_output: must be a boolean", "invalid_parameters"
+        )
+    try:
+        tensors = decode_inputs(req.inputs, binary, may_hold_bools=bools)
+    except TensorError as exc:
+        raise ApiError(400, exc.field, exc.message, "invalid_tensor") from None
+    if tensors:
+        outputs, out_params = await _score(service, loaded, tensors, params, bools)
+    else:
+        outputs, out_params = await _sample(service, loaded, params, bools)
+    produced = {out.name: out for out in outputs}
+    binary_names = {out.name for out in outputs} if binary_default else set()
+    if req.outputs:
+        chosen = []
+        for asked in req.outputs:
+            if asked.name not in produced:
+                raise ApiError(
+                    400,
+                    "outputs",
+                    f"outputs: {asked.name[:100]!r} is not an output of this request; it gives "
+                    f"{', '.join(produced)}",
+                    "invalid_outputs",
+                )
+            chosen.append(produced[asked.name])
+            wants = asked.parameters.binary_data if asked.parameters else None
+            if wants is not None:
+                (binary_names.add if wants else binary_names.discard)(asked.name)
+        outputs = chosen
+    head_out: dict[str, Any] = {"model_name": loaded.stored.name, "model_version": loaded.stored.version}
+    if req.id is not None:
+        head_out["id"] = req.id
+    head_out["parameters"] = out_params
+    content, header_length = encode_response(head_out, outputs, binary_names)
+    if header_length is None:
+        return Response(content, media_type="application/json")
+    return Response(
+        content,
+        media_type="application/octet-stream",
+        headers={"inference-header-content-length": str(header_length)},
+    )
+
+
+async def _score(
+    service: V2Api, loaded: LoadedModel, tensors: dict[str, np.ndarray], params: dict[str, Any], bools: bool
+) -> tuple[list[Output], dict[str, Any]]:
+    unknown = sorted(set(tensors) - {"x"})
+    if unknown:
+        raise ApiError(
+            400,
+            "inputs",
+            f"inputs: unknown input {unknown[0][:100]!r}; scoring takes one input, 'x' (rows), and "
+            "sampling none",
+            "invalid_inputs",
+        )
+    opts = validate(V2ScoreParameters, params, bools, prefix="parameters")
+    x = tensors["x"]
+    # /score's row limit (ScoreRequest.x); the rows' values are checked by the scoring path.
+    if x.ndim == 2 and not 1 <= x.shape[0] <= MAX_ROWS:
+        raise ApiError(400, "x", f"x: must have 1 to {MAX_ROWS} rows, got {x.shape[0]}", "invalid_x")
+    result = await service.score(loaded, x, opts.kind, k=opts.k, seed=opts.seed, protocol=PROTOCOL)
+    outputs = [Output("scores", np.asarray(result.scores, dtype=np.float64))]
+    if result.bits_per_dim is not None:
+        outputs.append(Output("bits_per_dim", np.asarray(result.bits_per_dim, dtype=np.float64)))
+    if result.elbo is not None:
+        outputs.append(Output("elbo", np.asarray(result.elbo, dtype=np.float64)))
+    return outputs, {"kind": result.kind, "k": result.k}
+
+
+async def _sample(
+    service: V2Api, loaded: LoadedModel, params: dict[str, Any], bools: bool
+) -> tuple[list[Output], dict[str, Any]]:
+    opts = validate(V2SampleParameters, params, bools, prefix="parameters")
+    sampler = loaded.stored.graph("sampler")
+    if opts.steps is not None and sampler is not None:
+        own = sampler.loop.steps if sampler.loop is not None else None
+        if opts.steps != own:
+            why = f"exactly {own} steps" if own else "one graph call, without steps"
+            raise ApiError(
+                400,
+                "parameters",
+                f"parameters.steps: {loaded.stored.tag} samples in {why}",
+                "invalid_steps",
+            )
+    samples = await service.sample(
+        loaded, opts.n, seed=opts.seed, temperature=opts.temperature, protocol=PROTOCOL
+    )
+    out_params: dict[str, Any] = {"n": opts.n}
+    if sampler is not None and sampler.loop is not None:
+        out_params["steps"] = sampler.loop.steps
+    return [Output("samples", np.asarray(samples, dtype=np.float32))], out_params
