@@ -33,6 +33,10 @@ from registry.runtime.store import (
 from services.metrics import MODEL_INFO, MODEL_LOAD_SECONDS, MODEL_LOADS
 
 log = logging.getLogger("genreg.runtime")
+# Loading and unloading models over HTTP changes what a running service serves: off unless
+# asked for (GENREG_MODEL_CONTROL=1), so the service stays read-only by default; the
+# repository index (read-only) is always there.
+MODEL_CONTROL = os.environ.get("GENREG_MODEL_CONTROL", "").strip() == "1"
 
 
 def allow_list() -> list[str] | None:

@@ -15,6 +15,7 @@ from pydantic import BaseModel
 from pydantic.json_schema import models_json_schema
 
 from registry.runtime.scoring import draw_weight
+from services.cache import MODEL_CONTROL
 from services.schemas import (
     MAX_DRAW_ROWS,
     MAX_DRAWS,
@@ -124,10 +125,12 @@ def _repository(error: dict[str, str], denied: dict[str, Any]) -> dict[str, Any]
             }
         }
     }
-    for action, summary in (
+    # Load and unload exist only where the service was started with GENREG_MODEL_CONTROL=1.
+    actions = (
         ("load", "Serve the model's newest verified version (again)"),
         ("unload", "Stop serving the model until it is loaded again"),
-    ):
+    )
+    for action, summary in actions if MODEL_CONTROL else ():
         paths[f"/v2/repository/models/{{name}}/{action}"] = {
             "post": {
                 "summary": summary,

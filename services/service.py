@@ -38,7 +38,7 @@ from registry.runtime.two_sample import c2st, mmd_test
 from services.admission import HEAVY_VALUES, MAX_HEAVY, HeavyGate
 from services.auth import BearerAuth
 from services.batching import Batcher
-from services.cache import ModelCache, Watcher, allow_list
+from services.cache import MODEL_CONTROL, ModelCache, Watcher, allow_list
 from services.errors import ApiError, error_response, json_response
 from services.metrics import INFERENCE_SECONDS, MODEL_INFO, ROWS
 from services.routes import API_PATHS, ApiRoutes
@@ -300,6 +300,14 @@ class Genreg:
                 for e in entries
                 if not req.ready or e.state == "READY"
             ]
+        if not MODEL_CONTROL:
+            raise ApiError(
+                403,
+                None,
+                f"loading and unloading models over HTTP is off; start the service with GENREG_MODEL_CONTROL=1 "
+                f"(and GENREG_API_TOKEN) to allow {endpoint.removeprefix('repository_')}",
+                "model_control_off",
+            )
         validate(RepositoryLoadRequest, body, False)
         if name is None or not re.match(MODEL_NAME, name):
             raise ApiError(400, "model", f"model: {name!r} is not a model name", "invalid_model")
@@ -324,7 +332,7 @@ class Genreg:
             raise ApiError(
                 400,
                 "format",
-                f"{loaded.stored.tag} was not trained on images: png is unavailable",
+                f"format: png is unavailable, {loaded.stored.tag} was not trained on images",
                 "invalid_format",
             )
         _check_sample_cost(loaded, req.n, "n")

@@ -177,7 +177,8 @@ def test_sigterm_drains_requests_in_flight(fault_models, tmp_path):
     rng = np.random.default_rng(0)
     # A two-sample test with 2,000 permutations on 1,200 rows takes about a second.
     slow = {"model": intact, "x": rng.normal(size=(1200, 2)).tolist(), "permutations": 2000}
-    with running_server(tmp_path / "server.log", GENREG_MODELS=intact) as srv:
+    # Three slow two-sample tests in flight at once: more than the default heavy-request slots.
+    with running_server(tmp_path / "server.log", GENREG_MODELS=intact, GENREG_MAX_HEAVY="4") as srv:
         results: list[int | str] = []
 
         def call() -> None:

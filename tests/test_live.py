@@ -56,7 +56,7 @@ def live(tmp_path_factory):
     home = tmp_path_factory.mktemp("live-home")
     first = _train(home, "8gaussians")
     log = tmp_path_factory.mktemp("live") / "server.log"
-    env = {"BENTOML_HOME": str(home), "GENREG_POLL_SECONDS": "0.3"}
+    env = {"BENTOML_HOME": str(home), "GENREG_POLL_SECONDS": "0.3", "GENREG_MODEL_CONTROL": "1"}
     with running_server(log, **env) as srv, httpx.Client(base_url=srv.base, timeout=30) as client:
         yield client, home, first, log
 

@@ -51,6 +51,11 @@ def test_the_grep_would_catch_them():
 def test_published_api_has_no_write_endpoints(server):
     client, _ = server
     paths = set(client.get("/docs.json").json()["paths"])
-    assert paths == API | V2
-    for path in ("/train", "/upload", "/plugins", "/install", "/models/upload", "/v2/repository/index"):
+    # The repository index is read-only; loading and unloading models is off by default.
+    assert paths == API | V2 | {"/v2/repository/index"}
+    for path in ("/train", "/upload", "/plugins", "/install", "/models/upload"):
         assert client.post(path, content=b"{}").status_code in (404, 405), path
+    for action in ("load", "unload"):
+        resp = client.post(f"/v2/repository/models/gaussian-digits/{action}", content=b"{}")
+        assert resp.status_code == 403 and "GENREG_MODEL_CONTROL=1" in resp.json()["error"], resp.text
+    assert "gaussian-digits" in {m["name"] for m in client.get("/models").json()["models"]}

@@ -81,6 +81,7 @@ def export_torch(
                     dynamic_axes={name: {0: "batch"} for name in [*names, output]},
                     opset_version=TORCHSCRIPT_OPSET,
                 )
+                _keep_unused_inputs(path, inputs)
                 return
             except Exception as exc:  # any tracer failure: the dynamo exporter may still manage
                 log.info("TorchScript export of %s failed (%s); using the dynamo exporter", path.name, exc)
@@ -98,6 +99,31 @@ def export_torch(
             report=False,
         )
     program.save(str(path), external_data=False)
+
+
+def _keep_unused_inputs(path: Path, inputs: dict[str, Any]) -> None:
+    """Put back the inputs the TorchScript exporter dropped because the graph never reads them.
+
+    A graph's inputs are its contract: the runtime feeds every declared noise input, and a
+    composing plugin wires graphs together by input name; dynamo keeps unused inputs, the
+    tracer does not.
+    """
+    import onnx
+    import torch
+
+    model = onnx.load(str(path))
+    present = {i.name for i in model.graph.input}
+    missing = [name for name in inputs if name not in present]
+    if not missing:
+        return
+    types = {torch.float32: onnx.TensorProto.FLOAT, torch.float64: onnx.TensorProto.DOUBLE}
+    for name in missing:
+        t = inputs[name]
+        shape = ["batch", *t.shape[1:]]
+        model.graph.input.append(
+            onnx.helper.make_tensor_value_info(name, types.get(t.dtype, onnx.TensorProto.FLOAT), shape)
+        )
+    onnx.save(model, str(path))
 
 
 def parity_rows(x: np.ndarray, n: int = PARITY_ROWS) -> np.ndarray:
