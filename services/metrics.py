@@ -43,3 +43,11 @@ MODEL_LOADS = Counter(
     "Model versions the live registry loaded or refused (checksum or load failure), by model",
     ["model", "outcome"],
 )
+# BentoML's own request metrics never see the routes services.routes answers (the middleware
+# runs ahead of BentoML's), so genreg counts its requests in progress itself.
+IN_PROGRESS = Gauge(
+    "genreg_requests_in_progress",
+    "Requests being handled, by endpoint",
+    ["endpoint"],
+    multiprocess_mode="livesum",
+)

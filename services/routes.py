@@ -27,6 +27,7 @@ from starlette.responses import Response
 from services import openapi, v2
 from services.errors import NOT_RUNNING, ApiError, error_response, json_response
 from services.jsonbody import loads, may_hold_bools
+from services.metrics import IN_PROGRESS
 
 # Path -> endpoint name (the label of genreg_errors_total and the handler's switch).
 API_PATHS = {
@@ -134,10 +135,11 @@ class _Endpoint:
         if service is None:
             await error_response(self.endpoint, NOT_RUNNING)(scope, receive, send)
             return
-        answer = await service.handle(
-            self.endpoint, parsed, may_hold_bools=may_hold_bools(body), params=self.params
-        )
-        await answer(scope, receive, send)
+        with IN_PROGRESS.labels(endpoint=self.endpoint).track_inprogress():
+            answer = await service.handle(
+                self.endpoint, parsed, may_hold_bools=may_hold_bools(body), params=self.params
+            )
+            await answer(scope, receive, send)
 
 
 def static_file(name: str) -> Response:

@@ -164,10 +164,10 @@ def test_killed_worker_is_replaced_and_the_service_answers(fault_models, tmp_pat
 
 
 def _in_flight(base: str, endpoint: str) -> float:
-    """BentoML's request_in_progress gauge for ``endpoint``, summed over the workers."""
+    """genreg's requests-in-progress gauge for ``endpoint``, summed over the workers."""
     total = 0.0
     for line in httpx.get(base + "/metrics", timeout=10).text.splitlines():
-        if line.startswith("bentoml_service_request_in_progress{") and f'endpoint="{endpoint}"' in line:
+        if line.startswith("genreg_requests_in_progress{") and f'endpoint="{endpoint}"' in line:
             total += float(line.rsplit(" ", 1)[1])
     return total
 
@@ -193,7 +193,7 @@ def test_sigterm_drains_requests_in_flight(fault_models, tmp_path):
             t.start()
         # SIGTERM once the server itself counts the requests as in progress, however fast it is.
         deadline = time.monotonic() + 60
-        while _in_flight(srv.base, "/two_sample_test") < 3 and time.monotonic() < deadline:
+        while _in_flight(srv.base, "two_sample_test") < 3 and time.monotonic() < deadline:
             time.sleep(0.02)
         assert len(results) < 3, "requests finished before SIGTERM: make them slower"
         srv.proc.send_signal(signal.SIGTERM)
