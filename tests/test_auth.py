@@ -22,7 +22,12 @@ LIMIT = 100_000
 def guarded(train_model, tmp_path_factory):
     train_model("gaussian", "digits", name="auth-gaussian")
     log = tmp_path_factory.mktemp("auth") / "server.log"
-    env = {"GENREG_API_TOKEN": TOKEN, "GENREG_MAX_BODY_BYTES": str(LIMIT), "GENREG_MODELS": "auth-gaussian"}
+    env = {
+        "GENREG_API_TOKEN": TOKEN,
+        "GENREG_MAX_BODY_BYTES": str(LIMIT),
+        "GENREG_MODELS": "auth-gaussian",
+        "GENREG_MODEL_CONTROL": "1",
+    }
     with running_server(log, **env) as srv, httpx.Client(base_url=srv.base, timeout=30) as client:
         yield client
 
