@@ -194,19 +194,7 @@ V2_DATATYPES = (
     "BYTES",
 )
 # The ones genreg's models take (rows of numbers); BOOL, BF16 and BYTES are refused by name.
-V2_NUMBERS = (
-    "UINT8",
-    "UINT16",
-    "UINT32",
-    "UINT64",
-    "INT8",
-    "INT16",
-    "INT32",
-    "INT64",
-    "FP16",
-    "FP32",
-    "FP64",
-)
+V2_NUMBERS = tuple(t for t in V2_DATATYPES if t not in ("BOOL", "BF16", "BYTES"))
 # Request parameters the protocol itself defines (the rest are genreg's operation parameters).
 V2_PROTOCOL_PARAMETERS = ("binary_data_output",)
 
