@@ -106,12 +106,17 @@ def trained(bentoml_home):
 
 @pytest.fixture(scope="session")
 def server_process(trained, tmp_path_factory):
-    """The real service (`genreg serve`, 2 workers) on a free loopback port (tests/servers.py)."""
+    """The real service (`genreg serve`, 2 workers) on a free loopback port (tests/servers.py).
+
+    Two-sample tests are capped at 400 rows here (the tests send at most 300): the published
+    schema follows the cap, so the schema-driven fuzzers' boundary cases stay cheap."""
     from servers import running_server
 
     log_path = tmp_path_factory.mktemp("server") / "server.log"
     try:
-        with running_server(log_path, workers=2, GENREG_MAX_ROWS="5000", GENREG_MAX_N="2000") as srv:
+        with running_server(
+            log_path, workers=2, GENREG_MAX_ROWS="5000", GENREG_MAX_N="2000", GENREG_MAX_TWO_SAMPLE="400"
+        ) as srv:
             yield srv
     except RuntimeError as exc:
         pytest.fail(str(exc))
