@@ -77,10 +77,10 @@ def test_schemathesis_every_check_every_phase(server, tmp_path):
         str(Path(__file__).with_name("schemathesis.toml")),
         "run",
         f"{str(client.base_url).rstrip('/')}/docs.json",
-        # 3 examples per operation and phase: every check still runs on every operation, and
-        # the run takes about two minutes where 8 took three (the suite's 10-minute budget).
+        # 2 examples per operation and phase: every check still runs on every operation, and
+        # the run takes under two minutes where 8 took three (the suite's 10-minute budget).
         "--max-examples",
-        "3",
+        "2",
         "--seed",
         "1",
         "--request-timeout",
@@ -95,7 +95,7 @@ def test_schemathesis_every_check_every_phase(server, tmp_path):
     summary = done.stdout[-6000:]
     assert done.returncode == 0, summary
     found = re.search(r"(\d+) generated, (\d+) passed", done.stdout)
-    assert found and found.group(1) == found.group(2) and int(found.group(1)) > 200, summary
+    assert found and found.group(1) == found.group(2) and int(found.group(1)) > 100, summary
     assert "Traceback" not in log_path.read_text()
 
 
