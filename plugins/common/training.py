@@ -105,9 +105,11 @@ def fit(
         # Data-dependent initialisation (actnorm) runs on the first forward; run it on the same
         # global batch on every rank before DDP starts, so all ranks begin from one state.
         with torch.no_grad():
-            first = train[torch.randperm(len(train), generator=torch.Generator().manual_seed(control.seed))]
+            first = torch.randperm(len(train), generator=torch.Generator().manual_seed(control.seed))[
+                :batch_size
+            ]
             module.train()
-            loss_fn(first[:batch_size], torch.Generator().manual_seed(control.seed + 7))
+            loss_fn(train[first.to(device)], torch.Generator().manual_seed(control.seed + 7))
         ddp_kwargs = {"device_ids": [device.index]} if device.type == "cuda" else {}
         step_module = torch.nn.parallel.DistributedDataParallel(_Loss(module, loss_fn), **ddp_kwargs)
     opt = torch.optim.AdamW(module.parameters(), lr=lr, weight_decay=weight_decay)

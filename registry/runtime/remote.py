@@ -12,7 +12,6 @@ again if one fails. Credentials and the endpoint come from the usual AWS variabl
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import tempfile
@@ -159,7 +158,7 @@ def pull(ref: str, uri: str, storage_options: dict[str, Any] | None = None) -> S
             raise RemoteError(
                 f"cannot pull {wanted.tag} from {_redacted(uri)}: {type(exc).__name__}: {exc}"
             ) from None
-        digest = hashlib.sha256(archive.read_bytes()).hexdigest()
+        digest = sha256_file(archive)
         if digest != wanted.sha256:
             raise RemoteError(
                 f"{wanted.tag}: the archive under {_redacted(uri)} does not match the sha256 recorded when "
