@@ -14,6 +14,8 @@ import numpy as np
 from pydantic import BaseModel, Field, model_validator
 
 NoiseDist = Literal["normal", "uniform", "gumbel"]
+# What a bound scorer's k draws per row may be summarised as (registry.runtime.scoring).
+Estimate = Literal["average", "importance_weighted"]
 # Gumbel draws come from uniforms kept off 0 and 1, so that every draw is finite (and a
 # temperature of 0 gives exact zeros, not NaN).
 _GUMBEL_EDGE = 1e-12
@@ -39,6 +41,11 @@ class StepLoop(BaseModel):
     ``init`` at the start), the step index (``step_input``, an int64 column, 0 to steps - 1)
     and that step's own draw of every noise input; the graph's output is the next state. The
     state after the last step is the sample, in data units.
+
+    A loop whose graph also takes the step count (``count_input``, an int64 column: a diffusion
+    model's time grid follows it) samples with any count from 1 to ``max_steps``; ``steps`` is
+    then its default. Without ``count_input`` the count is fixed (an autoregressive model fills
+    one dimension per step).
     """
 
     steps: int = Field(ge=1)
@@ -46,6 +53,33 @@ class StepLoop(BaseModel):
     state_input: str = "state"
     step_input: str = "step"
     init: float = 0.0
+    count_input: str | None = None
+    max_steps: int | None = Field(None, ge=1)
+
+    @model_validator(mode="after")
+    def _counted(self) -> StepLoop:
+        if (self.count_input is None) != (self.max_steps is None):
+            raise ValueError("loop: count_input and max_steps go together (a loop with a chosen step count)")
+        if self.max_steps is not None and self.steps > self.max_steps:
+            raise ValueError(f"loop: default steps {self.steps} exceeds max_steps {self.max_steps}")
+        return self
+
+    @property
+    def variable(self) -> bool:
+        return self.count_input is not None
+
+    def count(self, requested: int | None) -> int:
+        """The number of steps to run for a request of ``requested`` (None: the default).
+
+        ValueError, naming ``steps``, for a count this loop cannot run.
+        """
+        if requested is None or requested == self.steps:
+            return self.steps
+        if self.max_steps is None:
+            raise ValueError(f"steps: this sampler runs exactly {self.steps} steps, not {requested}")
+        if not 1 <= requested <= self.max_steps:
+            raise ValueError(f"steps: {requested} is outside 1..{self.max_steps}, the sampler's range")
+        return requested
 
 
 class GraphSpec(BaseModel):
@@ -59,7 +93,10 @@ class GraphSpec(BaseModel):
     A ``bound`` scorer with noise returns one log importance weight log w per row, with
     E[w] <= P(x) over its noise: its mean over draws is a lower bound (an ELBO, or the uniform
     dequantisation bound), and so is log mean_k w_k over k draws (the importance-weighted
-    bound), which tightens as k grows.
+    bound), which tightens as k grows. ``estimates`` says which of the two its output
+    supports: a scorer whose output is an unbiased estimate of a bound but not a log importance
+    weight (a diffusion loss at random times) supports ``average`` only, and the runtime never
+    serves log mean exp for it.
     """
 
     role: Literal["sampler", "scorer", "discriminator", "encoder", "decoder"]
@@ -69,6 +106,7 @@ class GraphSpec(BaseModel):
     noise: list[NoiseInput] = []
     output: str
     loop: StepLoop | None = None  # a sampler applied step by step (autoregressive, diffusion)
+    estimates: list[Estimate] = ["average", "importance_weighted"]  # a bound scorer's k-draw summaries
 
     @model_validator(mode="after")
     def _loop_is_a_sampler(self) -> GraphSpec:
@@ -76,12 +114,20 @@ class GraphSpec(BaseModel):
             return self
         if self.role != "sampler" or self.x_input is not None:
             raise ValueError("loop: only a sampler (role='sampler', x_input=None) can be a step loop")
-        reserved = {self.loop.state_input, self.loop.step_input}
+        names = [self.loop.state_input, self.loop.step_input]
+        names += [self.loop.count_input] if self.loop.count_input else []
+        reserved = set(names)
         clash = reserved & {n.name for n in self.noise}
-        if len(reserved) < 2 or clash:
+        if len(reserved) < len(names) or clash:
             raise ValueError(
                 f"loop: the state, step and noise inputs need distinct names (clash: {sorted(clash)})"
             )
+        return self
+
+    @model_validator(mode="after")
+    def _estimates(self) -> GraphSpec:
+        if "average" not in self.estimates:
+            raise ValueError("estimates: every bound scorer supports the average over draws")
         return self
 
 
@@ -102,14 +148,14 @@ def draw_noise(
 
 
 def loop_noise(
-    spec: GraphSpec, n: int, rng: np.random.Generator, temperature: float = 1.0
+    spec: GraphSpec, n: int, rng: np.random.Generator, temperature: float = 1.0, steps: int | None = None
 ) -> dict[str, np.ndarray]:
     """Every step's noise for a step-loop sampler: one (steps, n, dim) array per noise input.
 
     Step t's draws follow step t - 1's in one seeded stream, so a seed fixes the whole loop.
     """
     assert spec.loop is not None
-    draws = [draw_noise(spec.noise, n, rng, temperature) for _ in range(spec.loop.steps)]
+    draws = [draw_noise(spec.noise, n, rng, temperature) for _ in range(spec.loop.count(steps))]
     return {d.name: np.stack([step[d.name] for step in draws]) for d in spec.noise}
 
 
@@ -118,36 +164,43 @@ def run_loop(
     spec: GraphSpec,
     n: int,
     step_noise: Callable[[int], dict[str, np.ndarray]],
+    steps: int | None = None,
 ) -> np.ndarray:
     """Apply a step-loop sampler: ``run`` is one call of its graph, ``step_noise(t)`` step t's draws.
 
     Called for t = 0, 1, ... in order, so a generator drawing as it is asked gives the stream
-    :func:`loop_noise` gives, without holding every step's noise at once.
+    :func:`loop_noise` gives, without holding every step's noise at once. ``steps``: the count
+    (None: the loop's default; ValueError for one it cannot run).
     """
     loop = spec.loop
     assert loop is not None
+    count = loop.count(steps)
     state = np.full((n, loop.state_dim), loop.init, dtype=np.float32)
-    for t in range(loop.steps):
+    for t in range(count):
         feeds = dict(step_noise(t))
         feeds[loop.state_input] = state
         feeds[loop.step_input] = np.full((n, 1), t, dtype=np.int64)
+        if loop.count_input:
+            feeds[loop.count_input] = np.full((n, 1), count, dtype=np.int64)
         state = np.asarray(run(feeds), dtype=np.float32)
     return state
 
 
 def sample_noise(
-    spec: GraphSpec, n: int, rng: np.random.Generator, temperature: float = 1.0
+    spec: GraphSpec, n: int, rng: np.random.Generator, temperature: float = 1.0, steps: int | None = None
 ) -> dict[str, np.ndarray]:
     """A sampler's noise: one draw per input, or (steps, n, dim) per input for a step loop."""
     if spec.loop is None:
         return draw_noise(spec.noise, n, rng, temperature)
-    return loop_noise(spec, n, rng, temperature)
+    return loop_noise(spec, n, rng, temperature, steps)
 
 
 def run_sampler(
     run: Callable[[dict[str, np.ndarray]], np.ndarray], spec: GraphSpec, n: int, noise: dict[str, np.ndarray]
 ) -> np.ndarray:
-    """Samples from a sampler graph given its noise (:func:`sample_noise`): one call, or the loop."""
+    """Samples from a sampler graph given its noise (:func:`sample_noise`): one call, or the loop
+    (as many steps as the noise holds)."""
     if spec.loop is None:
         return run(noise)
-    return run_loop(run, spec, n, lambda t: {name: draws[t] for name, draws in noise.items()})
+    steps = len(next(iter(noise.values()))) if noise else None
+    return run_loop(run, spec, n, lambda t: {name: draws[t] for name, draws in noise.items()}, steps)

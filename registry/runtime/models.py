@@ -12,6 +12,7 @@ from collections.abc import Callable
 import numpy as np
 
 from registry.runtime.graphs import GraphSpec, draw_noise, run_loop
+from registry.runtime.rows import InputError
 from registry.runtime.sessions import open_session
 from registry.runtime.store import StoredModel
 
@@ -88,24 +89,49 @@ class LoadedModel:
     def run(self, spec: GraphSpec, feeds: dict[str, np.ndarray]) -> np.ndarray:
         return self.runners[spec.file](feeds)
 
-    def sample(self, n: int, seed: int | None = None, temperature: float = 1.0) -> np.ndarray:
+    def sample(
+        self, n: int, seed: int | None = None, temperature: float = 1.0, steps: int | None = None
+    ) -> np.ndarray:
+        """n samples in data units; ``steps`` picks a step sampler's count (None: its default)."""
         spec = self.stored.graph("sampler")
         if spec is None:
             raise CapabilityError(f"{self.stored.tag} cannot sample; it can score: {', '.join(self.kinds)}")
+        count = self.steps(steps)
         rng = np.random.default_rng(seed)
         run = lambda feeds: self.run(spec, feeds)  # noqa: E731
         if spec.loop is None:
             return run(draw_noise(spec.noise, n, rng, temperature))
         # Each step's noise is drawn as the loop reaches it: the same stream, a step's memory.
-        return run_loop(run, spec, n, lambda t: draw_noise(spec.noise, n, rng, temperature))
+        return run_loop(run, spec, n, lambda t: draw_noise(spec.noise, n, rng, temperature), count)
 
-    def sample_cost(self, n: int) -> int:
-        """Rows the sampler's graph runs for n samples: n, or n x steps for a step loop."""
+    def steps(self, requested: int | None = None) -> int:
+        """The sampler's step count for a request (1 for a one-call sampler); InputError
+        naming ``steps`` for a count the sampler cannot run."""
         spec = self.stored.graph("sampler")
-        return n * (spec.loop.steps if spec is not None and spec.loop is not None else 1)
+        loop = spec.loop if spec is not None else None
+        if loop is None:
+            if requested not in (None, 1):
+                raise InputError(
+                    "steps", f"steps: {self.stored.tag} samples in one graph call, without steps"
+                )
+            return 1
+        try:
+            return loop.count(requested)
+        except ValueError as exc:
+            raise InputError("steps", f"{exc} ({self.stored.tag})") from None
+
+    def sample_cost(self, n: int, steps: int | None = None) -> int:
+        """Rows the sampler's graph runs for n samples: n, or n x steps for a step loop."""
+        return n * self.steps(steps)
+
+    def estimates(self) -> list[str]:
+        """How the bound scorer's draws may be summarised (GraphSpec.estimates); [] without one."""
+        spec = self.stored.graph("scorer", "bound")
+        return list(spec.estimates) if spec is not None else []
 
     def log_weights(self, x: np.ndarray, seed: int | None = None, k: int = 1) -> np.ndarray:
-        """(n, k) log importance weights from the bound scorer: k noise draws per row.
+        """(n, k) draws of the bound scorer per row: log importance weights, or (where its
+        ``estimates`` lack importance_weighted) unbiased estimates of a bound.
 
         Row i's draw j uses noise row i * k + j of one seeded stream, so k = 1 gives the same
         numbers as a plain score with that seed.

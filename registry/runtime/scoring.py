@@ -17,6 +17,7 @@ from registry.runtime.rows import InputError, check_rows
 from registry.runtime.units import bits_per_dim, score_summary
 
 SCORE_KINDS = ("log_prob", "bound", "discriminator")
+ESTIMATES = ("average", "importance_weighted")
 
 
 def bound_estimates(log_w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -35,9 +36,11 @@ def bound_estimates(log_w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 class Scores:
     """What one scoring request answers.
 
-    ``scores`` are nats per row (for a bound with k > 1, the importance-weighted bound
-    log mean_k w_k; ``elbo`` is then the plain average mean_k log w_k), or P(real) for the
-    discriminator, whose ``bits_per_dim`` is None.
+    ``scores`` are nats per row, or P(real) for the discriminator, whose ``bits_per_dim`` is
+    None. For a bound, ``estimate`` says how its k draws per row were summarised: the
+    importance-weighted bound log mean_k w_k (``elbo`` is then the plain average mean_k log w_k,
+    for k > 1), or the plain average alone (a scorer whose draws are not log importance
+    weights, for which log mean exp would not be a bound).
     """
 
     model: str
@@ -47,6 +50,7 @@ class Scores:
     bits_per_dim: np.ndarray | None
     elbo: np.ndarray | None
     dim: int
+    estimate: str | None = None
 
     @property
     def rows(self) -> int:
@@ -65,7 +69,7 @@ class Scores:
         """The /score answer body (its keys in their published order)."""
         out: dict[str, Any] = {"model": self.model, "kind": self.kind, "scores": self.scores}
         if self.kind == "bound":
-            out.update(bits_per_dim=self.bits_per_dim, k=self.k)
+            out.update(bits_per_dim=self.bits_per_dim, k=self.k, estimate=self.estimate)
             out.update(self.summary())
             if self.elbo is not None:
                 out["elbo"] = self.elbo
@@ -107,17 +111,24 @@ def score(
     seed: int | None = 0,
     what: str = "x",
     max_draw_rows: int | None = None,
+    estimate: str | None = None,
 ) -> Scores:
     """Score rows ``x`` (anything array-like) with ``loaded``; the only scoring path.
 
     Checks, in this order: the kind (CapabilityError), the rows against the model's data
     (InputError naming ``what``), then ``k`` (InputError naming ``k``): draws apply to a bound
-    only, and rows x k (k weighed by :func:`draw_weight`) may not exceed ``max_draw_rows``.
+    only, and rows x k (k weighed by :func:`draw_weight`) may not exceed ``max_draw_rows``;
+    then ``estimate`` (a bound's only; CapabilityError naming ``estimate`` where the scorer's
+    draws do not support it). Without ``estimate`` a bound is the tightest the scorer supports.
     """
     kind = resolve_kind(loaded, kind)
     rows = check_rows(x, loaded.stored.data, what=what)
     if k > 1 and kind != "bound":
         raise InputError("k", f"k > 1 applies to kind 'bound' only, not {kind!r}")
+    if estimate is not None and kind != "bound":
+        raise InputError("estimate", f"estimate applies to kind 'bound' only, not {kind!r}")
+    if estimate is not None and estimate not in ESTIMATES:
+        raise InputError("estimate", f"estimate: {estimate!r} is not one of {', '.join(ESTIMATES)}")
     if max_draw_rows is not None and len(rows) * draw_weight(k) > max_draw_rows:
         weight = f" (k counts as {draw_weight(k)}, the next power of two)" if draw_weight(k) != k else ""
         raise InputError("k", f"k: rows x k = {len(rows)} x {k}{weight} exceeds {max_draw_rows}")
@@ -126,8 +137,30 @@ def score(
         logits = loaded.logits(rows).astype(np.float64)
         return Scores(loaded.stored.tag, kind, k, 1.0 / (1.0 + np.exp(-logits)), None, None, loaded.dim)
     if kind == "bound":
-        average, scores = bound_estimates(loaded.log_weights(rows, seed, k))
-        elbo = average if k > 1 else None
+        estimate = bound_estimate(loaded, estimate)
+        average, weighted = bound_estimates(loaded.log_weights(rows, seed, k))
+        if estimate == "importance_weighted":
+            scores, elbo = weighted, (average if k > 1 else None)
+        else:
+            scores = average
     else:
         scores = loaded.point_scores(rows, kind, seed)
-    return Scores(loaded.stored.tag, kind, k, scores, bits_per_dim(scores, loaded.dim), elbo, loaded.dim)
+    return Scores(
+        loaded.stored.tag, kind, k, scores, bits_per_dim(scores, loaded.dim), elbo, loaded.dim, estimate
+    )
+
+
+def bound_estimate(loaded: LoadedModel, estimate: str | None) -> str:
+    """The estimate a bound request gets: the one asked for if the scorer supports it (else
+    CapabilityError naming ``estimate``), or the tightest it supports."""
+    supported = loaded.estimates()
+    if estimate is None:
+        return "importance_weighted" if "importance_weighted" in supported else "average"
+    if estimate not in supported:
+        raise CapabilityError(
+            f"{loaded.stored.tag}'s bound supports the estimate(s) {', '.join(supported)}, not {estimate!r}: "
+            "its draws are unbiased estimates of a bound, not log importance weights, so log mean exp "
+            "over them is not a bound",
+            field="estimate",
+        )
+    return estimate
