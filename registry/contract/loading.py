@@ -25,6 +25,7 @@ BUILTIN_PLUGINS: tuple[str, ...] = (
     "plugins.vae",
     "plugins.gan",
     "plugins.autoregressive",
+    "plugins.diffusion",
     "plugins.baselines",
 )
 NAME_PATTERN = re.compile(r"^[a-z][a-z0-9-]{0,40}$")

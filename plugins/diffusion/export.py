@@ -1,0 +1,96 @@
+"""The diffusion model's ONNX graphs: the scorer (x and its noise -> one unbiased estimate of the
+bound) and the sampler's step (state, step, step count, noise -> state), which the serving
+runtime applies as many times as a request asks, up to the bound's T."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from plugins.diffusion.config import DiffusionModel
+from registry.contract.family import GraphSpec, NoiseInput, StepLoop
+from registry.pipeline.export import export_torch
+
+
+class _Bound(nn.Module):
+    def __init__(self, net: nn.Module) -> None:
+        super().__init__()
+        self.net = net
+
+    def forward(
+        self, x: torch.Tensor, u: torch.Tensor, eps: torch.Tensor, eps0: torch.Tensor
+    ) -> torch.Tensor:
+        return self.net.bound(x, u, eps, eps0)
+
+
+class _Step(nn.Module):
+    def __init__(self, net: nn.Module) -> None:
+        super().__init__()
+        self.net = net
+
+    def forward(
+        self,
+        state: torch.Tensor,
+        step: torch.Tensor,
+        steps: torch.Tensor,
+        eps: torch.Tensor,
+        e2: torch.Tensor,
+    ) -> torch.Tensor:
+        return self.net.step(state, step, steps, eps, e2)
+
+
+def scorer_noise(model: DiffusionModel) -> list[NoiseInput]:
+    m, d = model.config.strata, model.dim
+    return [
+        NoiseInput(name="u", dist="uniform", dim=m),
+        NoiseInput(name="eps", dist="normal", dim=m * d),
+        NoiseInput(name="eps0", dist="normal", dim=d),
+    ]
+
+
+def sampler_noise(model: DiffusionModel) -> list[NoiseInput]:
+    d = model.dim
+    return [NoiseInput(name="eps", dist="normal", dim=d), NoiseInput(name="e2", dist="normal", dim=d)]
+
+
+def export_diffusion(model: DiffusionModel, directory: Path) -> list[GraphSpec]:
+    net = model.net.eval()
+    d, m = model.dim, model.config.strata
+    x = torch.zeros(4, d)
+    scorer_inputs = {"x": x, "u": torch.rand(4, m), "eps": torch.randn(4, m * d), "eps0": torch.randn(4, d)}
+    export_torch(_Bound(net), scorer_inputs, "bound", directory / "scorer.onnx")
+    step_inputs = {
+        "state": x,
+        "step": torch.zeros(4, 1, dtype=torch.int64),
+        "steps": torch.full((4, 1), 2, dtype=torch.int64),
+        "eps": torch.randn(4, d),
+        "e2": torch.randn(4, d),
+    }
+    export_torch(_Step(net), step_inputs, "state_next", directory / "sampler.onnx")
+    return [
+        GraphSpec(
+            role="scorer",
+            file="scorer.onnx",
+            kind="bound",
+            noise=scorer_noise(model),
+            output="bound",
+            # One draw is an unbiased estimate of the bound at random steps, not a log importance
+            # weight: E[exp(draw)] can exceed P(x), so log mean exp over draws is no bound.
+            estimates=["average"],
+        ),
+        GraphSpec(
+            role="sampler",
+            file="sampler.onnx",
+            x_input=None,
+            noise=sampler_noise(model),
+            output="state_next",
+            loop=StepLoop(
+                steps=model.config.sample_steps,
+                state_dim=d,
+                count_input="steps",
+                max_steps=model.config.bound_steps,
+            ),
+        ),
+    ]

@@ -1,0 +1,173 @@
+"""The diffusion family: its bound is a true lower bound, its k draws are averaged (never log mean
+exp), and its sampler runs any number of steps up to the bound's T, reproducibly.
+
+The bound is checked where the model's exact likelihood is known without training: with the
+exact denoiser of Gaussian data every step of the sampler is linear, so the T-step model's
+marginal is a Gaussian whose variance a recursion gives; and on a small discrete space the
+bound's exp summed over every point may not exceed 1.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from plugins.diffusion.model import Diffusion
+from registry.runtime.models import CapabilityError, LoadedModel
+from registry.runtime.rows import InputError
+from registry.runtime.scoring import score
+
+GAMMA_MIN, GAMMA_MAX, T = -10.0, 6.0, 1000
+
+
+class GaussianEps(nn.Module):
+    """E[eps | z_t] for unit Gaussian data under the variance-preserving process: sigma_t z_t."""
+
+    def forward(self, z: torch.Tensor, features: torch.Tensor, gamma: torch.Tensor) -> torch.Tensor:
+        return (torch.rsqrt(1.0 + torch.exp(-gamma)) * z)[..., None]
+
+
+class PriorLogits(nn.Module):
+    """Independent dimensions with known level probabilities: the denoiser's exact prior term."""
+
+    def __init__(self, probs: torch.Tensor) -> None:
+        super().__init__()
+        self.register_buffer("log_p", torch.log(probs))  # (D, L)
+
+    def forward(self, z: torch.Tensor, features: torch.Tensor, gamma: torch.Tensor) -> torch.Tensor:
+        return self.log_p.expand(len(z), *self.log_p.shape)
+
+
+def _draws(model: Diffusion, x: torch.Tensor, draws: int, strata: int, seed: int) -> torch.Tensor:
+    """(len(x), draws) independent estimates of the bound."""
+    g = torch.Generator().manual_seed(seed)
+    rows = x.repeat_interleave(draws, 0)
+    u = torch.rand(len(rows), strata, generator=g, dtype=torch.float64)
+    eps = torch.randn(len(rows), strata * model.dim, generator=g, dtype=torch.float64)
+    eps0 = torch.randn(len(rows), model.dim, generator=g, dtype=torch.float64)
+    with torch.no_grad():
+        return model.bound(rows, u, eps, eps0).reshape(len(x), draws)
+
+
+def gaussian_model_variance(steps: int = T) -> float:
+    """The variance of the S-step sampler's output with the exact Gaussian denoiser (float64)."""
+
+    def alpha_sigma(g: float) -> tuple[float, float]:
+        return 1 / math.sqrt(1 + math.exp(g)), 1 / math.sqrt(1 + math.exp(-g))
+
+    def gamma(t: float) -> float:
+        return GAMMA_MIN + (GAMMA_MAX - GAMMA_MIN) * t
+
+    c = -math.expm1(-(GAMMA_MAX - GAMMA_MIN) / steps)
+    v = 1.0
+    for j in range(steps):
+        a_t, _ = alpha_sigma(gamma((steps - j) / steps))
+        a_s, s_s = alpha_sigma(gamma((steps - j - 1) / steps))
+        # x_hat = alpha_t z_t, so z_s = a_s ((1 - c) / a_t + c a_t) z_t + sqrt(c) s_s eps
+        v = (a_s * ((1 - c) / a_t + c * a_t)) ** 2 * v + c * s_s**2
+    a0, s0 = alpha_sigma(GAMMA_MIN)
+    return v / a0**2 + (s0 / a0) ** 2
+
+
+def test_bound_never_exceeds_the_exact_log_density_of_a_gaussian_diffusion():
+    model = Diffusion(GaussianEps(), 2, None, GAMMA_MIN, GAMMA_MAX, T).double()
+    var = gaussian_model_variance(T)
+    x = torch.tensor([[0.0, 0.0], [1.0, -1.0], [2.5, 0.5], [-3.0, 3.0]], dtype=torch.float64)
+    exact = (-0.5 * (x**2).sum(1) / var - math.log(2 * math.pi * var)).numpy()
+    # T strata: every step once per draw, so only the Gaussian noise is Monte Carlo.
+    draws = _draws(model, x, 1000, T, seed=0).numpy()
+    mean, stderr = draws.mean(1), draws.std(1) / math.sqrt(draws.shape[1])
+    # A true bound: below the model's own log-density, up to Monte Carlo error (0.035) ...
+    assert np.all(mean <= exact + 4 * stderr), (mean, exact, stderr)
+    # ... and close to it: the exact denoiser leaves only the T-step gap (0.02-0.16 nats here).
+    assert np.all(exact - mean < 0.3), (mean, exact)
+    # The sampler is the model the recursion describes (checked at 100 steps: any count is a
+    # model of the same kind, T's being the one the bound is about).
+    n, steps = 10000, 100
+    noise = {k: torch.randn(steps, n, 2, dtype=torch.float64) for k in ("eps", "e2")}
+    with torch.no_grad():
+        samples = model.sample(noise, steps).numpy()
+    assert abs(samples.var() / gaussian_model_variance(steps) - 1) < 0.03
+
+
+def test_log_mean_exp_of_the_draws_is_not_a_bound():
+    """Why the scorer supports the average only: one draw is an unbiased estimate of the bound
+    at random steps, not a log importance weight, and E[exp(draw)] exceeds P(x)."""
+    model = Diffusion(GaussianEps(), 2, None, GAMMA_MIN, GAMMA_MAX, T).double()
+    var = gaussian_model_variance(T)
+    x = torch.zeros(1, 2, dtype=torch.float64)
+    exact = -math.log(2 * math.pi * var)
+    draws = _draws(model, x, 20000, 1, seed=1).numpy()[0]
+    log_mean_exp = draws.max() + math.log(np.mean(np.exp(draws - draws.max())))
+    assert draws.mean() < exact < log_mean_exp
+
+
+def test_exp_bound_sums_to_at_most_one_over_a_discrete_space():
+    levels, dim, steps = 5, 2, T
+    probs = torch.softmax(torch.randn(dim, levels, generator=torch.Generator().manual_seed(3)), -1)
+    model = Diffusion(PriorLogits(probs.double()), dim, levels, GAMMA_MIN, GAMMA_MAX, steps).double()
+    grid = torch.cartesian_prod(torch.arange(levels), torch.arange(levels)).double()
+    draws = _draws(model, grid, 100, steps, seed=2).numpy()
+    mean = draws.mean(1)
+    total = float(np.exp(mean).sum())
+    # exp(bound) <= P(x) point by point, and the P(x) sum to 1 (Monte Carlo error about 1%);
+    # the exact denoiser leaves the T-step gap (0.90 at T = 200, 0.98 at T = 1000).
+    assert 0.93 < total <= 1.0 + 0.03, total
+    # Every draw is a probability mass bound: never above log 1.
+    assert mean.max() < 0.0
+
+
+@pytest.fixture(scope="module")
+def small_digits(train_model):
+    """A tiny diffusion on digits (a minute's worth of CPU at most): semantics, not quality."""
+    return train_model("diffusion", "digits", 1, channels=16, blocks=1, name="diffusion-tiny")
+
+
+def test_stored_model_states_its_estimates_and_step_range(small_digits):
+    scorer = small_digits.graph("scorer", "bound")
+    sampler = small_digits.graph("sampler")
+    assert scorer.estimates == ["average"]
+    assert sampler.loop.count_input == "steps"
+    assert (sampler.loop.steps, sampler.loop.max_steps) == (100, 1000)
+    parity = small_digits.meta["parity"]
+    assert parity["scorer:bound"] < 1e-3
+    assert parity["sampler_mismatch_share"] <= 0.01
+    assert "iwae64_bits_per_dim" not in small_digits.metrics["test"]
+
+
+def test_draws_are_averaged_and_log_mean_exp_is_refused(small_digits):
+    loaded = LoadedModel(small_digits)
+    x = small_digits_rows(loaded)
+    result = score(loaded, x, "bound", k=4, seed=5)
+    assert result.estimate == "average"
+    assert result.elbo is None
+    np.testing.assert_allclose(result.scores, loaded.log_weights(x, 5, 4).mean(1), rtol=1e-9)
+    assert "elbo" not in result.as_dict() and result.as_dict()["estimate"] == "average"
+    with pytest.raises(CapabilityError) as err:
+        score(loaded, x, "bound", k=4, estimate="importance_weighted")
+    assert err.value.field == "estimate" and "not a bound" in str(err.value)
+
+
+def small_digits_rows(loaded: LoadedModel) -> np.ndarray:
+    from registry.datasets import load_dataset
+
+    return load_dataset("digits").test[:8]
+
+
+def test_sampling_takes_a_step_count_reproducibly(small_digits):
+    loaded = LoadedModel(small_digits)
+    a = loaded.sample(6, seed=1, steps=10)
+    assert a.shape == (6, 64)
+    assert np.array_equal(a, loaded.sample(6, seed=1, steps=10))
+    assert not np.array_equal(a, loaded.sample(6, seed=1, steps=20))
+    assert np.array_equal(loaded.sample(3, seed=2), loaded.sample(3, seed=2, steps=100))
+    assert set(np.unique(a)) <= set(range(17))
+    assert loaded.sample_cost(6, 10) == 60
+    for bad in (0, 1001):
+        with pytest.raises(InputError) as err:
+            loaded.sample(2, seed=0, steps=bad)
+        assert err.value.field == "steps"
