@@ -19,6 +19,11 @@ class DiffusionConfig(FamilyConfig):
     network: Literal["conv", "mlp"] | None = Field(
         None, description="conv (residual 3x3 convolutions; image data only) or mlp"
     )
+    predict: Literal["levels", "epsilon"] = Field(
+        "levels",
+        description="discrete data: levels (a categorical with each dimension's own evidence) or epsilon "
+        "(a plain noise prediction, for comparison)",
+    )
     channels: int = Field(64, ge=8, le=1024, description="conv: channels (a multiple of 8)", multiple_of=8)
     blocks: int = Field(3, ge=1, le=16, description="conv: residual blocks of two 3x3 convolutions")
     hidden: int | None = Field(None, ge=8, le=8192, description="mlp: width of the hidden layers")
@@ -33,8 +38,9 @@ class DiffusionConfig(FamilyConfig):
         description="T: the bound is on log P(x) of the T-step sampler; max /sample steps",
     )
     sample_steps: int | None = Field(None, ge=1, description="default /sample steps (at most bound_steps)")
-    strata: int = Field(
-        4, ge=1, le=64, description="time points per row and draw (stratified) in training and scoring"
+    strata: int = Field(4, ge=1, le=1000, description="training: stratified steps per row")
+    score_strata: int = Field(
+        20, ge=1, le=1000, description="the served scorer: stratified steps per row and draw (spread vs cost)"
     )
     lr: float = Field(2e-3, gt=0, le=1, description="peak AdamW learning rate (cosine decay)")
     weight_decay: float | None = Field(None, ge=0)
@@ -45,8 +51,9 @@ class DiffusionConfig(FamilyConfig):
 
     @model_validator(mode="after")
     def _strata_divide_steps(self) -> DiffusionConfig:
-        if self.bound_steps % self.strata:
-            raise ValueError(f"bound_steps ({self.bound_steps}) must be a multiple of strata ({self.strata})")
+        for name in ("strata", "score_strata"):
+            if self.bound_steps % getattr(self, name):
+                raise ValueError(f"bound_steps ({self.bound_steps}) must be a multiple of {name}")
         return self
 
     def resolve(self, data: Dataset) -> DiffusionConfig:

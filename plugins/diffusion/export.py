@@ -42,7 +42,7 @@ class _Step(nn.Module):
 
 
 def scorer_noise(model: DiffusionModel) -> list[NoiseInput]:
-    m, d = model.config.strata, model.dim
+    m, d = model.config.score_strata, model.dim
     return [
         NoiseInput(name="u", dist="uniform", dim=m),
         NoiseInput(name="eps", dist="normal", dim=m * d),
@@ -57,7 +57,7 @@ def sampler_noise(model: DiffusionModel) -> list[NoiseInput]:
 
 def export_diffusion(model: DiffusionModel, directory: Path) -> list[GraphSpec]:
     net = model.net.eval()
-    d, m = model.dim, model.config.strata
+    d, m = model.dim, model.config.score_strata
     x = torch.zeros(4, d)
     scorer_inputs = {"x": x, "u": torch.rand(4, m), "eps": torch.randn(4, m * d), "eps0": torch.randn(4, d)}
     export_torch(_Bound(net), scorer_inputs, "bound", directory / "scorer.onnx")

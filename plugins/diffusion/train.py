@@ -21,14 +21,16 @@ VALIDATION_STRATA = 16
 def build(
     dim: int, levels: int | None, config: DiffusionConfig, shape: tuple[int, int] | None = None
 ) -> Diffusion:
-    out = levels or 1
+    out = levels if levels and config.predict == "levels" else 1
     if config.network == "conv":
         if shape is None:
             raise ValueError("network=conv needs image data (an image shape); use network=mlp")
         network = ConvDenoiser(shape, out, config.channels, config.blocks, config.dropout)
     else:
         network = MLPDenoiser(dim, out, config.hidden, config.depth, config.dropout)
-    return Diffusion(network, dim, levels, config.gamma_min, config.gamma_max, config.bound_steps)
+    return Diffusion(
+        network, dim, levels, config.gamma_min, config.gamma_max, config.bound_steps, config.predict
+    )
 
 
 def draws(n: int, dim: int, strata: int, generator: torch.Generator) -> tuple[torch.Tensor, ...]:
