@@ -84,6 +84,9 @@ def trained(bentoml_home):
     for data in ("digits", "8gaussians"):
         name = f"autoregressive-{data}"
         models[name] = _train("autoregressive", data, TEST_EPOCHS[name])
+    # A diffusion small enough to train and sample in seconds: tests check its contract and
+    # its serving (steps, estimates), benchmarks/diffusion.py its quality.
+    models["diffusion-digits"] = _train("diffusion", "digits", 1, channels=16, blocks=1)
     # 3 dimensions with 4 levels, each depending on the one before: small enough to enumerate.
     rng = np.random.default_rng(0)
     first = rng.integers(0, 4, 3000)

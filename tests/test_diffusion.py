@@ -122,9 +122,9 @@ def test_exp_bound_sums_to_at_most_one_over_a_discrete_space():
 
 
 @pytest.fixture(scope="module")
-def small_digits(train_model):
-    """A tiny diffusion on digits (a minute's worth of CPU at most): semantics, not quality."""
-    return train_model("diffusion", "digits", 1, channels=16, blocks=1, name="diffusion-tiny")
+def small_digits(trained):
+    """The session's tiny diffusion on digits (seconds of training): semantics, not quality."""
+    return trained["diffusion-digits"]
 
 
 def test_stored_model_states_its_estimates_and_step_range(small_digits):

@@ -24,6 +24,7 @@ DEFAULT_MODELS: tuple[tuple[str, str, int], ...] = (
     ("flow", "8gaussians", 150),
     ("gan", "8gaussians", 90),
     ("autoregressive", "digits", 150),
+    ("diffusion", "digits", 150),
 )
 
 
