@@ -171,3 +171,55 @@ def test_sampling_takes_a_step_count_reproducibly(small_digits):
         with pytest.raises(InputError) as err:
             loaded.sample(2, seed=0, steps=bad)
         assert err.value.field == "steps"
+
+
+# --- over HTTP (the real server of the session) -------------------------------------------------
+
+
+def test_served_samples_take_steps_and_a_seed_reproduces_them(server):
+    client, _ = server
+    body = {"model": "diffusion-digits", "n": 4, "seed": 3, "steps": 12}
+    first = client.post("/sample", json=body)
+    assert first.status_code == 200, first.text
+    assert client.post("/sample", json=body).json()["samples"] == first.json()["samples"]
+    other = client.post("/sample", json={**body, "steps": 13}).json()["samples"]
+    assert other != first.json()["samples"]
+    loaded = LoadedModel(_stored(client))
+    np.testing.assert_array_equal(np.asarray(first.json()["samples"]), loaded.sample(4, seed=3, steps=12))
+    for steps in (0, 1001, "ten"):
+        bad = client.post("/sample", json={**body, "steps": steps})
+        assert 400 <= bad.status_code < 500, bad.text
+        assert "steps" in bad.json()["error"], bad.text
+    # A fixed loop (autoregressive: one dimension per step) runs its own count only.
+    fixed = client.post("/sample", json={"model": "autoregressive-digits", "n": 1, "steps": 10})
+    assert fixed.status_code == 400 and "steps" in fixed.json()["error"], fixed.text
+
+
+def test_served_bound_averages_draws_and_refuses_log_mean_exp(server):
+    client, _ = server
+    x = small_digits_rows(None).tolist()
+    answer = client.post(
+        "/score", json={"model": "diffusion-digits", "x": x, "kind": "bound", "k": 4, "seed": 2}
+    )
+    assert answer.status_code == 200, answer.text
+    body = answer.json()
+    assert body["estimate"] == "average" and body.get("elbo") is None
+    loaded = LoadedModel(_stored(client))
+    np.testing.assert_allclose(body["scores"], loaded.log_weights(np.asarray(x), 2, 4).mean(1), rtol=1e-6)
+    refused = client.post(
+        "/score", json={"model": "diffusion-digits", "x": x, "k": 4, "estimate": "importance_weighted"}
+    )
+    assert refused.status_code == 422, refused.text
+    assert refused.json()["field"] == "estimate" and "not a bound" in refused.json()["error"]
+    # Where the draws are log importance weights (the VAE), the same request is served.
+    vae = client.post(
+        "/score", json={"model": "vae-digits", "x": x, "k": 4, "estimate": "importance_weighted"}
+    )
+    assert vae.status_code == 200 and vae.json()["estimate"] == "importance_weighted", vae.text
+
+
+def _stored(client):
+    from registry.runtime.store import get_model
+
+    tag = next(m["tag"] for m in client.get("/models").json()["models"] if m["name"] == "diffusion-digits")
+    return get_model(tag)
