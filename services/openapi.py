@@ -21,6 +21,7 @@ from services.schemas import (
     MAX_DRAWS,
     MAX_N,
     MAX_ROWS,
+    MAX_STEPS,
     MAX_TWO_SAMPLE,
     MODEL_NAME,
     MODEL_REF,
@@ -419,6 +420,45 @@ def draw_tiers(
     return tiers
 
 
+# At most this many (steps, n) rectangles per sampler whose count may be chosen (see step_tiers).
+STEP_TIERS = 16
+
+
+def step_tiers(
+    most_steps: int, max_n: int = MAX_N, budget: int = MAX_DRAW_ROWS, cap: int = STEP_TIERS
+) -> list[tuple[int, int, int]]:
+    """(fewest steps, most steps, most n) rectangles for a sampler whose count may be chosen,
+    1..most_steps: /sample takes n <= max_n with n x steps <= budget (services.service).
+
+    Their union is exactly that rule where it has at most ``cap`` distinct bounds on n (always
+    where most_steps x max_n <= budget: one rectangle). Beyond, the counts are grouped by powers
+    of two (1, 2-3, 4-7, ...), each group bounded by its largest count's n: every request the
+    rectangles admit is served, and some that are served (n a little under budget / steps) are
+    left out, so the document never promises a request the service refuses.
+    """
+
+    def most_n(steps: int) -> int:
+        return min(max_n, budget // steps)
+
+    def runs(groups: list[tuple[int, int]]) -> list[tuple[int, int, int]]:
+        tiers: list[tuple[int, int, int]] = []
+        for low, high in groups:
+            bound = most_n(high)
+            if bound < 1:
+                break
+            if tiers and tiers[-1][2] == bound:
+                tiers[-1] = (tiers[-1][0], high, bound)
+            else:
+                tiers.append((low, high, bound))
+        return tiers
+
+    exact = runs([(s, s) for s in range(1, most_steps + 1)])
+    if len(exact) <= cap:
+        return exact
+    lows = [1 << j for j in range(most_steps.bit_length())]
+    return runs([(low, min(2 * low - 1, most_steps)) for low in lows])
+
+
 def _exact(components: dict[str, Any], described: list[dict[str, Any]]) -> None:
     seed = components["ScoreRequest"]["properties"]["seed"]
     sample_props = components["SampleRequest"]["properties"]
@@ -430,7 +470,8 @@ def _exact(components: dict[str, Any], described: list[dict[str, Any]]) -> None:
             default = kind == d["kinds"][0]
             kind_schema = {"enum": [kind, None]} if default else {"const": kind}
             required = ["model", "x"] if default else ["model", "x", "kind"]
-            tiers = draw_tiers() if kind == "bound" else [(1, MAX_ROWS)]
+            # rows x k within the draw budget for every kind (k = 1 but for a bound)
+            tiers = draw_tiers() if kind == "bound" else [(1, min(MAX_ROWS, MAX_DRAW_ROWS))]
             for most_k, most_rows in tiers:
                 props = {
                     "model": model,
@@ -438,18 +479,29 @@ def _exact(components: dict[str, Any], described: list[dict[str, Any]]) -> None:
                     "kind": kind_schema,
                     "seed": seed,
                     "k": {"type": "integer", "minimum": 1, "maximum": most_k},
+                    # a bound's estimates; none for another kind (400 naming estimate)
+                    "estimate": {"enum": [*d["estimates"], None]} if kind == "bound" else {"type": "null"},
                 }
                 score.append(_object(props, required))
         if not d["sampler"]:
             continue  # 422 for every request: no branch
+        # The sampler's own count (steps left out, or that count): n x its steps within the
+        # draw-row limit. A count it cannot run is refused (400 naming steps).
         most_n = min(MAX_N, MAX_DRAW_ROWS // d["steps"])
         props = dict(sample_props)
         props.update(
             model=model,
             n={**sample_props["n"], "maximum": most_n},
             format={**sample_props["format"], "enum": ["json", "png"] if d["image"] else ["json"]},
+            steps={"enum": [*([d["steps"]] if d["steps"] <= MAX_STEPS else []), None]},
         )
         sample.append(_object(props, ["model"]))
+        if d["max_steps"] is not None:
+            # A count that may be chosen: n x steps within the limit, as rectangles.
+            for low, high, most in step_tiers(min(d["max_steps"], MAX_STEPS)):
+                chosen = {"type": "integer", "minimum": low, "maximum": high}
+                props = dict(props, n={**sample_props["n"], "maximum": most}, steps=chosen)
+                sample.append(_object(props, ["model", "steps"]))
         # Without n_model, the real rows set how many samples are drawn (x steps).
         most_x = min(MAX_TWO_SAMPLE, MAX_DRAW_ROWS // d["steps"])
         n_model = {"type": "integer", "minimum": 10, "maximum": most_x}

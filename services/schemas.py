@@ -31,7 +31,9 @@ MAX_N = int(os.environ.get("GENREG_MAX_N", "4096"))
 MAX_ROWS = int(os.environ.get("GENREG_MAX_ROWS", "4096"))
 MAX_TWO_SAMPLE = int(os.environ.get("GENREG_MAX_TWO_SAMPLE", "2000"))
 MAX_DRAWS = int(os.environ.get("GENREG_MAX_DRAWS", "1000"))
-MAX_DRAW_ROWS = int(os.environ.get("GENREG_MAX_DRAW_ROWS", "262144"))  # rows x k per request
+MAX_DRAW_ROWS = int(os.environ.get("GENREG_MAX_DRAW_ROWS", "262144"))  # rows x k, n x steps per request
+# The most sampling steps a request may ask of a sampler whose count may be chosen.
+MAX_STEPS = int(os.environ.get("GENREG_MAX_STEPS", "1000"))
 MODEL_REF = r"^[a-z0-9][a-z0-9._-]*(:[a-z0-9]+)?$"
 
 
@@ -87,6 +89,14 @@ class SampleRequest(_Strict):
         1.0, ge=0.0, le=10.0, description="scales the normal and Gumbel noise: 0 takes the most likely draw"
     )
     format: Literal["json", "png"] = Field("json", description="png: a base64 PNG grid (image data)")
+    steps: Bounded(ge=1, le=MAX_STEPS) | None = Field(
+        None,
+        description=(
+            f"sampling steps (default: the model's own count, GET /models `steps`): 1 to the model's "
+            f"`max_steps` (at most {MAX_STEPS}) where its sampler's count may be chosen; a fixed loop "
+            f"takes only its own count, a one-call sampler only 1; n x steps at most {MAX_DRAW_ROWS}"
+        ),
+    )
 
 
 class ScoreRequest(_Strict):
@@ -95,6 +105,14 @@ class ScoreRequest(_Strict):
     kind: Literal["log_prob", "bound", "discriminator"] | None = None
     seed: Seed | None = Field(0, description="seed of the scorer's noise")
     k: Int = Field(1, ge=1, le=MAX_DRAWS, description="noise draws per row for kind=bound")
+    estimate: Literal["average", "importance_weighted"] | None = Field(
+        None,
+        description=(
+            "kind=bound: how the k draws per row are summarised: average (mean log w, always a bound) "
+            "or importance_weighted (log mean w, a tighter bound where the draws are log importance "
+            "weights); one of the model's `estimates` (GET /models), default the tightest of them"
+        ),
+    )
 
 
 class TwoSampleRequest(_Strict):
@@ -115,6 +133,7 @@ Number = float | None
 
 class SampleResponse(BaseModel):
     model: str = Field(description="name:version that answered")
+    steps: int | None = Field(None, description="the sampling steps run (step samplers)")
     samples: list[list[Number]] | None = Field(None, description="n rows in data units (format json)")
     png: str | None = Field(None, description="base64 PNG grid (format png)")
 
@@ -125,7 +144,12 @@ class ScoreResponse(BaseModel):
     scores: list[Number] = Field(description="nats per row, or P(real) for discriminator")
     bits_per_dim: list[Number] | None = None
     k: int | None = None
-    elbo: list[Number] | None = Field(None, description="with k > 1: the plain average over draws")
+    estimate: Literal["average", "importance_weighted"] | None = Field(
+        None, description="kind=bound: which estimate `scores` are (the k draws' average or log mean exp)"
+    )
+    elbo: list[Number] | None = Field(
+        None, description="with k > 1 and estimate importance_weighted: the plain average over draws"
+    )
     # Over the rows: mean score and its standard error (nats, and bits/dim for likelihoods);
     # a standard error needs two rows or more.
     mean: Number | None = None
@@ -160,6 +184,16 @@ class ModelInfo(BaseModel):
     metrics: dict[str, Any]
     created: str | None = None
     provider: str | None = None  # ONNX Runtime execution provider in use (session.get_providers())
+    # Capabilities as data: what /sample's steps and /score's estimate may be for this model.
+    steps: int | None = Field(
+        None, description="the sampler's own step count (1: one graph call); null: no sampler"
+    )
+    max_steps: int | None = Field(
+        None, description="the most steps /sample may ask for, where the count may be chosen; else null"
+    )
+    estimates: list[Literal["average", "importance_weighted"]] = Field(
+        [], description="the estimates /score's kind=bound may ask for (empty: no bound)"
+    )
 
 
 class ModelsResponse(BaseModel):
@@ -238,13 +272,10 @@ def _fields(model: type[BaseModel], *names: str) -> dict[str, Any]:
 
 # The V2 parameters of each operation: the very fields of ScoreRequest and SampleRequest.
 V2ScoreParameters = create_model(
-    "V2ScoreParameters", __base__=_Strict, **_fields(ScoreRequest, "kind", "seed", "k")
+    "V2ScoreParameters", __base__=_Strict, **_fields(ScoreRequest, "kind", "seed", "k", "estimate")
 )
 V2SampleParameters = create_model(
-    "V2SampleParameters",
-    __base__=_Strict,
-    **_fields(SampleRequest, "n", "seed", "temperature"),
-    steps=(Bounded(ge=1) | None, Field(None, description="sampling steps; only a step sampler's own count")),
+    "V2SampleParameters", __base__=_Strict, **_fields(SampleRequest, "n", "seed", "temperature", "steps")
 )
 
 
@@ -284,7 +315,10 @@ class V2ModelMetadata(BaseModel):
     platform: str
     inputs: list[V2TensorMetadata] = Field(description="x (score); none to sample")
     outputs: list[V2TensorMetadata]
-    parameters: dict[str, str | int] = Field(description="family, kinds, operations, steps (step samplers)")
+    parameters: dict[str, str | int] = Field(
+        description="family, kinds, operations; steps (step samplers) and max_steps (a count that may be "
+        "chosen); estimates (bound scorers, comma-separated)"
+    )
 
 
 class V2OutputTensor(BaseModel):
@@ -299,7 +333,9 @@ class V2InferResponse(BaseModel):
     model_name: str
     model_version: str
     id: str | None = None
-    parameters: dict[str, str | int] = Field(description="kind and k (score); n and steps (sample)")
+    parameters: dict[str, str | int] = Field(
+        description="kind, k and (kind bound) estimate (score); n and the steps run (step samplers; sample)"
+    )
     outputs: list[V2OutputTensor]
 
 

@@ -33,7 +33,7 @@ from registry.runtime.png import png_grid
 from registry.runtime.remote import pull_new
 from registry.runtime.rows import InputError, check_rows
 from registry.runtime.scoring import Scores
-from registry.runtime.store import ModelNotFound, StoreError, list_models
+from registry.runtime.store import ModelNotFound, StoredModel, StoreError, list_models
 from registry.runtime.two_sample import c2st, mmd_test
 from services.admission import HEAVY_VALUES, MAX_HEAVY, HeavyGate
 from services.auth import BearerAuth
@@ -77,17 +77,38 @@ POLL_SECONDS = float(os.environ.get("GENREG_POLL_SECONDS", "2"))
 REMOTE_POLL_SECONDS = float(os.environ.get("GENREG_REMOTE_POLL_SECONDS", "10"))
 
 
-def _check_sample_cost(loaded: LoadedModel, n: int, field: str) -> None:
-    """Refuse a sample whose graph calls (n x the loop's steps) exceed the per-request row limit."""
-    cost = loaded.sample_cost(n)
+def _can_sample(loaded: LoadedModel) -> None:
+    """ApiError 422 for a model without a sampler (whatever else the request asks)."""
+    if loaded.stored.graph("sampler") is None:
+        raise ApiError(
+            422,
+            "model",
+            f"{loaded.stored.tag} cannot sample; it can score: {', '.join(loaded.kinds) or 'nothing'}",
+            "missing_capability",
+        )
+
+
+def _sample_count(loaded: LoadedModel, n: int, steps: int | None, field: str = "n") -> int:
+    """The step count a request for n samples runs (``steps``: the one asked for, None: the
+    sampler's own), or ApiError: 422 for a model that cannot sample, 400 naming ``steps`` for a
+    count its sampler cannot run (the runtime's check), and 400 when n x steps, the rows its
+    graph calls take, exceeds the per-request row limit (naming ``steps`` where the model's own
+    count would have fitted, else ``field``)."""
+    _can_sample(loaded)
+    try:
+        cost = loaded.sample_cost(n, steps)
+    except InputError as exc:
+        raise ApiError(400, exc.field, str(exc), f"invalid_{exc.field}") from None
+    count = cost // n
     if cost > MAX_DRAW_ROWS:
-        steps = cost // n
+        at_fault = "steps" if loaded.sample_cost(n) <= MAX_DRAW_ROWS else field
         raise ApiError(
             400,
-            field,
-            f"{field}: {n} samples x {steps} sampling steps = {cost} rows exceeds {MAX_DRAW_ROWS}",
-            f"invalid_{field}",
+            at_fault,
+            f"{at_fault}: {n} samples x {count} sampling steps = {cost} rows exceeds {MAX_DRAW_ROWS}",
+            f"invalid_{at_fault}",
         )
+    return count
 
 
 async def _call(fn: Callable[[], Any], rows: int) -> Any:
@@ -96,8 +117,22 @@ async def _call(fn: Callable[[], Any], rows: int) -> Any:
     return await anyio.to_thread.run_sync(fn)
 
 
+def sampling(stored: StoredModel) -> dict[str, Any]:
+    """What /sample's ``steps`` and /score's ``estimate`` may be for a stored model, from its
+    graph descriptions: the sampler's own count (1: one graph call; None: no sampler), the most
+    steps where the count may be chosen, and the bound scorer's estimates."""
+    sampler, bound = stored.graph("sampler"), stored.graph("scorer", "bound")
+    loop = sampler.loop if sampler is not None else None
+    return {
+        "steps": None if sampler is None else loop.steps if loop is not None else 1,
+        "max_steps": loop.max_steps if loop is not None else None,
+        "estimates": list(bound.estimates) if bound is not None else [],
+    }
+
+
 def model_info(loaded: LoadedModel) -> dict[str, Any]:
-    return ModelInfo(**loaded.stored.summary(), kinds=loaded.kinds, provider=loaded.provider).model_dump()
+    info = {**loaded.stored.summary(), **sampling(loaded.stored)}
+    return ModelInfo(**info, kinds=loaded.kinds, provider=loaded.provider).model_dump()
 
 
 @bentoml.service(name="genreg", workers=WORKERS, traffic={"timeout": 60, "max_concurrency": 256})
@@ -175,7 +210,8 @@ class Genreg:
 
     def described(self) -> list[dict[str, Any]]:
         """What the OpenAPI document needs to state each stored version's limits exactly (its
-        width, levels, kinds, sampler and steps), from the stored metadata: nothing is loaded."""
+        width, levels, kinds, sampler, its steps and their range, and the bound's estimates),
+        from the stored metadata: nothing is loaded."""
         out = []
         for stored in list_models():
             if stored.name not in self.cache.newest:
@@ -191,7 +227,7 @@ class Genreg:
                     "image": bool(stored.data.get("image_shape")),
                     "kinds": model_kinds(stored.capabilities),
                     "sampler": sampler is not None,
-                    "steps": sampler.loop.steps if sampler is not None and sampler.loop is not None else 1,
+                    **sampling(stored),
                 }
             )
         return out
@@ -220,15 +256,21 @@ class Genreg:
             if endpoint == "sample":
                 req = validate(SampleRequest, body, may_hold_bools)
                 loaded = self.resolve(req.model)
-                # A step-loop sampler runs its graph once per step: weigh the request by that.
-                sample = functools.partial(self._sample, req, loaded)
-                cost = loaded.sample_cost(req.n)
-                with self._admit(cost * loaded.dim, "n", f"{req.n} samples"):
-                    return json_response(await _call(sample, cost))
+                answer = await self.sample(
+                    loaded,
+                    req.n,
+                    seed=req.seed,
+                    temperature=req.temperature,
+                    steps=req.steps,
+                    then=self._sample_answer(req, loaded),
+                )
+                return json_response(answer)
             if endpoint == "score":
                 req = validate(ScoreRequest, body, may_hold_bools)
                 loaded = self.resolve(req.model)
-                result = await self.score(loaded, req.x, req.kind, k=req.k, seed=req.seed)
+                result = await self.score(
+                    loaded, req.x, req.kind, k=req.k, seed=req.seed, estimate=req.estimate
+                )
                 return json_response(result.as_dict())
             if endpoint == "two_sample_test":
                 req = validate(TwoSampleRequest, body, may_hold_bools)
@@ -241,14 +283,27 @@ class Genreg:
 
     # --- the one sampling and scoring path of both protocols (genreg's and V2) ----------------
     async def sample(
-        self, loaded: LoadedModel, n: int, *, seed: int | None, temperature: float, protocol: str = "genreg"
-    ) -> np.ndarray:
-        """n samples (float32 rows in data units); ApiError for a request the model cannot take."""
-        _check_sample_cost(loaded, n, "n")
-        draw = functools.partial(self._draw, loaded, n, seed, temperature, protocol)
-        cost = loaded.sample_cost(n)
-        with self._admit(cost * loaded.dim, "n", f"{n} samples"):
-            return await _call(draw, cost)
+        self,
+        loaded: LoadedModel,
+        n: int,
+        *,
+        seed: int | None,
+        temperature: float,
+        steps: int | None = None,
+        protocol: str = "genreg",
+        then: Callable[[np.ndarray, int], Any] | None = None,
+    ) -> Any:
+        """n samples (float32 rows in data units), ``steps`` the sampler's count (None: its own);
+        ApiError for a request the model cannot take. ``then(samples, steps run)`` makes the
+        answer from them in the same call (a PNG grid is drawn off the event loop too)."""
+        count = _sample_count(loaded, n, steps)
+        # A step-loop sampler runs its graph once per step: weigh the request by that.
+        cost = n * count
+        draw = functools.partial(self._draw, loaded, n, seed, temperature, count, protocol)
+        job = draw if then is None else lambda: then(draw(), count)
+        what = f"{n} samples" + (f" x {count} steps" if count > 1 else "")
+        with self._admit(cost * loaded.dim, "n", what):
+            return await _call(job, cost)
 
     async def score(
         self,
@@ -258,31 +313,38 @@ class Genreg:
         *,
         k: int,
         seed: int | None,
+        estimate: str | None = None,
         protocol: str = "genreg",
     ) -> Scores:
         """registry.runtime.scoring.score (rows checked there), its refusals as ApiError."""
         rows = int(x.shape[0]) if getattr(x, "ndim", 0) else 1
         width = int(x.shape[1]) if getattr(x, "ndim", 0) == 2 else 1
-        run = functools.partial(self._score, loaded, x, kind, k, seed, protocol)
+        run = functools.partial(self._score, loaded, x, kind, k, seed, estimate, protocol)
         field, what = ("k", f"{rows} rows x {k} draws") if k > 1 else ("x", f"{rows} rows")
         with self._admit(rows * k * width, field, what):
             return await _call(run, rows * k)
 
     def _draw(
-        self, loaded: LoadedModel, n: int, seed: int | None, temperature: float, protocol: str
+        self, loaded: LoadedModel, n: int, seed: int | None, temperature: float, steps: int, protocol: str
     ) -> np.ndarray:
-        try:
-            x = loaded.sample(n, seed=seed, temperature=temperature)
-        except CapabilityError as exc:
-            raise ApiError(422, "model", str(exc), "missing_capability") from None
+        x = loaded.sample(n, seed=seed, temperature=temperature, steps=steps)
         ROWS.labels(model=loaded.stored.name, kind="sample", protocol=protocol).inc(n)
         return x
 
     def _score(
-        self, loaded: LoadedModel, x: Any, kind: str | None, k: int, seed: int | None, protocol: str
+        self,
+        loaded: LoadedModel,
+        x: Any,
+        kind: str | None,
+        k: int,
+        seed: int | None,
+        estimate: str | None,
+        protocol: str,
     ) -> Scores:
         try:
-            result = scoring.score(loaded, x, kind, k=k, seed=seed, max_draw_rows=MAX_DRAW_ROWS)
+            result = scoring.score(
+                loaded, x, kind, k=k, seed=seed, max_draw_rows=MAX_DRAW_ROWS, estimate=estimate
+            )
         except CapabilityError as exc:
             raise ApiError(422, exc.field, str(exc), "missing_capability") from None
         except InputError as exc:
@@ -326,7 +388,11 @@ class Genreg:
             raise ApiError(409, "model", str(exc), "store_error") from None
 
     # --- /sample ---------------------------------------------------------------------------
-    def _sample(self, req: SampleRequest, loaded: LoadedModel) -> dict[str, Any]:
+    @staticmethod
+    def _sample_answer(
+        req: SampleRequest, loaded: LoadedModel
+    ) -> Callable[[np.ndarray, int], dict[str, Any]]:
+        """How /sample's answer is made from the samples; ApiError now for a format the data lacks."""
         shape = loaded.stored.data.get("image_shape")
         if req.format == "png" and not shape:
             raise ApiError(
@@ -335,28 +401,33 @@ class Genreg:
                 f"format: png is unavailable, {loaded.stored.tag} was not trained on images",
                 "invalid_format",
             )
-        _check_sample_cost(loaded, req.n, "n")
-        x = self._draw(loaded, req.n, req.seed, req.temperature, "genreg")
-        out: dict[str, Any] = {"model": loaded.stored.tag}
-        if req.format == "png":
-            high = loaded.stored.data.get("high") or float(np.max(x))
-            out["png"] = base64.b64encode(png_grid(x, tuple(shape), high=high)).decode()
-        else:
-            out["samples"] = x
-        return out
+        sampler = loaded.stored.graph("sampler")
+        looped = sampler is not None and sampler.loop is not None
+
+        def answer(x: np.ndarray, steps: int) -> dict[str, Any]:
+            out: dict[str, Any] = {"model": loaded.stored.tag}
+            if looped:
+                out["steps"] = steps
+            if req.format == "png":
+                high = loaded.stored.data.get("high") or float(np.max(x))
+                out["png"] = base64.b64encode(png_grid(x, tuple(shape), high=high)).decode()
+            else:
+                out["samples"] = x
+            return out
+
+        return answer
 
     # --- /two_sample_test -------------------------------------------------------------------
     def _two_sample(self, req: TwoSampleRequest) -> dict[str, Any]:
         loaded = self.resolve(req.model)
-        if loaded.stored.graph("sampler") is None:
-            raise ApiError(422, "model", f"{loaded.stored.tag} cannot sample", "missing_capability")
+        _can_sample(loaded)
         try:
             real = check_rows(req.x, loaded.stored.data, what="x").astype(np.float64)
         except InputError as exc:
             raise ApiError(400, exc.field, str(exc), "invalid_x") from None
-        _check_sample_cost(loaded, req.n_model or len(real), "n_model" if req.n_model else "x")
-        fake = loaded.sample(req.n_model or len(real), seed=req.seed).astype(np.float64)
-        ROWS.labels(model=loaded.stored.name, kind="sample", protocol="genreg").inc(len(fake))
+        n = req.n_model or len(real)
+        count = _sample_count(loaded, n, None, "n_model" if req.n_model else "x")
+        fake = self._draw(loaded, n, req.seed, 1.0, count, "genreg").astype(np.float64)
         with np.errstate(all="ignore"):
             if req.test == "mmd":
                 result = mmd_test(real, fake, permutations=req.permutations, seed=req.seed)

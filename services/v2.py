@@ -5,13 +5,18 @@ versions. Which operation an infer request runs is said by its inputs (docs/depl
 Inference Protocol", states the mapping in full):
 
 - **score**: one input tensor named ``x``, rows of the model's width (FP32 or FP64; any
-  integer type too); request parameters ``kind``, ``k``, ``seed`` as on /score. Outputs
-  ``scores`` (FP64, nats per row, or P(real) for the discriminator), ``bits_per_dim`` (FP64,
-  likelihood kinds) and, for k > 1, ``elbo`` (FP64: the plain average, beside ``scores``, the
-  importance-weighted bound). The response's parameters give the kind and k.
-- **sample**: no inputs; parameters ``n``, ``seed``, ``temperature`` as on /sample, and
-  ``steps`` where the model samples with a step loop (its own count only). Output ``samples``
-  (FP32, n rows in data units).
+  integer type too); request parameters ``kind``, ``k``, ``seed`` and ``estimate`` as on
+  /score. Outputs ``scores`` (FP64, nats per row, or P(real) for the discriminator),
+  ``bits_per_dim`` (FP64, likelihood kinds) and, for k > 1 with the importance-weighted
+  estimate, ``elbo`` (FP64: the plain average, beside ``scores``). The response's parameters
+  give the kind, k and, for kind bound, the ``estimate`` that ``scores`` are.
+- **sample**: no inputs; parameters ``n``, ``seed``, ``temperature`` and ``steps`` as on
+  /sample (``steps``: 1 to the model's ``max_steps`` where its sampler's count may be chosen,
+  else its own count only). Output ``samples`` (FP32, n rows in data units); the response's
+  parameters give n and, for a step sampler, the steps run.
+
+The model's metadata parameters state ``steps`` (a step sampler's own count), ``max_steps``
+(where the count may be chosen) and ``estimates`` (a bound scorer's, comma-separated).
 
 Both run through the service's own ``score`` and ``sample`` (the same row check, limits and
 metrics as /score and /sample, labelled protocol="v2"); errors are the protocol's
@@ -22,6 +27,7 @@ from __future__ import annotations
 
 import importlib.metadata
 import re
+from collections.abc import Callable
 from typing import Any, NamedTuple, Protocol
 
 import numpy as np
@@ -103,12 +109,21 @@ class V2Api(Protocol):
         *,
         k: int,
         seed: int | None,
+        estimate: str | None = ...,
         protocol: str = ...,
     ) -> Scores: ...
 
     async def sample(
-        self, loaded: LoadedModel, n: int, *, seed: int | None, temperature: float, protocol: str = ...
-    ) -> np.ndarray: ...
+        self,
+        loaded: LoadedModel,
+        n: int,
+        *,
+        seed: int | None,
+        temperature: float,
+        steps: int | None = ...,
+        protocol: str = ...,
+        then: Callable[[np.ndarray, int], Any] | None = ...,
+    ) -> Any: ...
 
 
 def method_not_allowed(found: Route, method: str, path: str) -> Response:
@@ -162,7 +177,7 @@ def metadata(loaded: LoadedModel, versions: list[str]) -> dict[str, Any]:
         outputs.append({"name": "scores", "datatype": "FP64", "shape": [-1]})
         if any(kind in LIKELIHOODS for kind in kinds):
             outputs.append({"name": "bits_per_dim", "datatype": "FP64", "shape": [-1]})
-        if "bound" in kinds:
+        if "importance_weighted" in loaded.estimates():  # elbo beside the importance-weighted bound
             outputs.append({"name": "elbo", "datatype": "FP64", "shape": [-1]})
     sampler = loaded.stored.graph("sampler")
     parameters: dict[str, Any] = {"family": loaded.stored.family, "kinds": ",".join(kinds)}
@@ -171,8 +186,12 @@ def metadata(loaded: LoadedModel, versions: list[str]) -> dict[str, Any]:
         parameters["operations"] = "score: input x; sample: no inputs" if kinds else "sample: no inputs"
         if sampler.loop is not None:
             parameters["steps"] = sampler.loop.steps
+            if sampler.loop.max_steps is not None:
+                parameters["max_steps"] = sampler.loop.max_steps
     else:
         parameters["operations"] = "score: input x"
+    if "bound" in kinds:
+        parameters["estimates"] = ",".join(loaded.estimates())
     return {
         "name": loaded.stored.name,
         "versions": versions,
@@ -260,34 +279,36 @@ async def _score(
     # /score's row limit (ScoreRequest.x); the rows' values are checked by the scoring path.
     if x.ndim == 2 and not 1 <= x.shape[0] <= MAX_ROWS:
         raise ApiError(400, "x", f"x: must have 1 to {MAX_ROWS} rows, got {x.shape[0]}", "invalid_x")
-    result = await service.score(loaded, x, opts.kind, k=opts.k, seed=opts.seed, protocol=PROTOCOL)
+    result = await service.score(
+        loaded, x, opts.kind, k=opts.k, seed=opts.seed, estimate=opts.estimate, protocol=PROTOCOL
+    )
     outputs = [Output("scores", np.asarray(result.scores, dtype=np.float64))]
     if result.bits_per_dim is not None:
         outputs.append(Output("bits_per_dim", np.asarray(result.bits_per_dim, dtype=np.float64)))
     if result.elbo is not None:
         outputs.append(Output("elbo", np.asarray(result.elbo, dtype=np.float64)))
-    return outputs, {"kind": result.kind, "k": result.k}
+    out_params: dict[str, Any] = {"kind": result.kind, "k": result.k}
+    if result.estimate is not None:
+        out_params["estimate"] = result.estimate
+    return outputs, out_params
 
 
 async def _sample(
     service: V2Api, loaded: LoadedModel, params: dict[str, Any], bools: bool
 ) -> tuple[list[Output], dict[str, Any]]:
     opts = validate(V2SampleParameters, params, bools, prefix="parameters")
-    sampler = loaded.stored.graph("sampler")
-    if opts.steps is not None and sampler is not None:
-        own = sampler.loop.steps if sampler.loop is not None else None
-        if opts.steps != own:
-            why = f"exactly {own} steps" if own else "one graph call, without steps"
-            raise ApiError(
-                400,
-                "parameters",
-                f"parameters.steps: {loaded.stored.tag} samples in {why}",
-                "invalid_steps",
-            )
-    samples = await service.sample(
-        loaded, opts.n, seed=opts.seed, temperature=opts.temperature, protocol=PROTOCOL
+    # The answer holds the steps run (the sampler's own count where none was asked for).
+    samples, steps = await service.sample(
+        loaded,
+        opts.n,
+        seed=opts.seed,
+        temperature=opts.temperature,
+        steps=opts.steps,
+        protocol=PROTOCOL,
+        then=lambda x, count: (x, count),
     )
     out_params: dict[str, Any] = {"n": opts.n}
+    sampler = loaded.stored.graph("sampler")
     if sampler is not None and sampler.loop is not None:
-        out_params["steps"] = sampler.loop.steps
+        out_params["steps"] = steps
     return [Output("samples", np.asarray(samples, dtype=np.float32))], out_params

@@ -95,6 +95,10 @@ def trained(bentoml_home):
     small = Path(tempfile.mkdtemp(prefix="genreg-ar-small-")) / "ar-small.npy"
     np.save(small, np.stack([first, second, third], 1))
     models["ar-small"] = _train("autoregressive", str(small), 40, name="ar-small")
+    # A sampler whose step count may be chosen (1..16) and a bound that supports the average
+    # only (the fixture family `counted`, stored in a fraction of a second): the fuzzers, the V2
+    # checks and the published document meet both.
+    models["counted-blob"] = _fixture_family("counted_plugin", "CountedFamily", "blob", rng, small.parent)
     from registry.pipeline.critic import attach_critic
 
     # A newer version of flow-8gaussians with a critic: the server serves it as the newest.
@@ -105,6 +109,25 @@ def trained(bentoml_home):
     _train("gaussian", "digits", name="gaussian-digits-critic")
     models["gaussian-digits-critic"] = attach_critic("gaussian-digits-critic", steps=300)
     return models
+
+
+def _fixture_family(module: str, family: str, name: str, rng: np.random.Generator, folder: Path):
+    """Store a model of a fixture plugin's family (tests/fixture_plugins) trained on a 2-D blob."""
+    import importlib.util
+
+    from registry.contract.family import TrainControl
+    from registry.datasets import load_dataset
+    from registry.pipeline.train import train_and_store
+
+    spec = importlib.util.spec_from_file_location(f"genreg_fixture_{module}", FIXTURES / f"{module}.py")
+    plugin = sys.modules[spec.name] = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(plugin)
+    fam = getattr(plugin, family)()
+    data = folder / f"{name}.npy"
+    np.save(data, rng.normal([1.0, -2.0], [0.5, 2.0], (400, 2)))
+    return train_and_store(
+        fam, load_dataset(str(data)), fam.Config(), TrainControl(progress=False), name=f"{fam.name}-{name}"
+    )
 
 
 @pytest.fixture(scope="session")

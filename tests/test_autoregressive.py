@@ -198,14 +198,14 @@ def test_a_step_loop_must_be_a_sampler_with_distinct_input_names():
 @pytest.mark.slow
 def test_sample_cost_counts_the_steps_and_is_capped(trained):
     from services.errors import ApiError
-    from services.service import MAX_DRAW_ROWS, _check_sample_cost
+    from services.service import MAX_DRAW_ROWS, _sample_count
 
     loaded = LoadedModel(get_model("autoregressive-digits"))
     assert loaded.sample_cost(10) == 640
     assert LoadedModel(get_model("gaussian-digits")).sample_cost(10) == 10
-    _check_sample_cost(loaded, MAX_DRAW_ROWS // 64, "n")
+    assert _sample_count(loaded, MAX_DRAW_ROWS // 64, None) == 64
     with pytest.raises(ApiError) as refused:
-        _check_sample_cost(loaded, MAX_DRAW_ROWS // 64 + 1, "n")
+        _sample_count(loaded, MAX_DRAW_ROWS // 64 + 1, None)
     assert (
         refused.value.status == 400
         and refused.value.field == "n"

@@ -296,5 +296,6 @@ def test_invented_field_names_never_become_metric_labels(server):
             "outputs",
             "parameters",
             "steps",
+            "estimate",
         )
     }

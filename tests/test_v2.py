@@ -47,18 +47,21 @@ def _rows(http, model: dict, n: int = 6) -> np.ndarray:
     return (np.arange(n * dim).reshape(n, dim) * 7 % levels).astype(np.float64)
 
 
-def _score_v2(client, name: str, x: np.ndarray, binary: bool, **params) -> triton.InferResult:
+def _score_v2(client, model: dict, x: np.ndarray, binary: bool, **params) -> triton.InferResult:
     tensor = triton.InferInput("x", list(x.shape), "FP32")
     tensor.set_data_from_numpy(x.astype(np.float32), binary_data=binary)
     # JSON both ways, or binary both ways (no outputs named: the client asks for binary ones).
-    outputs = None if binary else [triton.InferRequestedOutput(o, binary_data=False) for o in _outs(params)]
-    return client.infer(name, [tensor], outputs=outputs, parameters=params)
+    names = _outs(params, model["estimates"])
+    outputs = None if binary else [triton.InferRequestedOutput(o, binary_data=False) for o in names]
+    return client.infer(model["name"], [tensor], outputs=outputs, parameters=params)
 
 
-def _outs(params: dict) -> list[str]:
+def _outs(params: dict, estimates: list[str] = ()) -> list[str]:
     if params.get("kind") == "discriminator":
         return ["scores"]
-    return ["scores", "bits_per_dim", *(["elbo"] if params.get("k", 1) > 1 else [])]
+    # elbo beside the importance-weighted bound (a bound's default where its scorer supports it)
+    weighted = params.get("kind") == "bound" and "importance_weighted" in estimates
+    return ["scores", "bits_per_dim", *(["elbo"] if params.get("k", 1) > 1 and weighted else [])]
 
 
 def test_server_health_and_metadata(client):
@@ -77,7 +80,7 @@ def test_model_metadata_comes_from_the_stored_description(client, served):
         if model["kinds"]:
             assert inputs == {"x": {"name": "x", "datatype": "FP32", "shape": [-1, dim]}}
             assert outputs["scores"]["datatype"] == "FP64"
-            assert ("elbo" in outputs) == ("bound" in model["kinds"])
+            assert ("elbo" in outputs) == ("importance_weighted" in model["estimates"])
             likelihood = bool({"log_prob", "bound"} & set(model["kinds"]))
             assert ("bits_per_dim" in outputs) == likelihood
         assert ("samples" in outputs) == ("sample" in model["capabilities"])
@@ -102,10 +105,13 @@ def test_scoring_matches_score_for_every_model_and_kind(server, client, served):
                 ref = _post(http, "/score", {"model": name, "x": x.tolist(), "kind": kind, "k": k, "seed": 5})
                 ref = ref.json()
                 for binary in (False, True):
-                    got = _score_v2(client, name, x, binary, kind=kind, k=k, seed=5)
+                    got = _score_v2(client, model, x, binary, kind=kind, k=k, seed=5)
                     reply = got.get_response()
-                    assert reply["model_name"] == name and reply["parameters"] == {"kind": kind, "k": k}
-                    for output in _outs({"kind": kind, "k": k}):
+                    stated = {"kind": kind, "k": k} | (
+                        {"estimate": ref["estimate"]} if kind == "bound" else {}
+                    )
+                    assert reply["model_name"] == name and reply["parameters"] == stated
+                    for output in _outs({"kind": kind, "k": k}, model["estimates"]):
                         key = "bits_per_dim" if output == "bits_per_dim" else output
                         np.testing.assert_allclose(got.as_numpy(output), ref[key], **FLOAT32)
                     compared += 1

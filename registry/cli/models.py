@@ -53,13 +53,21 @@ def sample(
     seed: Annotated[int | None, typer.Option(help="random seed (same seed, same samples)")] = None,
     temperature: Annotated[float, typer.Option(min=0.0, max=10.0, help="scale of the noise")] = 1.0,
     out: Annotated[Path | None, typer.Option(help=".npy, .csv or .png (image data)")] = None,
+    steps: Annotated[
+        int | None,
+        typer.Option(
+            min=1,
+            help="sampling steps of a step sampler whose count may be chosen (1 to its max_steps; "
+            "default: its own count)",
+        ),
+    ] = None,
 ) -> None:
     """Draw samples from a stored model (ONNX Runtime)."""
     try:
         loaded = _loaded(model)
-        x = loaded.sample(n, seed=seed, temperature=temperature)
+        x = loaded.sample(n, seed=seed, temperature=temperature, steps=steps)
     except USER_ERRORS as exc:
-        fail(str(exc))
+        fail(_option_error(exc))
         return
     if out is None:
         np.savetxt(sys.stdout, x, fmt="%.6g", delimiter=",")
@@ -88,26 +96,42 @@ def score(
     kind: Annotated[str | None, typer.Option(help="log_prob, bound or discriminator")] = None,
     seed: Annotated[int | None, typer.Option(help="seed for dequantisation noise")] = 0,
     k: Annotated[int, typer.Option("-k", "--k", min=1, max=10_000, help="noise draws per row (bound)")] = 1,
+    estimate: Annotated[
+        str | None,
+        typer.Option(help="bound: average or importance_weighted (default: the tightest the model supports)"),
+    ] = None,
 ) -> None:
     """Score rows: log-likelihood or bound in nats and bits/dim (one line per row, then the mean).
 
-    With -k K > 1 a bound is the importance-weighted bound over K noise draws.
+    With -k K > 1 a bound is the importance-weighted bound over K noise draws where the model's
+    draws are log importance weights (--estimate importance_weighted), else their average.
     """
     from registry.runtime.scoring import score as score_rows
 
     try:
         loaded = _loaded(model)
-        result = score_rows(loaded, read_array(file), kind, k=k, seed=seed, what=str(file))
+        result = score_rows(loaded, read_array(file), kind, k=k, seed=seed, what=str(file), estimate=estimate)
     except USER_ERRORS as exc:
-        fail(str(exc))
+        fail(_option_error(exc))
         return
     bpd = result.bits_per_dim
     for i, s in enumerate(result.scores):
         typer.echo(f"{s:.6f}" + (f"\t{bpd[i]:.6f}" if bpd is not None else ""))
-    label = f"importance-weighted bound (k={k})" if result.elbo is not None else result.kind
+    label = result.kind
+    if result.kind == "bound" and k > 1:
+        label = f"{result.estimate.replace('_', '-')} bound (k={k})"
     typer.echo(_summary_line(label, result.summary()), err=True)
     if result.elbo is not None:
         typer.echo(_summary_line(f"average bound (k={k})", result.summary("elbo")), err=True)
+
+
+def _option_error(exc: Exception) -> str:
+    """The message of a refused request, naming the command-line option where one is at fault."""
+    field = getattr(exc, "field", None)
+    message = str(exc)
+    if field in ("steps", "k", "estimate"):
+        return f"--{field}: {message.removeprefix(f'{field}: ')}"
+    return message
 
 
 def _summary_line(label: str, s: dict[str, float | None]) -> str:

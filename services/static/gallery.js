@@ -133,6 +133,14 @@ function select(model) {
     (model.data.levels ? `, ${model.data.levels} levels` : "") + `); scores: ${model.kinds.join(", ") || "none"}`;
   const canSample = model.capabilities.includes("sample");
   document.getElementById("sample-panel").hidden = !canSample;
+  // A sampler whose step count may be chosen (max_steps in /models): its count, sent with /sample.
+  const variable = canSample && model.max_steps !== null && model.max_steps !== undefined;
+  document.getElementById("steps-label").hidden = !variable;
+  const steps = document.getElementById("steps");
+  if (variable) {
+    steps.max = String(model.max_steps);
+    steps.value = String(model.steps);
+  }
   document.getElementById("density-panel").hidden = !(model.data.dim === 2);
   const kind = document.getElementById("score-kind");
   kind.innerHTML = "";
@@ -150,24 +158,38 @@ function select(model) {
   detail.scrollIntoView({ block: "start" });
 }
 
+// The sampling fields of a /sample body: seed, temperature, and steps where the model's
+// sampler takes a chosen count (the steps input is shown only then).
+function sampling() {
+  const fields = {
+    seed: parseInt(document.getElementById("seed").value || "0", 10),
+    temperature: parseFloat(document.getElementById("temperature").value),
+  };
+  if (!document.getElementById("steps-label").hidden) {
+    const steps = parseInt(document.getElementById("steps").value, 10);
+    if (Number.isFinite(steps)) fields.steps = steps;
+  }
+  return fields;
+}
+
 async function drawSamples() {
   const m = state.current;
   const out = document.getElementById("sample-output");
-  const seed = parseInt(document.getElementById("seed").value || "0", 10);
-  const temperature = parseFloat(document.getElementById("temperature").value);
+  const { seed, temperature, steps } = sampling();
   try {
     if (m.data.image_shape) {
-      const res = await api("/sample", { model: m.tag, n: 16, seed, temperature, format: "png" });
+      const res = await api("/sample", { model: m.tag, n: 16, ...sampling(), format: "png" });
       out.innerHTML = "";
       const img = document.createElement("img");
       img.id = "sample-grid";
-      img.alt = `16 samples from ${m.tag}, seed ${seed}, temperature ${temperature}`;
+      img.alt = `16 samples from ${m.tag}, seed ${seed}, temperature ${temperature}` +
+        (steps === undefined ? "" : `, ${steps} steps`);
       img.src = "data:image/png;base64," + res.png;
       out.appendChild(img);
     } else if (m.data.dim === 2) {
-      drawDensity();
+      await drawDensity();
     } else {
-      const res = await api("/sample", { model: m.tag, n: 5, seed, temperature });
+      const res = await api("/sample", { model: m.tag, n: 5, ...sampling() });
       out.textContent = res.samples.map((r) => r.map((v) => v.toFixed(3)).join(", ")).join("\n");
     }
   } catch (e) {
@@ -180,9 +202,7 @@ async function drawDensity() {
   const density = document.getElementById("density");
   const scatter = document.getElementById("scatter");
   density.dataset.drawn = "";
-  const seed = parseInt(document.getElementById("seed").value || "0", 10);
-  const temperature = parseFloat(document.getElementById("temperature").value);
-  const samples = (await api("/sample", { model: m.tag, n: 500, seed, temperature })).samples;
+  const samples = (await api("/sample", { model: m.tag, n: 500, ...sampling() })).samples;
   let lim = 1;
   for (const [a, b] of samples) lim = Math.max(lim, Math.abs(a), Math.abs(b));
   lim = Math.min(lim * 1.1, 50);
@@ -312,6 +332,7 @@ async function init() {
   temp.addEventListener("input", () => { document.getElementById("temperature-value").textContent = Number(temp.value).toFixed(2); });
   temp.addEventListener("change", drawSamples);
   document.getElementById("seed").addEventListener("change", drawSamples);
+  document.getElementById("steps").addEventListener("change", drawSamples);
   document.getElementById("sample-form").addEventListener("submit", (e) => { e.preventDefault(); drawSamples(); });
   document.getElementById("score-form").addEventListener("submit", scoreFile);
 }
