@@ -420,43 +420,28 @@ def draw_tiers(
     return tiers
 
 
-# At most this many (steps, n) rectangles per sampler whose count may be chosen (see step_tiers).
-STEP_TIERS = 16
-
-
 def step_tiers(
-    most_steps: int, max_n: int = MAX_N, budget: int = MAX_DRAW_ROWS, cap: int = STEP_TIERS
+    most_steps: int, max_n: int = MAX_N, budget: int = MAX_DRAW_ROWS
 ) -> list[tuple[int, int, int]]:
     """(fewest steps, most steps, most n) rectangles for a sampler whose count may be chosen,
-    1..most_steps: /sample takes n <= max_n with n x steps <= budget (services.service).
-
-    Their union is exactly that rule where it has at most ``cap`` distinct bounds on n (always
-    where most_steps x max_n <= budget: one rectangle). Beyond, the counts are grouped by powers
-    of two (1, 2-3, 4-7, ...), each group bounded by its largest count's n: every request the
-    rectangles admit is served, and some that are served (n a little under budget / steps) are
-    left out, so the document never promises a request the service refuses.
-    """
-
-    def most_n(steps: int) -> int:
-        return min(max_n, budget // steps)
-
-    def runs(groups: list[tuple[int, int]]) -> list[tuple[int, int, int]]:
-        tiers: list[tuple[int, int, int]] = []
-        for low, high in groups:
-            bound = most_n(high)
-            if bound < 1:
-                break
-            if tiers and tiers[-1][2] == bound:
-                tiers[-1] = (tiers[-1][0], high, bound)
-            else:
-                tiers.append((low, high, bound))
-        return tiers
-
-    exact = runs([(s, s) for s in range(1, most_steps + 1)])
-    if len(exact) <= cap:
-        return exact
-    lows = [1 << j for j in range(most_steps.bit_length())]
-    return runs([(low, min(2 * low - 1, most_steps)) for low in lows])
+    1..most_steps: /sample takes n <= max_n with n x draw_weight(steps) <= budget
+    (services.service), so the counts fall in groups 1, 2, 3-4, 5-8, ... that share a bound on
+    n, and the rectangles state the rule exactly (neighbours with one bound are merged)."""
+    groups = [(1, 1)]
+    top = 2
+    while top // 2 < most_steps:
+        groups.append((top // 2 + 1, min(top, most_steps)))
+        top *= 2
+    tiers: list[tuple[int, int, int]] = []
+    for low, high in groups:
+        bound = min(max_n, budget // draw_weight(high))
+        if bound < 1:
+            break
+        if tiers and tiers[-1][2] == bound:
+            tiers[-1] = (tiers[-1][0], high, bound)
+        else:
+            tiers.append((low, high, bound))
+    return tiers
 
 
 def _exact(components: dict[str, Any], described: list[dict[str, Any]]) -> None:
@@ -487,7 +472,7 @@ def _exact(components: dict[str, Any], described: list[dict[str, Any]]) -> None:
             continue  # 422 for every request: no branch
         # The sampler's own count (steps left out, or that count): n x its steps within the
         # draw-row limit. A count it cannot run is refused (400 naming steps).
-        most_n = min(MAX_N, MAX_DRAW_ROWS // d["steps"])
+        most_n = min(MAX_N, MAX_DRAW_ROWS // draw_weight(d["steps"]))
         props = dict(sample_props)
         props.update(
             model=model,
@@ -503,7 +488,7 @@ def _exact(components: dict[str, Any], described: list[dict[str, Any]]) -> None:
                 props = dict(props, n={**sample_props["n"], "maximum": most}, steps=chosen)
                 sample.append(_object(props, ["model", "steps"]))
         # Without n_model, the real rows set how many samples are drawn (x steps).
-        most_x = min(MAX_TWO_SAMPLE, MAX_DRAW_ROWS // d["steps"])
+        most_x = min(MAX_TWO_SAMPLE, MAX_DRAW_ROWS // draw_weight(d["steps"]))
         n_model = {"type": "integer", "minimum": 10, "maximum": most_x}
         props = dict(two)
         props.update(model=model, x=_rows(d, 10, MAX_TWO_SAMPLE), n_model=n_model)

@@ -94,7 +94,8 @@ class SampleRequest(_Strict):
         description=(
             f"sampling steps (default: the model's own count, GET /models `steps`): 1 to the model's "
             f"`max_steps` (at most {MAX_STEPS}) where its sampler's count may be chosen; a fixed loop "
-            f"takes only its own count, a one-call sampler only 1; n x steps at most {MAX_DRAW_ROWS}"
+            f"takes only its own count, a one-call sampler only 1; n x steps (steps counted as the next "
+            f"power of two) at most {MAX_DRAW_ROWS}"
         ),
     )
 

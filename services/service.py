@@ -32,7 +32,7 @@ from registry.runtime.models import CapabilityError, LoadedModel, model_kinds
 from registry.runtime.png import png_grid
 from registry.runtime.remote import pull_new
 from registry.runtime.rows import InputError, check_rows
-from registry.runtime.scoring import Scores
+from registry.runtime.scoring import Scores, draw_weight
 from registry.runtime.store import ModelNotFound, StoredModel, StoreError, list_models
 from registry.runtime.two_sample import c2st, mmd_test
 from services.admission import HEAVY_VALUES, MAX_HEAVY, HeavyGate
@@ -93,19 +93,22 @@ def _sample_count(loaded: LoadedModel, n: int, steps: int | None, field: str = "
     sampler's own), or ApiError: 422 for a model that cannot sample, 400 naming ``steps`` for a
     count its sampler cannot run (the runtime's check), and 400 when n x steps, the rows its
     graph calls take, exceeds the per-request row limit (naming ``steps`` where the model's own
-    count would have fitted, else ``field``)."""
+    count would have fitted, else ``field``). Steps weigh as k does (draw_weight: the next power
+    of two), so the published document states the accepted (n, steps) exactly (services.openapi)."""
     _can_sample(loaded)
     try:
-        cost = loaded.sample_cost(n, steps)
+        count = loaded.steps(steps)
     except InputError as exc:
         raise ApiError(400, exc.field, str(exc), f"invalid_{exc.field}") from None
-    count = cost // n
-    if cost > MAX_DRAW_ROWS:
-        at_fault = "steps" if loaded.sample_cost(n) <= MAX_DRAW_ROWS else field
+    weight = draw_weight(count)
+    if n * weight > MAX_DRAW_ROWS:
+        at_fault = "steps" if n * draw_weight(loaded.steps()) <= MAX_DRAW_ROWS else field
+        counted = f" (counted as {weight}, the next power of two)" if weight != count else ""
         raise ApiError(
             400,
             at_fault,
-            f"{at_fault}: {n} samples x {count} sampling steps = {cost} rows exceeds {MAX_DRAW_ROWS}",
+            f"{at_fault}: {n} samples x {count} sampling steps{counted} = {n * weight} rows exceeds "
+            f"{MAX_DRAW_ROWS}",
             f"invalid_{at_fault}",
         )
     return count

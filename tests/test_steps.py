@@ -27,6 +27,7 @@ from servers import running_server
 
 from registry.runtime.graphs import GraphSpec, StepLoop, loop_noise, run_loop, run_sampler
 from registry.runtime.models import LoadedModel
+from registry.runtime.scoring import draw_weight
 from services.openapi import step_tiers
 
 X = [[1.0, -2.0], [0.5, 0.0], [1.5, -4.0]]
@@ -92,19 +93,17 @@ def test_run_loop_feeds_the_count_and_runs_that_many_steps():
     ("most_steps", "max_n", "budget"), [(16, 100, 400), (16, 2000, 262144), (1000, 4096, 262144), (60, 7, 50)]
 )
 def test_the_published_step_tiers_never_admit_a_refused_sample(most_steps, max_n, budget):
-    """services.openapi's (steps, n) rectangles against the service's rule, n x steps <= budget:
-    exact where they are few, and never wider than the rule where they are grouped."""
+    """services.openapi's (steps, n) rectangles state the service's rule exactly:
+    n <= max_n and n x draw_weight(steps) <= budget (steps weighed as k is)."""
     tiers = step_tiers(most_steps, max_n, budget)
-    assert len(tiers) <= 16
-    exact = len({min(max_n, budget // s) for s in range(1, most_steps + 1) if budget // s}) <= 16
+    assert len(tiers) <= most_steps.bit_length() + 1
     for steps in range(1, most_steps + 1):
         for n in sorted(
             {1, 2, 7, 25, 26, 50, 80, 100, 101, 261, 262, 263, 2000, 4096} & set(range(1, max_n + 1))
         ):
-            served = n * steps <= budget
+            served = n * draw_weight(steps) <= budget
             published = any(low <= steps <= high and n <= most for low, high, most in tiers)
-            assert not published or served, (steps, n, tiers)
-            assert published == served or not exact, (steps, n, tiers)
+            assert published == served, (steps, n, tiers)
 
 
 @contextmanager
@@ -337,7 +336,7 @@ def test_the_document_states_each_models_steps_and_estimates(client):
         (b["steps"]["minimum"], b["steps"]["maximum"], b["n"]["maximum"])
         for b in branches("SampleRequest", VARIABLE)[1:]
     ]
-    assert chosen == step_tiers(16, 500, 4096) and chosen[0] == (1, 8, 500) and chosen[-1] == (16, 16, 256)
+    assert chosen == step_tiers(16, 500, 4096) and chosen[0] == (1, 8, 500) and chosen[-1] == (9, 16, 256)
     assert [b["steps"] for b in branches("SampleRequest", FIXED)] == [{"enum": [3, None]}]
     assert [b["steps"] for b in branches("SampleRequest", ONE_CALL)] == [{"enum": [1, None]}]
     score = branches("ScoreRequest", VARIABLE)
