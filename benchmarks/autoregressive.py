@@ -22,6 +22,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from steploop import loop_against_eager, rate, rebuilt
+
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
 
@@ -57,58 +59,25 @@ def quality(budget: float, conditionals: bool) -> list[str]:
     return rows
 
 
-def rate(fn, seconds: float) -> float:
-    """Calls per second of ``fn`` over about ``seconds``."""
-    calls, start = 0, time.perf_counter()
-    while time.perf_counter() - start < seconds:
-        fn()
-        calls += 1
-    return calls / (time.perf_counter() - start)
-
-
 def speed(seconds: float) -> list[str]:
-    import numpy as np
     import torch
     from servers import running_server
 
     from registry.contract.loading import get_plugins
-    from registry.runtime.graphs import sample_noise
     from registry.runtime.models import LoadedModel
     from registry.runtime.store import get_model
 
     torch.set_num_threads(1)  # as the service's ONNX Runtime sessions (GENREG_ORT_THREADS=1)
     stored = get_model("ar-digits")
     loaded = LoadedModel(stored, providers=["CPUExecutionProvider"], threads=1)
-    family = get_plugins().get("autoregressive")
-    weights = np.load(stored.file("weights.npz"))
     from plugins.autoregressive.config import ARConfig, ARModel
     from plugins.autoregressive.train import build
 
     config = ARConfig(**stored.meta["config"])
     shape = tuple(stored.data["image_shape"]) if stored.data.get("image_shape") else None
-    net = build(stored.data["dim"], stored.data["levels"], config, shape)
-    net.load_state_dict({k: torch.as_tensor(weights[k]) for k in weights.files})
-    model = ARModel(config, net.eval(), stored.data["dim"], stored.data["levels"], {}, shape)
-    spec = stored.graph("sampler")
-    steps = spec.loop.steps
-    measures: dict[str, list[float]] = {}
-    for _ in range(max(1, round(seconds))):
-        for n in (1, 64):
-            noise = sample_noise(spec, n, np.random.default_rng(0))
-            runtime = rate(lambda n=n: loaded.sample(n, seed=0), 1.0)
-            eager = rate(lambda noise=noise: family.sample(model, noise), 1.0)
-            measures.setdefault(f"runtime{n}", []).append(runtime)
-            measures.setdefault(f"eager{n}", []).append(eager)
-    lines = [
-        "| sampling digits | runtime loop (ONNX Runtime) | PyTorch eager loop | speed-up |",
-        "|---|---|---|---|",
-    ]
-    for n in (1, 64):
-        ort_rate, torch_rate = np.median(measures[f"runtime{n}"]), np.median(measures[f"eager{n}"])
-        lines.append(
-            f"| n = {n}, {steps} steps | {1e3 / ort_rate:.2f} ms ({1e6 / ort_rate / steps:.0f} us/step) "
-            f"| {1e3 / torch_rate:.2f} ms ({1e6 / torch_rate / steps:.0f} us/step) | {ort_rate / torch_rate:.2f}x |"
-        )
+    net = rebuilt(stored, build(stored.data["dim"], stored.data["levels"], config, shape))
+    model = ARModel(config, net, stored.data["dim"], stored.data["levels"], {}, shape)
+    lines = loop_against_eager(loaded, get_plugins().get("autoregressive"), model, seconds, "digits")
     import httpx
 
     log = Path(tempfile.mkdtemp(prefix="genreg-bench-ar-")) / "server.log"

@@ -27,6 +27,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from steploop import loop_against_eager, rate, rebuilt
+
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
 
@@ -150,57 +152,25 @@ def steps_quality(counts: tuple[int, ...] = (10, 25, 50, 100, 250), seeds: int =
     return lines
 
 
-def rate(fn, seconds: float) -> float:
-    calls, start = 0, time.perf_counter()
-    while time.perf_counter() - start < seconds:
-        fn()
-        calls += 1
-    return calls / (time.perf_counter() - start)
-
-
 def speed(seconds: float) -> list[str]:
     import httpx
-    import numpy as np
     import torch
     from servers import running_server
 
     from plugins.diffusion.config import DiffusionConfig, DiffusionModel
     from plugins.diffusion.train import build
     from registry.contract.loading import get_plugins
-    from registry.runtime.graphs import sample_noise
     from registry.runtime.models import LoadedModel
     from registry.runtime.store import get_model
 
     torch.set_num_threads(1)  # as the service's ONNX Runtime sessions (GENREG_ORT_THREADS=1)
     stored = get_model("diffusion-digits")
     loaded = LoadedModel(stored, providers=["CPUExecutionProvider"], threads=1)
-    family = get_plugins().get("diffusion")
-    weights = np.load(stored.file("weights.npz"))
     config = DiffusionConfig(**stored.meta["config"])
     shape = tuple(stored.data["image_shape"])
-    net = build(stored.data["dim"], stored.data["levels"], config, shape)
-    net.load_state_dict({k: torch.as_tensor(weights[k]) for k in weights.files})
-    model = DiffusionModel(config, net.eval(), stored.data["dim"], stored.data["levels"], {}, shape)
-    spec = stored.graph("sampler")
-    steps = spec.loop.steps
-    measures: dict[str, list[float]] = {}
-    for _ in range(max(1, round(seconds))):
-        for n in (1, 64):
-            noise = sample_noise(spec, n, np.random.default_rng(0))
-            measures.setdefault(f"runtime{n}", []).append(rate(lambda n=n: loaded.sample(n, seed=0), 1.0))
-            measures.setdefault(f"eager{n}", []).append(
-                rate(lambda noise=noise: family.sample(model, noise), 1.0)
-            )
-    lines = [
-        "| sampling digits | runtime loop (ONNX Runtime) | PyTorch eager loop | speed-up |",
-        "|---|---|---|---|",
-    ]
-    for n in (1, 64):
-        ort_rate, torch_rate = np.median(measures[f"runtime{n}"]), np.median(measures[f"eager{n}"])
-        lines.append(
-            f"| n = {n}, {steps} steps | {1e3 / ort_rate:.1f} ms ({1e6 / ort_rate / steps:.0f} us/step) "
-            f"| {1e3 / torch_rate:.1f} ms ({1e6 / torch_rate / steps:.0f} us/step) | {ort_rate / torch_rate:.2f}x |"
-        )
+    net = rebuilt(stored, build(stored.data["dim"], stored.data["levels"], config, shape))
+    model = DiffusionModel(config, net, stored.data["dim"], stored.data["levels"], {}, shape)
+    lines = loop_against_eager(loaded, get_plugins().get("diffusion"), model, seconds, "digits")
     lines += ["", "| /sample, n = 64 digits over HTTP | ms per request | ms per step |", "|---|---|---|"]
     log = Path(tempfile.mkdtemp(prefix="genreg-bench-diffusion-")) / "server.log"
     with (
