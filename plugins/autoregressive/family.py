@@ -33,11 +33,7 @@ class AutoregressiveFamily(TorchFamily):
         return train_autoregressive(data, config.resolve(data), control)
 
     def sample(self, model: ARModel, noise: dict[str, np.ndarray]) -> np.ndarray:
-        import torch
-
-        with torch.no_grad():
-            draws = {k: torch.as_tensor(np.asarray(v, dtype=np.float32)) for k, v in noise.items()}
-            return model.net.sample(draws, model.dim).double().numpy()
+        return self._run_loop(model.net.sample, noise)
 
     def log_prob(self, model: ARModel, x: np.ndarray, noise: dict[str, np.ndarray]) -> np.ndarray:
         return self._run(model.net.log_prob, x)

@@ -18,3 +18,13 @@ class TorchFamily(Family):
         from plugins.common.training import run_numpy
 
         return run_numpy(fn, *arrays)
+
+    @staticmethod
+    def _run_loop(fn: Callable[..., Any], noise: dict[str, np.ndarray]) -> np.ndarray:
+        """A step sampler's PyTorch reference ``fn(draws, steps)`` on the runtime's noise (every
+        step's draws, (steps, n, dim) each): float32 in, float64 out, no grad."""
+        import torch
+
+        with torch.no_grad():
+            draws = {k: torch.as_tensor(np.asarray(v, dtype=np.float32)) for k, v in noise.items()}
+            return fn(draws, len(next(iter(draws.values())))).double().numpy()

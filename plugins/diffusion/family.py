@@ -36,11 +36,7 @@ class DiffusionFamily(TorchFamily):
         return train_diffusion(data, config.resolve(data), control)
 
     def sample(self, model: DiffusionModel, noise: dict[str, np.ndarray]) -> np.ndarray:
-        import torch
-
-        with torch.no_grad():
-            draws = {k: torch.as_tensor(np.asarray(v, dtype=np.float32)) for k, v in noise.items()}
-            return model.net.sample(draws, len(draws["eps"])).double().numpy()
+        return self._run_loop(model.net.sample, noise)
 
     def bound(self, model: DiffusionModel, x: np.ndarray, noise: dict[str, np.ndarray]) -> np.ndarray:
         return self._run(model.net.bound, x, noise["u"], noise["eps"], noise["eps0"])
