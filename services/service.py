@@ -44,6 +44,7 @@ from services.metrics import INFERENCE_SECONDS, MODEL_INFO, ROWS
 from services.routes import API_PATHS, ApiRoutes
 from services.schemas import (
     MAX_DRAW_ROWS,
+    MAX_STEPS,
     MODEL_NAME,
     MODEL_REF,
     ModelInfo,
@@ -123,12 +124,14 @@ async def _call(fn: Callable[[], Any], rows: int) -> Any:
 def sampling(stored: StoredModel) -> dict[str, Any]:
     """What /sample's ``steps`` and /score's ``estimate`` may be for a stored model, from its
     graph descriptions: the sampler's own count (1: one graph call; None: no sampler), the most
-    steps where the count may be chosen, and the bound scorer's estimates."""
+    steps where the count may be chosen (the loop's, capped at this service's GENREG_MAX_STEPS,
+    which /sample checks first), and the bound scorer's estimates."""
     sampler, bound = stored.graph("sampler"), stored.graph("scorer", "bound")
     loop = sampler.loop if sampler is not None else None
+    most = min(loop.max_steps, MAX_STEPS) if loop is not None and loop.max_steps is not None else None
     return {
         "steps": None if sampler is None else loop.steps if loop is not None else 1,
-        "max_steps": loop.max_steps if loop is not None else None,
+        "max_steps": most,
         "estimates": list(bound.estimates) if bound is not None else [],
     }
 

@@ -36,9 +36,10 @@ class _Step(nn.Module):
         step: torch.Tensor,
         steps: torch.Tensor,
         eps: torch.Tensor,
-        e2: torch.Tensor,
+        z1: torch.Tensor,
+        dec: torch.Tensor,
     ) -> torch.Tensor:
-        return self.net.step(state, step, steps, eps, e2)
+        return self.net.step(state, step, steps, eps, z1, dec)
 
 
 def scorer_noise(model: DiffusionModel) -> list[NoiseInput]:
@@ -52,7 +53,9 @@ def scorer_noise(model: DiffusionModel) -> list[NoiseInput]:
 
 def sampler_noise(model: DiffusionModel) -> list[NoiseInput]:
     d = model.dim
-    return [NoiseInput(name="eps", dist="normal", dim=d), NoiseInput(name="e2", dist="normal", dim=d)]
+    # Every step draws all three (the runtime's noise is per step): eps moves z_t to z_s, z1 is
+    # z_1 at step 0, dec the decoder's draw at the last step.
+    return [NoiseInput(name=name, dist="normal", dim=d) for name in ("eps", "z1", "dec")]
 
 
 def export_diffusion(model: DiffusionModel, directory: Path) -> list[GraphSpec]:
@@ -66,7 +69,8 @@ def export_diffusion(model: DiffusionModel, directory: Path) -> list[GraphSpec]:
         "step": torch.zeros(4, 1, dtype=torch.int64),
         "steps": torch.full((4, 1), 2, dtype=torch.int64),
         "eps": torch.randn(4, d),
-        "e2": torch.randn(4, d),
+        "z1": torch.randn(4, d),
+        "dec": torch.randn(4, d),
     }
     export_torch(_Step(net), step_inputs, "state_next", directory / "sampler.onnx")
     return [

@@ -201,7 +201,10 @@ class Diffusion(nn.Module):
         """
         n, m = u.shape
         T = self.bound_steps
-        per = T // m  # the config keeps T a multiple of M
+        if T % m:
+            # Equal strata only: with a remainder the last steps would never be drawn.
+            raise ValueError(f"{m} strata do not divide the bound's {T} steps")
+        per = T // m
         strata = torch.arange(m, device=u.device, dtype=u.dtype) * per
         # Step index 1..T in stratum m: m T/M + floor(u T/M) + 1. One correctly rounded multiply
         # before the floor, so ONNX Runtime and PyTorch pick the same step (a longer formula
@@ -246,17 +249,19 @@ class Diffusion(nn.Module):
         step: torch.Tensor,
         steps: torch.Tensor,
         eps: torch.Tensor,
-        e2: torch.Tensor,
+        z1: torch.Tensor,
+        dec: torch.Tensor,
     ) -> torch.Tensor:
         """One ancestral step of an S-step sampler: step j of S goes from t = (S - j)/S to s.
 
-        Step 0 starts from z_1 = e2 (the state is ignored); the last step (s = 0) returns a
-        draw of p(x | z_0) in data units, made from e2 as well. In between e2 is unused.
+        Step 0 starts from z_1 = ``z1`` (the state is ignored); the last step (s = 0) returns a
+        draw of p(x | z_0) in data units made from ``dec``. Each is its own draw, so one step
+        (S = 1, first and last at once) samples the 1-step model too.
         """
         S = steps.to(state.dtype)
         j = step.to(state.dtype)
         first, last = step == 0, step == steps - 1
-        z = torch.where(first, e2, state)
+        z = torch.where(first, z1, state)
         g_t, g_s = self.gamma((S - j) / S), self.gamma((S - j - 1.0) / S)
         alpha_t, _ = self.alpha_sigma(g_t)
         alpha_s, sigma_s = self.alpha_sigma(g_s)
@@ -266,7 +271,7 @@ class Diffusion(nn.Module):
         # mean alpha_s ((1 - c) z_t / alpha_t + c x), variance c sigma_s^2.
         c = 1.0 - torch.exp(-(self.gamma_max - self.gamma_min) / S)
         z_s = alpha_s * ((1.0 - c) * z / alpha_t + c * x_hat) + torch.sqrt(c) * sigma_s * eps
-        return torch.where(last, self.decode(z_s, g_s, e2), z_s)
+        return torch.where(last, self.decode(z_s, g_s, dec), z_s)
 
     def decode(self, z0: torch.Tensor, g0: torch.Tensor, e: torch.Tensor) -> torch.Tensor:
         """A draw of p(x | z_0) in data units from standard normals ``e``."""
@@ -286,5 +291,5 @@ class Diffusion(nn.Module):
         total = torch.full((n, 1), steps, dtype=torch.int64)
         for j in range(steps):
             step = torch.full((n, 1), j, dtype=torch.int64)
-            state = self.step(state, step, total, noise["eps"][j], noise["e2"][j])
+            state = self.step(state, step, total, noise["eps"][j], noise["z1"][j], noise["dec"][j])
         return state

@@ -13,10 +13,6 @@ from plugins.diffusion.model import ConvDenoiser, Diffusion, MLPDenoiser
 from registry.contract.dataset import Dataset
 from registry.contract.family import TrainControl
 
-# Time points per validation row: the estimate that picks the best epoch should move with the
-# model, not with the draw.
-VALIDATION_STRATA = 16
-
 
 def build(
     dim: int, levels: int | None, config: DiffusionConfig, shape: tuple[int, int] | None = None
@@ -55,7 +51,11 @@ def train_diffusion(data: Dataset, config: DiffusionConfig, control: TrainContro
     nats_to_bpd = 1.0 / (data.dim * math.log(2))
     val_noise = [
         t.to(device)
-        for t in draws(len(val), data.dim, VALIDATION_STRATA, torch.Generator().manual_seed(control.seed + 1))
+        # The served scorer's strata (a divisor of T): the estimate that picks the best epoch
+        # should move with the model, not with the draw.
+        for t in draws(
+            len(val), data.dim, config.score_strata, torch.Generator().manual_seed(control.seed + 1)
+        )
     ]
 
     def loss_fn(batch: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
