@@ -25,6 +25,7 @@ from pydantic import (
 )
 
 from registry.runtime.rows import parse_rows
+from registry.runtime.store import StoredModel
 from services.errors import ApiError
 
 MAX_N = int(os.environ.get("GENREG_MAX_N", "4096"))
@@ -65,6 +66,22 @@ def _integral(value: Any) -> Any:
 
 
 Int = Annotated[int, BeforeValidator(_integral)]
+
+
+def sampling(stored: StoredModel) -> dict[str, Any]:
+    """What /sample's ``steps`` and /score's ``estimate`` may be for a stored model, from its
+    graph descriptions: the sampler's own count (1: one graph call; None: no sampler), the most
+    steps where the count may be chosen (the loop's, capped at this service's GENREG_MAX_STEPS,
+    which /sample checks first), and the bound scorer's estimates. /models, the OpenAPI
+    document and the V2 metadata all state these."""
+    sampler, bound = stored.graph("sampler"), stored.graph("scorer", "bound")
+    loop = sampler.loop if sampler is not None else None
+    most = min(loop.max_steps, MAX_STEPS) if loop is not None and loop.max_steps is not None else None
+    return {
+        "steps": None if sampler is None else loop.steps if loop is not None else 1,
+        "max_steps": most,
+        "estimates": list(bound.estimates) if bound is not None else [],
+    }
 
 
 def Bounded(**bounds: int) -> Any:

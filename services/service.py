@@ -33,7 +33,7 @@ from registry.runtime.png import png_grid
 from registry.runtime.remote import pull_new
 from registry.runtime.rows import InputError, check_rows
 from registry.runtime.scoring import Scores, draw_weight
-from registry.runtime.store import ModelNotFound, StoredModel, StoreError, list_models
+from registry.runtime.store import ModelNotFound, StoreError, list_models
 from registry.runtime.two_sample import c2st, mmd_test
 from services.admission import HEAVY_VALUES, MAX_HEAVY, HeavyGate
 from services.auth import BearerAuth
@@ -44,7 +44,6 @@ from services.metrics import INFERENCE_SECONDS, MODEL_INFO, ROWS
 from services.routes import API_PATHS, ApiRoutes
 from services.schemas import (
     MAX_DRAW_ROWS,
-    MAX_STEPS,
     MODEL_NAME,
     MODEL_REF,
     ModelInfo,
@@ -55,6 +54,7 @@ from services.schemas import (
     SampleRequest,
     ScoreRequest,
     TwoSampleRequest,
+    sampling,
     validate,
 )
 from services.v2 import endpoint_of
@@ -119,21 +119,6 @@ async def _call(fn: Callable[[], Any], rows: int) -> Any:
     if rows <= INLINE_ROWS:
         return fn()
     return await anyio.to_thread.run_sync(fn)
-
-
-def sampling(stored: StoredModel) -> dict[str, Any]:
-    """What /sample's ``steps`` and /score's ``estimate`` may be for a stored model, from its
-    graph descriptions: the sampler's own count (1: one graph call; None: no sampler), the most
-    steps where the count may be chosen (the loop's, capped at this service's GENREG_MAX_STEPS,
-    which /sample checks first), and the bound scorer's estimates."""
-    sampler, bound = stored.graph("sampler"), stored.graph("scorer", "bound")
-    loop = sampler.loop if sampler is not None else None
-    most = min(loop.max_steps, MAX_STEPS) if loop is not None and loop.max_steps is not None else None
-    return {
-        "steps": None if sampler is None else loop.steps if loop is not None else 1,
-        "max_steps": most,
-        "estimates": list(bound.estimates) if bound is not None else [],
-    }
 
 
 def model_info(loaded: LoadedModel) -> dict[str, Any]:

@@ -42,6 +42,7 @@ from services.schemas import (
     V2InferRequest,
     V2SampleParameters,
     V2ScoreParameters,
+    sampling,
     validate,
 )
 from services.tensors import HEADER, Output, TensorError, decode_inputs, encode_response, split_body
@@ -170,14 +171,14 @@ def _model(service: V2Api, found: Route) -> LoadedModel:
 
 def metadata(loaded: LoadedModel, versions: list[str]) -> dict[str, Any]:
     """The model's V2 metadata, derived from its stored description (data width, kinds, sampler)."""
-    dim, kinds = loaded.dim, loaded.kinds
+    dim, kinds, limits = loaded.dim, loaded.kinds, sampling(loaded.stored)
     inputs, outputs = [], []
     if kinds:
         inputs.append({"name": "x", "datatype": "FP32", "shape": [-1, dim]})
         outputs.append({"name": "scores", "datatype": "FP64", "shape": [-1]})
         if any(kind in LIKELIHOODS for kind in kinds):
             outputs.append({"name": "bits_per_dim", "datatype": "FP64", "shape": [-1]})
-        if "importance_weighted" in loaded.estimates():  # elbo beside the importance-weighted bound
+        if "importance_weighted" in limits["estimates"]:  # elbo beside the importance-weighted bound
             outputs.append({"name": "elbo", "datatype": "FP64", "shape": [-1]})
     sampler = loaded.stored.graph("sampler")
     parameters: dict[str, Any] = {"family": loaded.stored.family, "kinds": ",".join(kinds)}
@@ -185,13 +186,13 @@ def metadata(loaded: LoadedModel, versions: list[str]) -> dict[str, Any]:
         outputs.append({"name": "samples", "datatype": "FP32", "shape": [-1, dim]})
         parameters["operations"] = "score: input x; sample: no inputs" if kinds else "sample: no inputs"
         if sampler.loop is not None:
-            parameters["steps"] = sampler.loop.steps
-            if sampler.loop.max_steps is not None:
-                parameters["max_steps"] = sampler.loop.max_steps
+            parameters["steps"] = limits["steps"]
+            if limits["max_steps"] is not None:
+                parameters["max_steps"] = limits["max_steps"]
     else:
         parameters["operations"] = "score: input x"
     if "bound" in kinds:
-        parameters["estimates"] = ",".join(loaded.estimates())
+        parameters["estimates"] = ",".join(limits["estimates"])
     return {
         "name": loaded.stored.name,
         "versions": versions,

@@ -201,8 +201,8 @@ def test_sample_cost_counts_the_steps_and_is_capped(trained):
     from services.service import MAX_DRAW_ROWS, _sample_count
 
     loaded = LoadedModel(get_model("autoregressive-digits"))
-    assert loaded.sample_cost(10) == 640
-    assert LoadedModel(get_model("gaussian-digits")).sample_cost(10) == 10
+    assert loaded.steps() == 64  # 10 samples run the graph 640 times
+    assert LoadedModel(get_model("gaussian-digits")).steps() == 1
     assert _sample_count(loaded, MAX_DRAW_ROWS // 64, None) == 64
     with pytest.raises(ApiError) as refused:
         _sample_count(loaded, MAX_DRAW_ROWS // 64 + 1, None)

@@ -187,7 +187,7 @@ def test_sampling_takes_a_step_count_reproducibly(small_digits):
     assert not np.array_equal(a, loaded.sample(6, seed=1, steps=20))
     assert np.array_equal(loaded.sample(3, seed=2), loaded.sample(3, seed=2, steps=100))
     assert set(np.unique(a)) <= set(range(17))
-    assert loaded.sample_cost(6, 10) == 60
+    assert loaded.steps(10) == 10 and loaded.steps() == 100
     for bad in (0, 1001):
         with pytest.raises(InputError) as err:
             loaded.sample(2, seed=0, steps=bad)

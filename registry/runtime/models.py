@@ -120,10 +120,6 @@ class LoadedModel:
         except ValueError as exc:
             raise InputError("steps", f"{exc} ({self.stored.tag})") from None
 
-    def sample_cost(self, n: int, steps: int | None = None) -> int:
-        """Rows the sampler's graph runs for n samples: n, or n x steps for a step loop."""
-        return n * self.steps(steps)
-
     def estimates(self) -> list[str]:
         """How the bound scorer's draws may be summarised (GraphSpec.estimates); [] without one."""
         spec = self.stored.graph("scorer", "bound")
