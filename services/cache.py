@@ -211,13 +211,13 @@ class ModelCache:
                 continue
             try:
                 loaded = self._open(get_model(stored.tag))
-            except StoreError as exc:
-                self.refused[stored.tag] = str(exc)
-                MODEL_LOADS.labels(model=name, outcome="refused").inc()
-                log.warning("not serving %s: %s", stored.tag, exc)
-                continue
-            except Exception as exc:  # an ONNX file that verifies but does not load
-                self.refused[stored.tag] = f"{stored.tag}: its graphs do not load: {exc}"
+            except Exception as exc:  # a checksum, or an ONNX file that verifies but does not load
+                why = (
+                    str(exc)
+                    if isinstance(exc, StoreError)
+                    else f"{stored.tag}: its graphs do not load: {exc}"
+                )
+                self.refused[stored.tag] = why
                 MODEL_LOADS.labels(model=name, outcome="refused").inc()
                 log.warning("not serving %s: %s", stored.tag, exc)
                 continue
