@@ -143,12 +143,17 @@ def resolve_remote(ref: str, uri: str, storage_options: dict[str, Any] | None = 
 
 def pull(ref: str, uri: str, storage_options: dict[str, Any] | None = None) -> StoredModel:
     """Download ``ref`` from ``uri`` into the local store, verified; a no-op if already there."""
-    import bentoml
-    from bentoml.exceptions import BentoMLException
-
     wanted = resolve_remote(ref, uri, storage_options)
     if any(m.tag == wanted.tag for m in list_models()):
         return get_model(wanted.tag)
+    return _fetch(wanted, uri, storage_options)
+
+
+def _fetch(wanted: RemoteVersion, uri: str, storage_options: dict[str, Any] | None) -> StoredModel:
+    """Download, check and import one listed version (not yet in the local store)."""
+    import bentoml
+    from bentoml.exceptions import BentoMLException
+
     fs, root = _filesystem(uri, storage_options)
     with tempfile.TemporaryDirectory(prefix="genreg-pull-") as tmp:
         archive = Path(tmp) / f"{wanted.version}{ARCHIVE}"
@@ -202,7 +207,8 @@ def pull_new(
         if v.tag in local or v.tag in refused:
             continue
         try:
-            pull(v.tag, uri, storage_options)
+            # The version as listed above: pull(tag) would list the bucket again for each one.
+            _fetch(v, uri, storage_options)
             pulled.append(v.tag)
         except StoreError as exc:
             refused.add(v.tag)
