@@ -55,7 +55,6 @@ def export_torch(
     behind it. A module the tracer cannot handle goes through the dynamo exporter, by default
     unoptimised (``optimize``): ONNX Runtime optimises the graph again when it loads it.
     """
-    import logging
     import warnings
 
     import torch
@@ -109,20 +108,18 @@ def _keep_unused_inputs(path: Path, inputs: dict[str, Any]) -> None:
     tracer does not.
     """
     import onnx
-    import torch
 
     model = onnx.load(str(path))
     present = {i.name for i in model.graph.input}
     missing = [name for name in inputs if name not in present]
     if not missing:
         return
-    types = {torch.float32: onnx.TensorProto.FLOAT, torch.float64: onnx.TensorProto.DOUBLE}
     for name in missing:
         t = inputs[name]
+        # The example's own dtype (an unused step index is int64, not float).
+        dtype = onnx.helper.np_dtype_to_tensor_dtype(t.detach().cpu().numpy().dtype)
         shape = ["batch", *t.shape[1:]]
-        model.graph.input.append(
-            onnx.helper.make_tensor_value_info(name, types.get(t.dtype, onnx.TensorProto.FLOAT), shape)
-        )
+        model.graph.input.append(onnx.helper.make_tensor_value_info(name, dtype, shape))
     onnx.save(model, str(path))
 
 
