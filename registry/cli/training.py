@@ -39,14 +39,15 @@ def train(
     from registry.pipeline import distributed
     from registry.pipeline.train import default_name, train_and_store
 
+    plugins = get_plugins()
+    try:
+        fam = plugins.get(family)
+    except USER_ERRORS as exc:
+        fail(str(exc))
+        return
     if nproc > 1 and distributed.world_size() == 1:
-        try:
-            fam = get_plugins().get(family)
-        except USER_ERRORS as exc:
-            fail(str(exc))
-            return
         if not fam.data_parallel:
-            parallel = sorted(n for n, e in get_plugins().families.items() if e.family.data_parallel)
+            parallel = sorted(n for n, e in plugins.families.items() if e.family.data_parallel)
             fail(f"{family} trains in one process; --nproc applies to: {', '.join(parallel)}")
             return
         argv = sys.argv[1:]
@@ -59,17 +60,14 @@ def train(
                 break
         raise typer.Exit(distributed.launch(argv, nproc))
 
-    plugins = get_plugins()
     try:
-        fam = plugins.get(family)
         config = parse_options(option or [], fam.Config)
         dataset = load_dataset(data, levels=levels, validation=validation)
         for note in dataset.notes:
             typer.echo(note, err=True)
         entry = plugins.families[family]
         distributed.join_group(device)
-        main = distributed.is_main_process()
-        if main:
+        if distributed.is_main_process():
             processes = distributed.world_size()
             typer.echo(
                 f"training {family} on {dataset.name} ({len(dataset.train)} rows, dim {dataset.dim}"
