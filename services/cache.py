@@ -120,7 +120,7 @@ class ModelCache:
             return pinned
         with self._lock:
             if tag not in self._pinned:
-                loaded = self._open(get_model(tag))
+                loaded = self._open(get_model(tag, verify=False))
                 self._pinned = {**self._pinned, tag: loaded}
         return self._pinned[tag]
 
@@ -210,7 +210,7 @@ class ModelCache:
             if stored.tag in self.refused:
                 continue
             try:
-                loaded = self._open(get_model(stored.tag))
+                loaded = self._open(get_model(stored.tag, verify=False))
             except Exception as exc:  # a checksum, or an ONNX file that verifies but does not load
                 why = (
                     str(exc)
@@ -238,8 +238,11 @@ class ModelCache:
             self.on_retire(old)
 
     def _open(self, stored: StoredModel) -> LoadedModel:
+        """Sessions for ``stored`` (not yet verified): its graphs are hashed from the very bytes
+        the sessions open, every other artifact by verify; each file once."""
         start = time.perf_counter()
         loaded = LoadedModel(stored, self.providers, self.threads)
+        stored.verify(skip=frozenset(spec.file for spec in stored.graphs))
         MODEL_LOAD_SECONDS.labels(model=stored.name).set(time.perf_counter() - start)
         if self.providers[0] != loaded.provider:
             # e.g. onnxruntime-gpu on a machine whose GPU or CUDA libraries do not answer
