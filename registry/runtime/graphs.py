@@ -64,10 +64,6 @@ class StepLoop(BaseModel):
             raise ValueError(f"loop: default steps {self.steps} exceeds max_steps {self.max_steps}")
         return self
 
-    @property
-    def variable(self) -> bool:
-        return self.count_input is not None
-
     def count(self, requested: int | None) -> int:
         """The number of steps to run for a request of ``requested`` (None: the default).
 
