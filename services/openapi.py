@@ -483,7 +483,7 @@ def _exact(components: dict[str, Any], described: list[dict[str, Any]]) -> None:
         sample.append(_object(props, ["model"]))
         if d["max_steps"] is not None:
             # A count that may be chosen: n x steps within the limit, as rectangles.
-            for low, high, most in step_tiers(min(d["max_steps"], MAX_STEPS)):
+            for low, high, most in step_tiers(d["max_steps"]):  # capped at MAX_STEPS already
                 chosen = {"type": "integer", "minimum": low, "maximum": high}
                 props = dict(props, n={**sample_props["n"], "maximum": most}, steps=chosen)
                 sample.append(_object(props, ["model", "steps"]))

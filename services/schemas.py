@@ -24,6 +24,7 @@ from pydantic import (
     create_model,
 )
 
+from registry.runtime.graphs import Estimate
 from registry.runtime.rows import parse_rows
 from registry.runtime.store import StoredModel
 from services.errors import ApiError
@@ -123,7 +124,7 @@ class ScoreRequest(_Strict):
     kind: Literal["log_prob", "bound", "discriminator"] | None = None
     seed: Seed | None = Field(0, description="seed of the scorer's noise")
     k: Int = Field(1, ge=1, le=MAX_DRAWS, description="noise draws per row for kind=bound")
-    estimate: Literal["average", "importance_weighted"] | None = Field(
+    estimate: Estimate | None = Field(
         None,
         description=(
             "kind=bound: how the k draws per row are summarised: average (mean log w, always a bound) "
@@ -162,7 +163,7 @@ class ScoreResponse(BaseModel):
     scores: list[Number] = Field(description="nats per row, or P(real) for discriminator")
     bits_per_dim: list[Number] | None = None
     k: int | None = None
-    estimate: Literal["average", "importance_weighted"] | None = Field(
+    estimate: Estimate | None = Field(
         None, description="kind=bound: which estimate `scores` are (the k draws' average or log mean exp)"
     )
     elbo: list[Number] | None = Field(
@@ -209,7 +210,7 @@ class ModelInfo(BaseModel):
     max_steps: int | None = Field(
         None, description="the most steps /sample may ask for, where the count may be chosen; else null"
     )
-    estimates: list[Literal["average", "importance_weighted"]] = Field(
+    estimates: list[Estimate] = Field(
         [], description="the estimates /score's kind=bound may ask for (empty: no bound)"
     )
 

@@ -8,16 +8,17 @@ and a k-draw bound is summarised in exactly one way.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import numpy as np
 
+from registry.runtime.graphs import Estimate
 from registry.runtime.models import CapabilityError, LoadedModel
 from registry.runtime.rows import InputError, check_rows
 from registry.runtime.units import bits_per_dim, score_summary
 
 SCORE_KINDS = ("log_prob", "bound", "discriminator")
-ESTIMATES = ("average", "importance_weighted")
+ESTIMATES = get_args(Estimate)
 
 
 def bound_estimates(log_w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
