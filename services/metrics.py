@@ -43,11 +43,40 @@ MODEL_LOADS = Counter(
     "Model versions the live registry loaded or refused (checksum or load failure), by model",
     ["model", "outcome"],
 )
-# BentoML's own request metrics never see the routes services.routes answers (the middleware
-# runs ahead of BentoML's), so genreg counts its requests in progress itself.
+# genreg's routes are answered ahead of BentoML's request middlewares (services.traffic), so
+# genreg counts its requests itself; BentoML's bentoml_service_request_* count only the routes
+# BentoML answers (health, readiness).
 IN_PROGRESS = Gauge(
     "genreg_requests_in_progress",
-    "Requests being handled, by endpoint",
-    ["endpoint"],
+    "Requests being handled, by endpoint and protocol",
+    ["endpoint", "protocol"],
     multiprocess_mode="livesum",
+)
+REQUESTS = Counter(
+    "genreg_requests",
+    "Requests answered, by endpoint, protocol (genreg or v2) and HTTP status code",
+    ["endpoint", "protocol", "code"],
+)
+REQUEST_SECONDS = Histogram(
+    "genreg_request_duration_seconds",
+    "Time from a request's arrival to the end of its answer, by endpoint and protocol",
+    ["endpoint", "protocol"],
+    buckets=(
+        0.0005,
+        0.001,
+        0.0025,
+        0.005,
+        0.01,
+        0.025,
+        0.05,
+        0.1,
+        0.25,
+        0.5,
+        1.0,
+        2.5,
+        5.0,
+        10.0,
+        30.0,
+        60.0,
+    ),
 )

@@ -1,22 +1,27 @@
-"""The API's HTTP routes, answered by an ASGI middleware in front of BentoML's router.
+"""The API's HTTP routes, answered in front of BentoML's app.
 
 Each API route reads the body once (413 over the limit), parses it once with orjson (400
 unless a JSON object) and hands the dict to the service's handler: BentoML's own API routes
 would parse and convert the body a second time, which at batch 1,024 cost more than the model.
-The middleware also answers GET /models (BentoML's API routes are POST only), the gallery page
-and its assets, and /docs.json (the OpenAPI document built from services.schemas).
+The routes also answer GET /models (BentoML's API routes are POST only), the Open Inference
+Protocol (services.v2), the gallery page and its assets, and /docs.json (the OpenAPI document
+built from services.schemas). Every other request goes on to BentoML's app as it is.
 
-It reaches the worker's service instance through the accessor it is given
+services.service.GenregService puts these routes outside BentoML's app, so its per-request
+middlewares (tracing, access log, timeout, metrics, Starlette's error middleware) do not run
+for them: they took 0.4 ms of a batch-1 request's 0.85 ms. What they were there for, each
+request of ours gets once from services.traffic. (Inside BentoML's middlewares, as an ASGI
+middleware of the service, these routes had already beaten a Starlette app mounted on the
+service by 10% at batch 1: benchmarks/RESULTS.md, Architecture.)
+
+The routes reach the worker's service instance through the accessor they are given
 (``bentoml.get_current_service``, passed by services.service): no module global, no context
-variable. BentoML's documented alternative, a Starlette app mounted on the service, was
-measured side by side and answered 10% fewer batch-1 requests and 6% fewer batch-1,024 rows
-per second: a mounted app runs behind BentoML's ContextMiddleware (a Request and a context per
-request), its router and the mount's route scan, where this middleware answers before them
-(benchmarks/RESULTS.md, Architecture).
+variable.
 """
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Callable
 from pathlib import Path
@@ -27,7 +32,7 @@ from starlette.responses import Response
 from services import openapi, v2
 from services.errors import NOT_RUNNING, ApiError, error_response, json_response
 from services.jsonbody import loads, may_hold_bools
-from services.metrics import IN_PROGRESS
+from services.traffic import Traffic
 
 # Path -> endpoint name (the label of genreg_errors_total and the handler's switch).
 API_PATHS = {
@@ -135,11 +140,10 @@ class _Endpoint:
         if service is None:
             await error_response(self.endpoint, NOT_RUNNING)(scope, receive, send)
             return
-        with IN_PROGRESS.labels(endpoint=self.endpoint).track_inprogress():
-            answer = await service.handle(
-                self.endpoint, parsed, may_hold_bools=may_hold_bools(body), params=self.params
-            )
-            await answer(scope, receive, send)
+        answer = await service.handle(
+            self.endpoint, parsed, may_hold_bools=may_hold_bools(body), params=self.params
+        )
+        await answer(scope, receive, send)
 
 
 def static_file(name: str) -> Response:
@@ -152,16 +156,22 @@ def static_file(name: str) -> Response:
 
 
 class ApiRoutes:
-    """ASGI middleware that answers the API's routes; every other request goes on to BentoML.
+    """ASGI app in front of BentoML's: answers the API's routes; every other request goes on to
+    BentoML (``app``), its own middlewares and routes.
 
     ``service`` returns the worker's service instance (services.service passes
-    ``bentoml.get_current_service``); nothing reaches the routes through a module global.
+    ``bentoml.get_current_service``); nothing reaches the routes through a module global. Each
+    request to a route of ours passes ``traffic`` (services.traffic) once, labelled with its
+    endpoint and protocol.
     """
 
-    def __init__(self, app: Any, service: Callable[[], Api], max_body_bytes: int, auth: bool) -> None:
+    def __init__(
+        self, app: Any, service: Callable[[], Api], max_body_bytes: int, auth: bool, traffic: Traffic
+    ) -> None:
         self.app = app
         self.service = service
         self.auth = auth
+        self.traffic = traffic
         self.max_body_bytes = max_body_bytes
         self.endpoints = {
             path: _Endpoint(endpoint, service, max_body_bytes) for path, endpoint in API_PATHS.items()
@@ -171,31 +181,41 @@ class ApiRoutes:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        path = scope["path"].rstrip("/") or "/"
-        method = scope["method"]
+        found = self._route(scope["path"].rstrip("/") or "/", scope["method"])
+        if found is None:
+            await self.app(scope, receive, send)
+            return
+        endpoint, protocol, handler = found
+        await self.traffic(endpoint, protocol, handler, scope, receive, send)
+
+    def _route(self, path: str, method: str) -> tuple[str, str, Any] | None:
+        """(endpoint, protocol, ASGI handler) of a route of ours, or None: BentoML's."""
         endpoint = self.endpoints.get(path)
         if endpoint is not None and (method == "POST" or (method == "GET" and path == "/models")):
-            await endpoint(scope, receive, send)
-        elif endpoint is not None and method not in ("OPTIONS", "HEAD"):
+            return endpoint.endpoint, "genreg", endpoint
+        if endpoint is not None and method not in ("OPTIONS", "HEAD"):
             allowed = "GET, POST" if path == "/models" else "POST"
             err = ApiError(
                 405, "method", f"{method} {path} is not allowed; use {allowed}", "method_not_allowed"
             )
-            await error_response(API_PATHS[path], err, headers={"allow": allowed})(scope, receive, send)
-        elif (match := REPOSITORY.match(path)) is not None:
-            await self._repository(match, scope, receive, send)
-        elif (found := v2.route(path)) is not None and method not in ("OPTIONS", "HEAD"):
-            await self._v2(found, scope, receive, send)
-        elif method == "GET" and (path in ("/", "/ui") or path.startswith("/static/")):
+            return API_PATHS[path], "genreg", error_response(API_PATHS[path], err, headers={"allow": allowed})
+        if (match := REPOSITORY.match(path)) is not None:
+            name = "repository_index" if match["index"] else f"repository_{match['action']}"
+            return name, "genreg", functools.partial(self._repository, match)
+        if (found := v2.route(path)) is not None and method not in ("OPTIONS", "HEAD"):
+            return found.endpoint, v2.PROTOCOL, functools.partial(self._v2, found)
+        if method == "GET" and (path in ("/", "/ui") or path.startswith("/static/")):
             name = "index.html" if path in ("/", "/ui") else path.removeprefix("/static/")
-            await static_file(name)(scope, receive, send)
-        elif method == "GET" and path == "/docs.json":
-            service = _instance(self.service)
-            served = service.served() if service is not None else []
-            described = service.described() if service is not None else []
-            await json_response(openapi.build(served, self.auth, described))(scope, receive, send)
-        else:
-            await self.app(scope, receive, send)
+            return "gallery", "genreg", static_file(name)
+        if method == "GET" and path == "/docs.json":
+            return "docs", "genreg", self._document
+        return None
+
+    async def _document(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        service = _instance(self.service)
+        served = service.served() if service is not None else []
+        described = service.described() if service is not None else []
+        await json_response(openapi.build(served, self.auth, described))(scope, receive, send)
 
     async def _repository(self, match: re.Match[str], scope: dict[str, Any], receive: Any, send: Any) -> None:
         endpoint = "repository_index" if match["index"] else f"repository_{match['action']}"

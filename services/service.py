@@ -57,9 +57,14 @@ from services.schemas import (
     sampling,
     validate,
 )
+from services.traffic import MAX_CONCURRENCY, TIMEOUT_SECONDS, Traffic
 from services.v2 import endpoint_of
 
 log = logging.getLogger("genreg.service")
+# BentoML's server logging passes its own loggers' INFO lines and only warnings from the rest:
+# genreg's one-line refusals and access log (services.traffic) are INFO, as BentoML's access
+# log is, and are meant to be read.
+logging.getLogger("genreg").setLevel(logging.INFO)
 MODEL_PATTERN = re.compile(MODEL_REF)
 WORKERS = int(os.environ.get("GENREG_WORKERS", "1"))
 # One intra-op thread per session by default: ONNX Runtime's own pool spins against the HTTP
@@ -69,13 +74,20 @@ ORT_THREADS = int(os.environ.get("GENREG_ORT_THREADS", "1"))
 # benchmarks/RESULTS.md for when it pays off); 0 turns it off.
 BATCH_MAX_ROWS = int(os.environ.get("GENREG_BATCH_MAX_ROWS", "0"))
 MAX_BODY_BYTES = int(os.environ.get("GENREG_MAX_BODY_BYTES", str(64 * 1024 * 1024)))
-# Requests up to this many rows run on the event loop: for them a thread hop costs more than
-# the ONNX Runtime call itself; larger ones go to a worker thread (benchmarks/RESULTS.md, Serving).
-INLINE_ROWS = int(os.environ.get("GENREG_INLINE_ROWS", "64"))
+# Which model calls run on the event loop rather than a worker thread, by the time the model's
+# own calls say they take (LoadedModel.expected_seconds): always below INLINE_MS, where the
+# thread hop (0.1-0.25 ms) costs as much as the call; up to ALONE_MS when no other request is in
+# flight in this worker, where the hop is all a thread would add (0.2 ms of a 1,024-row
+# request's 8.5 ms) and nothing waits but requests that arrive meanwhile, health probes
+# included, which wait at most ALONE_MS. benchmarks/RESULTS.md, "Serving".
+INLINE_MS = float(os.environ.get("GENREG_INLINE_MS", "0.5"))
+ALONE_MS = float(os.environ.get("GENREG_ALONE_MS", "25"))
 # How often the live registry looks for new versions in the store (a directory scan: cheap).
 POLL_SECONDS = float(os.environ.get("GENREG_POLL_SECONDS", "2"))
 # With GENREG_MODELS_FROM (genreg serve --models-from), how often to look for pushed versions.
 REMOTE_POLL_SECONDS = float(os.environ.get("GENREG_REMOTE_POLL_SECONDS", "10"))
+# This worker's requests in flight and their accounting (one per process, as the routes are).
+TRAFFIC = Traffic()
 
 
 def _can_sample(loaded: LoadedModel) -> None:
@@ -115,8 +127,13 @@ def _sample_count(loaded: LoadedModel, n: int, steps: int | None, field: str = "
     return count
 
 
-async def _call(fn: Callable[[], Any], rows: int) -> Any:
-    if rows <= INLINE_ROWS:
+async def _call(fn: Callable[[], Any], loaded: LoadedModel, role: str, rows: int) -> Any:
+    """``fn()``, on the event loop if it is expected to be short enough (INLINE_MS, ALONE_MS),
+    else in a worker thread; unmeasured calls go to a thread."""
+    expected = loaded.expected_seconds(role, rows)
+    if expected is not None and (
+        expected * 1000 <= INLINE_MS or (expected * 1000 <= ALONE_MS and TRAFFIC.alone())
+    ):
         return fn()
     return await anyio.to_thread.run_sync(fn)
 
@@ -126,7 +143,31 @@ def model_info(loaded: LoadedModel) -> dict[str, Any]:
     return ModelInfo(**info, kinds=loaded.kinds, provider=loaded.provider).model_dump()
 
 
-@bentoml.service(name="genreg", workers=WORKERS, traffic={"timeout": 60, "max_concurrency": 256})
+class GenregService(bentoml.Service):
+    """BentoML's service, with genreg's routes answered in front of BentoML's middlewares.
+
+    ``bentoml.service(service_class=...)`` is BentoML's way to customise the service; its app is
+    wrapped, not changed: auth outermost (it guards BentoML's routes too), then genreg's routes
+    (services.routes), each request through TRAFFIC once; everything else is BentoML's as it was.
+    """
+
+    def to_asgi(self, is_main: bool = True) -> Any:
+        routes = ApiRoutes(
+            super().to_asgi(is_main),
+            service=bentoml.get_current_service,
+            max_body_bytes=MAX_BODY_BYTES,
+            auth=BearerAuth.enabled(),
+            traffic=TRAFFIC,
+        )
+        return BearerAuth(routes, endpoints=API_PATHS, endpoint_of=endpoint_of)
+
+
+@bentoml.service(
+    service_class=GenregService,
+    name="genreg",
+    workers=WORKERS,
+    traffic={"timeout": TIMEOUT_SECONDS, "max_concurrency": MAX_CONCURRENCY},
+)
 class Genreg:
     """Serves every model in the store (or GENREG_MODELS) from ONNX Runtime sessions."""
 
@@ -294,7 +335,7 @@ class Genreg:
         job = draw if then is None else lambda: then(draw(), count)
         what = f"{n} samples" + (f" x {count} steps" if count > 1 else "")
         with self._admit(cost * loaded.dim, "n", what):
-            return await _call(job, cost)
+            return await _call(job, loaded, "sampler", cost)
 
     async def score(
         self,
@@ -313,7 +354,9 @@ class Genreg:
         run = functools.partial(self._score, loaded, x, kind, k, seed, estimate, protocol)
         field, what = ("k", f"{rows} rows x {k} draws") if k > 1 else ("x", f"{rows} rows")
         with self._admit(rows * k * width, field, what):
-            return await _call(run, rows * k)
+            return await _call(
+                run, loaded, "discriminator" if kind == "discriminator" else "scorer", rows * k
+            )
 
     def _draw(
         self, loaded: LoadedModel, n: int, seed: int | None, temperature: float, steps: int, protocol: str
@@ -430,14 +473,3 @@ class Genreg:
                 400, "x", "x: values too large for the test (its statistic overflows)", "invalid_x"
             )
         return {"model": loaded.stored.tag, **result}
-
-
-# Auth first (outermost), so that it also guards BentoML's own routes; then the API's routes,
-# which find this worker's service instance through BentoML's own accessor.
-Genreg.add_asgi_middleware(BearerAuth, endpoints=API_PATHS, endpoint_of=endpoint_of)
-Genreg.add_asgi_middleware(
-    ApiRoutes,
-    service=bentoml.get_current_service,
-    max_body_bytes=MAX_BODY_BYTES,
-    auth=BearerAuth.enabled(),
-)

@@ -20,9 +20,9 @@ REQUIRED_METRICS = {
     "genreg_model_load_seconds",
     "genreg_errors_total",
     "genreg_model_info",
-    "bentoml_service_request_total",
-    "bentoml_service_request_duration_seconds",
-    "bentoml_service_request_in_progress",
+    "genreg_requests_total",
+    "genreg_request_duration_seconds",
+    "genreg_requests_in_progress",
 }
 
 
@@ -148,6 +148,8 @@ def test_dashboard_charts_every_service_metric():
 def test_dashboard_metrics_exist_on_a_running_service(server):
     client, _ = server
     client.post("/sample", json={"model": "gaussian-digits", "n": 2, "seed": 0})
+    # A counter appears once counted: one refusal, so the errors panel's series exists.
+    assert client.post("/score", json={"model": "gaussian-digits", "x": "rows"}).status_code == 400
     text = client.get("/metrics").text
     exposed = {
         re.sub(r"_(bucket|sum|count|created)$", "", line.split("{")[0].split(" ")[0])

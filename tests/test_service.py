@@ -176,7 +176,12 @@ def test_metrics_count_rows_and_errors_across_workers(server):
     assert delta("genreg_errors_total", endpoint="score", reason="invalid_x") == 1
     assert delta("genreg_inference_seconds_count", model="gaussian-digits", graph="sampler") == 6
     assert _metric(after, "genreg_model_load_seconds", model="flow-digits") > 0
-    assert "bentoml_service_request_total" in after
+    # genreg's routes are counted by genreg (services.traffic), by status code, across workers.
+    assert delta("genreg_requests_total", endpoint="sample", protocol="genreg", code="200") == 6
+    assert delta("genreg_requests_total", endpoint="score", protocol="genreg", code="200") == 3
+    assert delta("genreg_requests_total", endpoint="score", protocol="genreg", code="400") == 1
+    assert delta("genreg_request_duration_seconds_count", endpoint="score", protocol="genreg") == 4
+    assert delta("genreg_request_duration_seconds_sum", endpoint="score", protocol="genreg") > 0
 
 
 def test_models_and_metrics_report_the_execution_provider(server):

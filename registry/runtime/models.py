@@ -47,6 +47,8 @@ class LoadedModel:
         }
         # Called with (graph role, seconds) after each run: the service's latency metric.
         self.on_run: Callable[[str, float], None] | None = None
+        # Seconds per row of each graph role, a moving average of this model's own calls.
+        self.row_seconds: dict[str, float] = {}
         # How each graph is run; the service may wrap these (e.g. to batch concurrent calls).
         self.runners: dict[str, Callable[[dict[str, np.ndarray]], np.ndarray]] = {
             spec.file: self._direct(spec) for spec in stored.graphs
@@ -58,8 +60,12 @@ class LoadedModel:
         def run(feeds: dict[str, np.ndarray]) -> np.ndarray:
             start = time.perf_counter()
             out = session.run(output, feeds)[0]
+            seconds = time.perf_counter() - start
+            per_row = seconds / max(1, out.shape[0] if out.ndim else 1)
+            last = self.row_seconds.get(spec.role)
+            self.row_seconds[spec.role] = per_row if last is None else 0.8 * last + 0.2 * per_row
             if self.on_run is not None:
-                self.on_run(spec.role, time.perf_counter() - start)
+                self.on_run(spec.role, seconds)
             return out
 
         return run
@@ -85,6 +91,14 @@ class LoadedModel:
         """
         first = sorted({s.get_providers()[0] for s in self.sessions.values()})
         return "CPUExecutionProvider" if "CPUExecutionProvider" in first else first[0]
+
+    def expected_seconds(self, role: str, rows: int) -> float | None:
+        """How long ``rows`` rows through the ``role`` graph(s) should take, judged by this
+        model's calls so far (None before the first). Per-row time falls with the batch size,
+        so after small calls a large one is overestimated: the safe side for the service, which
+        runs on its event loop only what is expected to be short."""
+        per_row = self.row_seconds.get(role)
+        return None if per_row is None else per_row * rows
 
     def run(self, spec: GraphSpec, feeds: dict[str, np.ndarray]) -> np.ndarray:
         return self.runners[spec.file](feeds)

@@ -1,0 +1,118 @@
+"""What each of genreg's requests goes through, once, in front of its handler.
+
+genreg's routes (services.routes) are answered ahead of BentoML's per-request middlewares
+(services.service.GenregService): those cost more than an ONNX Runtime call at batch 1 (a
+tracing span, an access-log wrapper, a timer task, a metrics wrapper, Starlette's error
+middleware: 0.4 ms of the 0.85 ms a batch-1 request took; benchmarks/RESULTS.md, "genreg's
+routes in front of BentoML's middlewares"). This layer keeps what they were there for, at the
+cost of a few dictionary lookups:
+
+- a cap on requests in flight per worker (429 beyond, as BentoML's ``max_concurrency``);
+- a deadline for the answer to start (504, as BentoML's ``timeout``);
+- ``genreg_requests_total`` and ``genreg_request_duration_seconds`` by endpoint, protocol and
+  status, and ``genreg_requests_in_progress`` (BentoML's request metrics keep counting the
+  routes it answers itself: health, readiness, /metrics);
+- one access-log line per request on the ``genreg.access`` logger (GENREG_ACCESS_LOG=0: none);
+- a 500 with the protocol's error body, and the traceback in the log, for a bug in a handler
+  (never a dropped connection).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import time
+from typing import Any
+
+from services.errors import ApiError, error_response
+from services.metrics import IN_PROGRESS, REQUEST_SECONDS, REQUESTS
+
+access_log = logging.getLogger("genreg.access")
+log = logging.getLogger("genreg.service")
+
+# The same limits BentoML applies to its own routes (services.service passes them to both).
+MAX_CONCURRENCY = 256
+TIMEOUT_SECONDS = 60.0
+ACCESS_LOG = os.environ.get("GENREG_ACCESS_LOG", "1").strip().lower() not in ("0", "false", "no", "off")
+
+
+class Traffic:
+    """The per-request layer for one worker: its requests in flight, and their accounting."""
+
+    def __init__(
+        self,
+        max_concurrency: int = MAX_CONCURRENCY,
+        timeout: float = TIMEOUT_SECONDS,
+        access: bool = ACCESS_LOG,
+    ) -> None:
+        self.max_concurrency = max_concurrency
+        self.timeout = timeout
+        self.access = access
+        self.in_flight = 0
+
+    def alone(self) -> bool:
+        """Whether the request asking is the only one this worker is handling."""
+        return self.in_flight <= 1
+
+    async def __call__(
+        self, endpoint: str, protocol: str, handler: Any, scope: dict[str, Any], receive: Any, send: Any
+    ) -> None:
+        start = time.perf_counter()
+        status = 0
+
+        async def send_counted(message: dict[str, Any]) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        if self.in_flight >= self.max_concurrency:
+            busy = ApiError(
+                429, None, f"{self.max_concurrency} requests are in flight; retry", "too_many_requests"
+            )
+            await error_response(endpoint, busy, protocol)(scope, receive, send_counted)
+        else:
+            await self._handle(endpoint, protocol, handler, scope, receive, send_counted, lambda: status)
+        elapsed = time.perf_counter() - start
+        REQUESTS.labels(endpoint=endpoint, protocol=protocol, code=str(status)).inc()
+        REQUEST_SECONDS.labels(endpoint=endpoint, protocol=protocol).observe(elapsed)
+        if self.access:
+            client = scope.get("client")
+            access_log.info(
+                "%s %s %s %d %.3fms",
+                f"{client[0]}:{client[1]}" if client else "-",
+                scope["method"],
+                scope["path"],
+                status,
+                elapsed * 1000,
+            )
+
+    async def _handle(
+        self,
+        endpoint: str,
+        protocol: str,
+        handler: Any,
+        scope: dict[str, Any],
+        receive: Any,
+        send: Any,
+        started: Any,
+    ) -> None:
+        self.in_flight += 1
+        try:
+            with IN_PROGRESS.labels(endpoint=endpoint, protocol=protocol).track_inprogress():
+                async with asyncio.timeout(self.timeout):
+                    await handler(scope, receive, send)
+        except TimeoutError:
+            if not started():
+                late = ApiError(
+                    504, None, f"the answer did not start within {self.timeout:g} seconds", "timeout"
+                )
+                await error_response(endpoint, late, protocol)(scope, receive, send)
+        except Exception:
+            log.exception("%s %s: unexpected error", protocol, endpoint)
+            if not started():
+                bug = ApiError(500, None, "internal error (logged by the server)", "internal")
+                await error_response(endpoint, bug, protocol)(scope, receive, send)
+        finally:
+            self.in_flight -= 1

@@ -1,0 +1,148 @@
+"""The per-request layer of genreg's routes (services.traffic): what BentoML's middlewares did
+for them before the routes moved in front: the concurrency cap, the deadline, an error body for
+a bug, the request metrics and the access log."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+
+import numpy as np
+import pytest
+from prometheus_client import REGISTRY
+
+from services.traffic import Traffic
+
+
+def _value(name: str, **labels: str) -> float:
+    return REGISTRY.get_sample_value(name, labels) or 0.0
+
+
+def _scope(path: str = "/score") -> dict:
+    return {"type": "http", "method": "POST", "path": path, "headers": [], "client": ("127.0.0.1", 5000)}
+
+
+async def _call(traffic: Traffic, handler, endpoint: str = "score", protocol: str = "genreg"):
+    sent: list[dict] = []
+
+    async def receive():
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    async def send(message):
+        sent.append(message)
+
+    await traffic(endpoint, protocol, handler, _scope(), receive, send)
+    status = sent[0]["status"] if sent else None
+    body = b"".join(m.get("body", b"") for m in sent if m["type"] == "http.response.body")
+    return status, (json.loads(body) if body else None)
+
+
+async def _ok(scope, receive, send):
+    await send({"type": "http.response.start", "status": 200, "headers": []})
+    await send({"type": "http.response.body", "body": b"{}"})
+
+
+def test_requests_beyond_the_cap_get_429_and_the_cap_frees_again():
+    async def run():
+        traffic = Traffic(max_concurrency=2, timeout=5, access=False)
+        release = asyncio.Event()
+
+        async def slow(scope, receive, send):
+            await release.wait()
+            await _ok(scope, receive, send)
+
+        held = [asyncio.create_task(_call(traffic, slow)) for _ in range(2)]
+        await asyncio.sleep(0.01)
+        assert traffic.in_flight == 2 and not traffic.alone()
+        busy = await _call(traffic, _ok)
+        release.set()
+        done = await asyncio.gather(*held)
+        after = await _call(traffic, _ok)
+        return busy, done, after, traffic.in_flight
+
+    busy, done, after, in_flight = asyncio.run(run())
+    assert busy[0] == 429 and "2 requests are in flight" in busy[1]["error"]
+    assert [d[0] for d in done] == [200, 200] and after[0] == 200 and in_flight == 0
+
+
+def test_an_answer_that_does_not_start_in_time_is_a_504_in_the_protocol_s_error_body():
+    async def stuck(scope, receive, send):
+        await asyncio.sleep(10)
+
+    before = _value("genreg_requests_total", endpoint="infer", protocol="v2", code="504")
+    status, body = asyncio.run(_call(Traffic(timeout=0.05, access=False), stuck, "infer", "v2"))
+    assert status == 504 and body == {"error": "the answer did not start within 0.05 seconds"}
+    assert _value("genreg_requests_total", endpoint="infer", protocol="v2", code="504") == before + 1
+
+
+def test_a_bug_in_a_handler_is_a_500_body_and_one_logged_traceback(caplog):
+    async def broken(scope, receive, send):
+        raise ZeroDivisionError("a bug")
+
+    with caplog.at_level(logging.ERROR, logger="genreg.service"):
+        status, body = asyncio.run(_call(Traffic(access=False), broken))
+    assert status == 500 and body["error"].startswith("internal error") and body["field"] is None
+    assert [r.exc_info[0] for r in caplog.records] == [ZeroDivisionError]
+
+
+def test_each_request_is_counted_timed_and_logged_once(caplog):
+    labels = {"endpoint": "score", "protocol": "genreg"}
+    count = _value("genreg_request_duration_seconds_count", **labels)
+    ok = _value("genreg_requests_total", **labels, code="200")
+    with caplog.at_level(logging.INFO, logger="genreg.access"):
+        assert asyncio.run(_call(Traffic(access=True), _ok))[0] == 200
+    assert _value("genreg_request_duration_seconds_count", **labels) == count + 1
+    assert _value("genreg_requests_total", **labels, code="200") == ok + 1
+    assert _value("genreg_requests_in_progress", **labels) == 0
+    (line,) = [r.getMessage() for r in caplog.records if r.name == "genreg.access"]
+    assert line.startswith("127.0.0.1:5000 POST /score 200 ") and line.endswith("ms")
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="genreg.access"):
+        asyncio.run(_call(Traffic(access=False), _ok))
+    assert not [r for r in caplog.records if r.name == "genreg.access"]
+
+
+class _Timed:
+    """What services.service._call asks of a model: how long a call is expected to take."""
+
+    def __init__(self, seconds: float | None) -> None:
+        self.seconds = seconds
+
+    def expected_seconds(self, role: str, rows: int) -> float | None:
+        return self.seconds
+
+
+def test_model_calls_run_on_the_event_loop_only_when_expected_to_be_short(monkeypatch):
+    import threading
+
+    from services import service
+
+    def where(seconds: float | None, in_flight: int) -> str:
+        monkeypatch.setattr(service.TRAFFIC, "in_flight", in_flight)
+        caller = threading.get_ident()
+        ran = asyncio.run(service._call(threading.get_ident, _Timed(seconds), "scorer", 1))
+        return "loop" if ran == caller else "thread"
+
+    assert service.INLINE_MS < 10 < service.ALONE_MS < 100
+    assert where(None, 1) == "thread"  # never measured: no guess
+    assert where(0.0002, 5) == "loop"  # shorter than a thread hop, whatever else waits
+    assert where(0.010, 1) == "loop"  # 10 ms alone: nothing else waits for the loop
+    assert where(0.010, 2) == "thread"  # 10 ms with another request in flight: keep it free
+    assert where(1.0, 1) == "thread"  # a second-long call never blocks the loop, alone or not
+
+
+def test_a_model_learns_its_own_time_per_row_from_its_calls(trained):
+    from registry.runtime.models import LoadedModel
+    from registry.runtime.scoring import score
+    from registry.runtime.store import get_model
+
+    loaded = LoadedModel(get_model("gaussian-digits"), providers=["CPUExecutionProvider"])
+    assert loaded.expected_seconds("scorer", 64) is None
+    x = np.full((256, 64), 3.0)
+    for _ in range(3):
+        score(loaded, x, "bound", seed=0)
+    per_row = loaded.expected_seconds("scorer", 1)
+    assert per_row is not None and 0 < per_row < 0.01
+    assert loaded.expected_seconds("scorer", 1000) == pytest.approx(1000 * per_row)
+    assert loaded.expected_seconds("sampler", 1) is None  # each graph role on its own
