@@ -201,7 +201,7 @@ class ApiRoutes:
             return API_PATHS[path], "genreg", error_response(API_PATHS[path], err, headers={"allow": allowed})
         if (match := REPOSITORY.match(path)) is not None:
             name = "repository_index" if match["index"] else f"repository_{match['action']}"
-            return name, "genreg", functools.partial(self._repository, match)
+            return name, "genreg", functools.partial(self._repository, name, match)
         if (found := v2.route(path)) is not None and method not in ("OPTIONS", "HEAD"):
             return found.endpoint, v2.PROTOCOL, functools.partial(self._v2, found)
         if method == "GET" and (path in ("/", "/ui") or path.startswith("/static/")):
@@ -217,8 +217,9 @@ class ApiRoutes:
         described = service.described() if service is not None else []
         await json_response(openapi.build(served, self.auth, described))(scope, receive, send)
 
-    async def _repository(self, match: re.Match[str], scope: dict[str, Any], receive: Any, send: Any) -> None:
-        endpoint = "repository_index" if match["index"] else f"repository_{match['action']}"
+    async def _repository(
+        self, endpoint: str, match: re.Match[str], scope: dict[str, Any], receive: Any, send: Any
+    ) -> None:
         if scope["method"] != "POST":
             err = ApiError(
                 405,
