@@ -45,15 +45,21 @@ class Traffic:
         max_concurrency: int = MAX_CONCURRENCY,
         timeout: float = TIMEOUT_SECONDS,
         access: bool = ACCESS_LOG,
+        quiet_seconds: float = 1.0,
     ) -> None:
         self.max_concurrency = max_concurrency
         self.timeout = timeout
         self.access = access
+        self.quiet_seconds = quiet_seconds
         self.in_flight = 0
+        self.overlapped_at = -float("inf")  # when two requests were last in flight at once
 
     def alone(self) -> bool:
-        """Whether the request asking is the only one this worker is handling."""
-        return self.in_flight <= 1
+        """Whether the request asking is the only one this worker is handling, and has been for
+        ``quiet_seconds``. The moment alone is not enough: two closed-loop clients are seldom in
+        flight at the same instant, and running one's call on the event loop then keeps the
+        other's off the second core (1,024-row requests, 2 clients: 5% fewer rows/s)."""
+        return self.in_flight <= 1 and time.perf_counter() - self.overlapped_at > self.quiet_seconds
 
     async def __call__(
         self, endpoint: str, protocol: str, handler: Any, scope: dict[str, Any], receive: Any, send: Any
@@ -99,6 +105,8 @@ class Traffic:
         started: Any,
     ) -> None:
         self.in_flight += 1
+        if self.in_flight > 1:
+            self.overlapped_at = time.perf_counter()
         try:
             with IN_PROGRESS.labels(endpoint=endpoint, protocol=protocol).track_inprogress():
                 async with asyncio.timeout(self.timeout):

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import time
 
 import numpy as np
 import pytest
@@ -55,10 +56,14 @@ def test_requests_beyond_the_cap_get_429_and_the_cap_frees_again():
         held = [asyncio.create_task(_call(traffic, slow)) for _ in range(2)]
         await asyncio.sleep(0.01)
         assert traffic.in_flight == 2 and not traffic.alone()
+        overlapped = traffic.overlapped_at
         busy = await _call(traffic, _ok)
         release.set()
         done = await asyncio.gather(*held)
         after = await _call(traffic, _ok)
+        assert traffic.in_flight == 0 and not traffic.alone()  # overlapped under a second ago
+        traffic.overlapped_at = overlapped - traffic.quiet_seconds
+        assert traffic.alone()
         return busy, done, after, traffic.in_flight
 
     busy, done, after, in_flight = asyncio.run(run())
@@ -118,8 +123,9 @@ def test_model_calls_run_on_the_event_loop_only_when_expected_to_be_short(monkey
 
     from services import service
 
-    def where(seconds: float | None, in_flight: int) -> str:
+    def where(seconds: float | None, in_flight: int, overlapped_ago: float = 60.0) -> str:
         monkeypatch.setattr(service.TRAFFIC, "in_flight", in_flight)
+        monkeypatch.setattr(service.TRAFFIC, "overlapped_at", time.perf_counter() - overlapped_ago)
         caller = threading.get_ident()
         ran = asyncio.run(service._call(threading.get_ident, _Timed(seconds), "scorer", 1))
         return "loop" if ran == caller else "thread"
@@ -129,6 +135,7 @@ def test_model_calls_run_on_the_event_loop_only_when_expected_to_be_short(monkey
     assert where(0.0002, 5) == "loop"  # shorter than a thread hop, whatever else waits
     assert where(0.010, 1) == "loop"  # 10 ms alone: nothing else waits for the loop
     assert where(0.010, 2) == "thread"  # 10 ms with another request in flight: keep it free
+    assert where(0.010, 1, overlapped_ago=0.1) == "thread"  # alone now, not a moment ago
     assert where(1.0, 1) == "thread"  # a second-long call never blocks the loop, alone or not
 
 
