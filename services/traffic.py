@@ -45,7 +45,7 @@ class Traffic:
         max_concurrency: int = MAX_CONCURRENCY,
         timeout: float = TIMEOUT_SECONDS,
         access: bool = ACCESS_LOG,
-        quiet_seconds: float = 1.0,
+        quiet_seconds: float = 0.1,
     ) -> None:
         self.max_concurrency = max_concurrency
         self.timeout = timeout
@@ -55,10 +55,12 @@ class Traffic:
         self.overlapped_at = -float("inf")  # when two requests were last in flight at once
 
     def alone(self) -> bool:
-        """Whether the request asking is the only one this worker is handling, and has been for
-        ``quiet_seconds``. The moment alone is not enough: two closed-loop clients are seldom in
-        flight at the same instant, and running one's call on the event loop then keeps the
-        other's off the second core (1,024-row requests, 2 clients: 5% fewer rows/s)."""
+        """Whether the request asking is the only one this worker is handling, and no two were in
+        flight together for ``quiet_seconds``. The moment alone is not enough: two closed-loop
+        clients are seldom in flight at the same instant, and running one's call on the event
+        loop then keeps the other's off the second core (1,024-row requests, 2 clients: 5% fewer
+        rows/s). 0.1 s spans a dozen such requests; a one-second window kept a single client
+        that followed concurrent ones off the loop for a second."""
         return self.in_flight <= 1 and time.perf_counter() - self.overlapped_at > self.quiet_seconds
 
     async def __call__(

@@ -61,7 +61,7 @@ def test_requests_beyond_the_cap_get_429_and_the_cap_frees_again():
         release.set()
         done = await asyncio.gather(*held)
         after = await _call(traffic, _ok)
-        assert traffic.in_flight == 0 and not traffic.alone()  # overlapped under a second ago
+        assert traffic.in_flight == 0 and not traffic.alone()  # two overlapped a moment ago
         traffic.overlapped_at = overlapped - traffic.quiet_seconds
         assert traffic.alone()
         return busy, done, after, traffic.in_flight
@@ -135,7 +135,7 @@ def test_model_calls_run_on_the_event_loop_only_when_expected_to_be_short(monkey
     assert where(0.0002, 5) == "loop"  # shorter than a thread hop, whatever else waits
     assert where(0.010, 1) == "loop"  # 10 ms alone: nothing else waits for the loop
     assert where(0.010, 2) == "thread"  # 10 ms with another request in flight: keep it free
-    assert where(0.010, 1, overlapped_ago=0.1) == "thread"  # alone now, not a moment ago
+    assert where(0.010, 1, overlapped_ago=0.01) == "thread"  # alone now, not a moment ago
     assert where(1.0, 1) == "thread"  # a second-long call never blocks the loop, alone or not
 
 
