@@ -77,7 +77,7 @@ MAX_BODY_BYTES = int(os.environ.get("GENREG_MAX_BODY_BYTES", str(64 * 1024 * 102
 # Which model calls run on the event loop rather than a worker thread, by the time the model's
 # own calls say they take (LoadedModel.expected_seconds): always below INLINE_MS, where the
 # thread hop (0.1-0.25 ms) costs as much as the call; up to ALONE_MS when no other request is in
-# flight in this worker, nor was in the last second (Traffic.alone), where the hop is all a
+# flight in this worker, nor was 0.1 s ago (Traffic.alone), where the hop is all a
 # thread would add (0.2 ms of a 1,024-row request's 8.5 ms) and nothing waits but requests that
 # arrive meanwhile, health probes included, which wait at most ALONE_MS. benchmarks/RESULTS.md, "The load generator, and
 # genreg's routes in front of BentoML's middlewares".
