@@ -111,8 +111,16 @@ class Traffic:
             self.overlapped_at = time.perf_counter()
         try:
             with IN_PROGRESS.labels(endpoint=endpoint, protocol=protocol).track_inprogress():
-                async with asyncio.timeout(self.timeout):
-                    await handler(scope, receive, send)
+                async with asyncio.timeout(self.timeout) as deadline:
+
+                    async def send_started(message: dict[str, Any]) -> None:
+                        # The deadline is for the answer to start, as BentoML's was: a large
+                        # answer to a slow reader is never cut off half-sent.
+                        if message["type"] == "http.response.start":
+                            deadline.reschedule(None)
+                        await send(message)
+
+                    await handler(scope, receive, send_started)
         except TimeoutError:
             if not started():
                 late = ApiError(

@@ -81,6 +81,16 @@ def test_an_answer_that_does_not_start_in_time_is_a_504_in_the_protocol_s_error_
     assert _value("genreg_requests_total", endpoint="infer", protocol="v2", code="504") == before + 1
 
 
+def test_the_deadline_is_for_the_answer_to_start_not_to_end():
+    async def slow_reader(scope, receive, send):
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await asyncio.sleep(0.1)  # twice the deadline, after the answer started
+        await send({"type": "http.response.body", "body": b'{"whole": true}'})
+
+    status, body = asyncio.run(_call(Traffic(timeout=0.05, access=False), slow_reader))
+    assert status == 200 and body == {"whole": True}
+
+
 def test_a_bug_in_a_handler_is_a_500_body_and_one_logged_traceback(caplog):
     async def broken(scope, receive, send):
         raise ZeroDivisionError("a bug")
