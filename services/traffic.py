@@ -35,6 +35,9 @@ log = logging.getLogger("genreg.service")
 MAX_CONCURRENCY = 256
 TIMEOUT_SECONDS = 60.0
 ACCESS_LOG = os.environ.get("GENREG_ACCESS_LOG", "1").strip().lower() not in ("0", "false", "no", "off")
+# Health probes are counted but not logged, as BentoML leaves its own /livez and /readyz out of
+# its access log: an orchestrator probing every few seconds would fill it.
+UNLOGGED = frozenset({"server_live", "server_ready"})
 
 
 class Traffic:
@@ -85,7 +88,7 @@ class Traffic:
         elapsed = time.perf_counter() - start
         REQUESTS.labels(endpoint=endpoint, protocol=protocol, code=str(status)).inc()
         REQUEST_SECONDS.labels(endpoint=endpoint, protocol=protocol).observe(elapsed)
-        if self.access:
+        if self.access and endpoint not in UNLOGGED:
             client = scope.get("client")
             access_log.info(
                 "%s %s %s %d %.3fms",

@@ -115,7 +115,9 @@ def test_each_request_is_counted_timed_and_logged_once(caplog):
     caplog.clear()
     with caplog.at_level(logging.INFO, logger="genreg.access"):
         asyncio.run(_call(Traffic(access=False), _ok))
+        asyncio.run(_call(Traffic(access=True), _ok, "server_ready", "v2"))  # a probe: counted only
     assert not [r for r in caplog.records if r.name == "genreg.access"]
+    assert _value("genreg_requests_total", endpoint="server_ready", protocol="v2", code="200") >= 1
 
 
 class _Timed:
