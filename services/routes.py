@@ -166,7 +166,13 @@ class ApiRoutes:
     """
 
     def __init__(
-        self, app: Any, service: Callable[[], Api], max_body_bytes: int, auth: bool, traffic: Traffic
+        self,
+        app: Any,
+        service: Callable[[], Api],
+        max_body_bytes: int,
+        auth: bool,
+        traffic: Traffic,
+        traced: Callable[[Any], Any] | None = None,
     ) -> None:
         self.app = app
         self.service = service
@@ -176,6 +182,10 @@ class ApiRoutes:
         self.endpoints = {
             path: _Endpoint(endpoint, service, max_body_bytes) for path, endpoint in API_PATHS.items()
         }
+        # ``traced`` wraps an ASGI app in a tracing middleware (services.service passes
+        # OpenTelemetry's where BentoML's tracing exports spans); it wraps our routes only, as
+        # BentoML's own routes keep their own.
+        self._entry = traced(self._dispatch) if traced is not None else self._dispatch
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] != "http":
@@ -185,7 +195,11 @@ class ApiRoutes:
         if found is None:
             await self.app(scope, receive, send)
             return
-        endpoint, protocol, handler = found
+        scope["genreg.route"] = found
+        await self._entry(scope, receive, send)
+
+    async def _dispatch(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        endpoint, protocol, handler = scope["genreg.route"]
         await self.traffic(endpoint, protocol, handler, scope, receive, send)
 
     def _route(self, path: str, method: str) -> tuple[str, str, Any] | None:

@@ -165,3 +165,64 @@ def test_a_model_learns_its_own_time_per_row_from_its_calls(trained):
     assert per_row is not None and 0 < per_row < 0.01
     assert loaded.expected_seconds("scorer", 1000) == pytest.approx(1000 * per_row)
     assert loaded.expected_seconds("sampler", 1) is None  # each graph role on its own
+
+
+TRACED = """
+import asyncio, json, sys
+from bentoml._internal.configuration.containers import BentoMLContainer
+if sys.argv[1] == "on":
+    BentoMLContainer.config.tracing.exporter_type.set("in_memory")
+    BentoMLContainer.config.tracing.sample_rate.set(1.0)
+from services.routes import ApiRoutes
+from services.service import tracing
+from services.traffic import Traffic
+
+async def bentoml_app(scope, receive, send):
+    await send({"type": "http.response.start", "status": 204, "headers": []})
+    await send({"type": "http.response.body", "body": b""})
+
+async def get(app, path):
+    sent = []
+    async def receive():
+        return {"type": "http.request", "body": b"", "more_body": False}
+    async def send(message):
+        sent.append(message)
+    scope = {"type": "http", "method": "GET", "path": path, "raw_path": path.encode(),
+             "query_string": b"", "headers": [], "client": ("127.0.0.1", 1), "server": ("127.0.0.1", 2),
+             "scheme": "http", "http_version": "1.1", "root_path": ""}
+    await app(scope, receive, send)
+    return sent[0]["status"]
+
+traced = tracing()
+app = ApiRoutes(bentoml_app, service=lambda: None, max_body_bytes=1024, auth=False,
+                traffic=Traffic(access=False), traced=traced)
+statuses = [asyncio.run(get(app, "/v2/health/live")), asyncio.run(get(app, "/healthz"))]
+spans = []
+if traced is not None:
+    provider = BentoMLContainer.tracer_provider.get()
+    provider.force_flush()
+    for processor in provider._active_span_processor._span_processors:
+        spans += [s.attributes.get("http.target") or s.name for s in processor.span_exporter.get_finished_spans()]
+print(json.dumps({"traced": traced is not None, "statuses": statuses, "spans": spans}))
+"""
+
+
+def test_genreg_routes_are_traced_where_bentoml_exports_spans_and_cost_nothing_where_not():
+    import subprocess
+    import sys
+
+    def run(mode: str) -> dict:
+        # BentoML's configuration is process-wide: each case in a process of its own.
+        out = subprocess.run(
+            [sys.executable, "-c", TRACED, mode], capture_output=True, text=True, timeout=120
+        )
+        assert out.returncode == 0, out.stderr[-3000:]
+        return json.loads(out.stdout.strip().splitlines()[-1])
+
+    off, on = run("off"), run("on")
+    assert off == {"traced": False, "statuses": [200, 204], "spans": []}
+    assert on["traced"] and on["statuses"] == [200, 204]
+    # The route of ours is traced (each ASGI send and the request's own span); BentoML's own
+    # route is left to BentoML's middleware (not part of this app), so it adds none here.
+    assert on["spans"] and all("/healthz" not in s for s in on["spans"]), on["spans"]
+    assert any("/v2/health/live" in s for s in on["spans"]), on["spans"]
