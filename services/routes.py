@@ -146,6 +146,18 @@ class _Endpoint:
         await answer(scope, receive, send)
 
 
+async def _not_allowed(path: str, scope: dict[str, Any], receive: Any, send: Any) -> None:
+    allowed = "GET, POST" if path == "/models" else "POST"
+    err = ApiError(
+        405, "method", f"{scope['method']} {path} is not allowed; use {allowed}", "method_not_allowed"
+    )
+    await error_response(API_PATHS[path], err, headers={"allow": allowed})(scope, receive, send)
+
+
+async def _static(name: str, scope: dict[str, Any], receive: Any, send: Any) -> None:
+    await static_file(name)(scope, receive, send)
+
+
 def static_file(name: str) -> Response:
     """A file of services/static (the gallery page and its assets); nothing else is served."""
     files = {p.name: p for p in STATIC.iterdir() if p.is_file()}
@@ -172,6 +184,7 @@ class ApiRoutes:
         max_body_bytes: int,
         auth: bool,
         traffic: Traffic,
+        guard: Callable[[Any], Any] | None = None,
         traced: Callable[[Any], Any] | None = None,
     ) -> None:
         self.app = app
@@ -182,9 +195,12 @@ class ApiRoutes:
         self.endpoints = {
             path: _Endpoint(endpoint, service, max_body_bytes) for path, endpoint in API_PATHS.items()
         }
-        # ``traced`` wraps an ASGI app in a tracing middleware (services.service passes
-        # OpenTelemetry's where BentoML's tracing exports spans); it wraps our routes only, as
-        # BentoML's own routes keep their own.
+        # ``guard`` wraps our handlers in the auth middleware inside ``traffic``, so a refused
+        # token is counted, timed and logged like any answer (BentoML's routes, in ``app``, carry
+        # their own guard). ``traced`` wraps our routes in a tracing middleware (services.service
+        # passes OpenTelemetry's where BentoML's tracing exports spans); BentoML's routes keep
+        # their own.
+        self._guarded = guard(self._handle) if guard is not None else self._handle
         self._entry = traced(self._dispatch) if traced is not None else self._dispatch
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
@@ -199,8 +215,12 @@ class ApiRoutes:
         await self._entry(scope, receive, send)
 
     async def _dispatch(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
-        endpoint, protocol, handler = scope["genreg.route"]
-        await self.traffic(endpoint, protocol, handler, scope, receive, send)
+        endpoint, protocol, _ = scope["genreg.route"]
+        await self.traffic(endpoint, protocol, self._guarded, scope, receive, send)
+
+    @staticmethod
+    async def _handle(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        await scope["genreg.route"][2](scope, receive, send)
 
     def _route(self, path: str, method: str) -> tuple[str, str, Any] | None:
         """(endpoint, protocol, ASGI handler) of a route of ours, or None: BentoML's."""
@@ -208,11 +228,7 @@ class ApiRoutes:
         if endpoint is not None and (method == "POST" or (method == "GET" and path == "/models")):
             return endpoint.endpoint, "genreg", endpoint
         if endpoint is not None and method not in ("OPTIONS", "HEAD"):
-            allowed = "GET, POST" if path == "/models" else "POST"
-            err = ApiError(
-                405, "method", f"{method} {path} is not allowed; use {allowed}", "method_not_allowed"
-            )
-            return API_PATHS[path], "genreg", error_response(API_PATHS[path], err, headers={"allow": allowed})
+            return API_PATHS[path], "genreg", functools.partial(_not_allowed, path)
         if (match := REPOSITORY.match(path)) is not None:
             name = "repository_index" if match["index"] else f"repository_{match['action']}"
             return name, "genreg", functools.partial(self._repository, name, match)
@@ -220,7 +236,7 @@ class ApiRoutes:
             return found.endpoint, v2.PROTOCOL, functools.partial(self._v2, found)
         if method == "GET" and (path in ("/", "/ui") or path.startswith("/static/")):
             name = "index.html" if path in ("/", "/ui") else path.removeprefix("/static/")
-            return "gallery", "genreg", static_file(name)
+            return "gallery", "genreg", functools.partial(_static, name)
         if method == "GET" and path == "/docs.json":
             return "docs", "genreg", self._document
         return None

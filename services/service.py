@@ -25,6 +25,7 @@ from typing import Any
 import anyio
 import bentoml
 import numpy as np
+from bentoml._internal.configuration.containers import BentoMLContainer
 from starlette.responses import Response
 
 from registry.runtime import scoring
@@ -128,10 +129,12 @@ def _sample_count(loaded: LoadedModel, n: int, steps: int | None, field: str = "
     return count
 
 
-async def _call(fn: Callable[[], Any], loaded: LoadedModel, role: str, rows: int) -> Any:
+async def _call(fn: Callable[[], Any], loaded: LoadedModel, role: str, rows: int, calls: int = 1) -> Any:
     """``fn()``, on the event loop if it is expected to be short enough (INLINE_MS, ALONE_MS),
-    else in a worker thread; unmeasured calls go to a thread."""
-    expected = loaded.expected_seconds(role, rows)
+    else in a worker thread. Unmeasured calls go to a thread, and so does everything with
+    adaptive batching on: a batch forms from calls waiting in threads, and one waiting on the
+    event loop would hold every other request up until its batch ran."""
+    expected = None if BATCH_MAX_ROWS > 0 else loaded.expected_seconds(role, rows, calls)
     if expected is not None and (
         expected * 1000 <= INLINE_MS or (expected * 1000 <= ALONE_MS and TRAFFIC.alone())
     ):
@@ -148,28 +151,34 @@ class GenregService(bentoml.Service):
     """BentoML's service, with genreg's routes answered in front of BentoML's middlewares.
 
     ``bentoml.service(service_class=...)`` is BentoML's way to customise the service; its app is
-    wrapped, not changed: auth outermost (it guards BentoML's routes too), then genreg's routes
-    (services.routes), each request through TRAFFIC once; everything else is BentoML's as it was.
+    wrapped, not changed: genreg's routes (services.routes) first, each request through TRAFFIC
+    once (with the limits BentoML's configuration gives the service's ``traffic``) and then the
+    token check; everything else to BentoML's app behind the same token check.
     """
 
     def to_asgi(self, is_main: bool = True) -> Any:
-        routes = ApiRoutes(
-            super().to_asgi(is_main),
+        bentoml_app = super().to_asgi(is_main)  # also merges BentoML's configuration into ours
+        traffic = BentoMLContainer.config.services[self.name].get().get("traffic") or {}
+        TRAFFIC.configure(traffic.get("max_concurrency"), traffic.get("timeout"))
+
+        def guard(app: Any) -> Any:
+            return BearerAuth(app, endpoints=API_PATHS, endpoint_of=endpoint_of)
+
+        return ApiRoutes(
+            guard(bentoml_app),
             service=bentoml.get_current_service,
             max_body_bytes=MAX_BODY_BYTES,
             auth=BearerAuth.enabled(),
             traffic=TRAFFIC,
+            guard=guard,
             traced=tracing(),
         )
-        return BearerAuth(routes, endpoints=API_PATHS, endpoint_of=endpoint_of)
 
 
 def tracing() -> Callable[[Any], Any] | None:
     """OpenTelemetry's ASGI middleware with BentoML's tracer and excluded URLs, where BentoML's
     configuration names a span exporter (``tracing.exporter_type``); else None: no span is ever
     exported then, and the middleware cost a batch-1 request 15% of its time."""
-    from bentoml._internal.configuration.containers import BentoMLContainer
-
     if not BentoMLContainer.config.tracing.exporter_type.get():
         return None
     from opentelemetry.instrumentation.asgi import OpenTelemetryMiddleware
@@ -358,7 +367,7 @@ class Genreg:
         job = draw if then is None else lambda: then(draw(), count)
         what = f"{n} samples" + (f" x {count} steps" if count > 1 else "")
         with self._admit(cost * loaded.dim, "n", what):
-            return await _call(job, loaded, "sampler", cost)
+            return await _call(job, loaded, "sampler", cost, calls=count)
 
     async def score(
         self,
@@ -377,9 +386,8 @@ class Genreg:
         run = functools.partial(self._score, loaded, x, kind, k, seed, estimate, protocol)
         field, what = ("k", f"{rows} rows x {k} draws") if k > 1 else ("x", f"{rows} rows")
         with self._admit(rows * k * width, field, what):
-            return await _call(
-                run, loaded, "discriminator" if kind == "discriminator" else "scorer", rows * k
-            )
+            role = "discriminator" if (kind or scoring.default_kind(loaded)) == "discriminator" else "scorer"
+            return await _call(run, loaded, role, rows * k)
 
     def _draw(
         self, loaded: LoadedModel, n: int, seed: int | None, temperature: float, steps: int, protocol: str

@@ -35,9 +35,13 @@ log = logging.getLogger("genreg.service")
 MAX_CONCURRENCY = 256
 TIMEOUT_SECONDS = 60.0
 ACCESS_LOG = os.environ.get("GENREG_ACCESS_LOG", "1").strip().lower() not in ("0", "false", "no", "off")
-# Health probes are counted but not logged, as BentoML leaves its own /livez and /readyz out of
-# its access log: an orchestrator probing every few seconds would fill it.
-UNLOGGED = frozenset({"server_live", "server_ready"})
+# Health probes are counted but neither capped nor logged, as BentoML treats its own /livez and
+# /readyz: a busy worker must still say it is alive, and probes every few seconds would fill
+# the access log.
+PROBES = frozenset({"server_live", "server_ready"})
+
+
+INTERNAL = ApiError(500, None, "internal error (logged by the server)", "internal")
 
 
 class Traffic:
@@ -45,8 +49,8 @@ class Traffic:
 
     def __init__(
         self,
-        max_concurrency: int = MAX_CONCURRENCY,
-        timeout: float = TIMEOUT_SECONDS,
+        max_concurrency: int | None = MAX_CONCURRENCY,
+        timeout: float | None = TIMEOUT_SECONDS,
         access: bool = ACCESS_LOG,
         quiet_seconds: float = 0.1,
     ) -> None:
@@ -78,7 +82,11 @@ class Traffic:
                 status = message["status"]
             await send(message)
 
-        if self.in_flight >= self.max_concurrency:
+        if (
+            self.max_concurrency is not None
+            and self.in_flight >= self.max_concurrency
+            and endpoint not in PROBES
+        ):
             busy = ApiError(
                 429, None, f"{self.max_concurrency} requests are in flight; retry", "too_many_requests"
             )
@@ -88,7 +96,7 @@ class Traffic:
         elapsed = time.perf_counter() - start
         REQUESTS.labels(endpoint=endpoint, protocol=protocol, code=str(status)).inc()
         REQUEST_SECONDS.labels(endpoint=endpoint, protocol=protocol).observe(elapsed)
-        if self.access and endpoint not in UNLOGGED:
+        if self.access and endpoint not in PROBES:
             client = scope.get("client")
             access_log.info(
                 "%s %s %s %d %.3fms",
@@ -98,6 +106,10 @@ class Traffic:
                 status,
                 elapsed * 1000,
             )
+
+    def configure(self, max_concurrency: int | None, timeout: float | None) -> None:
+        """Take the limits BentoML's configuration gives the service (``traffic``: None is none)."""
+        self.max_concurrency, self.timeout = max_concurrency, timeout
 
     async def _handle(
         self,
@@ -112,9 +124,10 @@ class Traffic:
         self.in_flight += 1
         if self.in_flight > 1:
             self.overlapped_at = time.perf_counter()
+        deadline = asyncio.timeout(self.timeout)
         try:
             with IN_PROGRESS.labels(endpoint=endpoint, protocol=protocol).track_inprogress():
-                async with asyncio.timeout(self.timeout) as deadline:
+                async with deadline:
 
                     async def send_started(message: dict[str, Any]) -> None:
                         # The deadline is for the answer to start, as BentoML's was: a large
@@ -124,16 +137,16 @@ class Traffic:
                         await send(message)
 
                     await handler(scope, receive, send_started)
-        except TimeoutError:
-            if not started():
-                late = ApiError(
-                    504, None, f"the answer did not start within {self.timeout:g} seconds", "timeout"
-                )
-                await error_response(endpoint, late, protocol)(scope, receive, send)
-        except Exception:
-            log.exception("%s %s: unexpected error", protocol, endpoint)
-            if not started():
-                bug = ApiError(500, None, "internal error (logged by the server)", "internal")
-                await error_response(endpoint, bug, protocol)(scope, receive, send)
+        except Exception as exc:
+            if isinstance(exc, TimeoutError) and deadline.expired():
+                if not started():
+                    late = ApiError(
+                        504, None, f"the answer did not start within {self.timeout:g} seconds", "timeout"
+                    )
+                    await error_response(endpoint, late, protocol)(scope, receive, send)
+            else:  # a bug, a TimeoutError of the handler's own included: never a dropped connection
+                log.exception("%s %s: unexpected error", protocol, endpoint)
+                if not started():
+                    await error_response(endpoint, INTERNAL, protocol)(scope, receive, send)
         finally:
             self.in_flight -= 1

@@ -58,16 +58,17 @@ def test_requests_beyond_the_cap_get_429_and_the_cap_frees_again():
         assert traffic.in_flight == 2 and not traffic.alone()
         overlapped = traffic.overlapped_at
         busy = await _call(traffic, _ok)
+        probe = await _call(traffic, _ok, "server_live", "v2")  # probes are never capped
         release.set()
         done = await asyncio.gather(*held)
         after = await _call(traffic, _ok)
         assert traffic.in_flight == 0 and not traffic.alone()  # two overlapped a moment ago
         traffic.overlapped_at = overlapped - traffic.quiet_seconds
         assert traffic.alone()
-        return busy, done, after, traffic.in_flight
+        return busy, probe, done, after, traffic.in_flight
 
-    busy, done, after, in_flight = asyncio.run(run())
-    assert busy[0] == 429 and "2 requests are in flight" in busy[1]["error"]
+    busy, probe, done, after, in_flight = asyncio.run(run())
+    assert busy[0] == 429 and "2 requests are in flight" in busy[1]["error"] and probe[0] == 200
     assert [d[0] for d in done] == [200, 200] and after[0] == 200 and in_flight == 0
 
 
@@ -91,14 +92,15 @@ def test_the_deadline_is_for_the_answer_to_start_not_to_end():
     assert status == 200 and body == {"whole": True}
 
 
-def test_a_bug_in_a_handler_is_a_500_body_and_one_logged_traceback(caplog):
+@pytest.mark.parametrize("error", [ZeroDivisionError, TimeoutError])
+def test_a_bug_in_a_handler_is_a_500_body_and_one_logged_traceback(caplog, error):
     async def broken(scope, receive, send):
-        raise ZeroDivisionError("a bug")
+        raise error("a bug")  # a TimeoutError of the handler's own is no 504: the deadline holds
 
     with caplog.at_level(logging.ERROR, logger="genreg.service"):
         status, body = asyncio.run(_call(Traffic(access=False), broken))
     assert status == 500 and body["error"].startswith("internal error") and body["field"] is None
-    assert [r.exc_info[0] for r in caplog.records] == [ZeroDivisionError]
+    assert [r.exc_info[0] for r in caplog.records] == [error]
 
 
 def test_each_request_is_counted_timed_and_logged_once(caplog):
@@ -115,9 +117,10 @@ def test_each_request_is_counted_timed_and_logged_once(caplog):
     caplog.clear()
     with caplog.at_level(logging.INFO, logger="genreg.access"):
         asyncio.run(_call(Traffic(access=False), _ok))
+        probes = _value("genreg_requests_total", endpoint="server_ready", protocol="v2", code="200")
         asyncio.run(_call(Traffic(access=True), _ok, "server_ready", "v2"))  # a probe: counted only
     assert not [r for r in caplog.records if r.name == "genreg.access"]
-    assert _value("genreg_requests_total", endpoint="server_ready", protocol="v2", code="200") >= 1
+    assert _value("genreg_requests_total", endpoint="server_ready", protocol="v2", code="200") == probes + 1
 
 
 class _Timed:
@@ -126,7 +129,7 @@ class _Timed:
     def __init__(self, seconds: float | None) -> None:
         self.seconds = seconds
 
-    def expected_seconds(self, role: str, rows: int) -> float | None:
+    def expected_seconds(self, role: str, rows: int, calls: int = 1) -> float | None:
         return self.seconds
 
 
@@ -161,9 +164,11 @@ def test_a_model_learns_its_own_time_per_row_from_its_calls(trained):
     x = np.full((256, 64), 3.0)
     for _ in range(3):
         score(loaded, x, "bound", seed=0)
-    per_row = loaded.expected_seconds("scorer", 1)
-    assert per_row is not None and 0 < per_row < 0.01
-    assert loaded.expected_seconds("scorer", 1000) == pytest.approx(1000 * per_row)
+    per_row, per_call = loaded.row_seconds["scorer"], loaded.call_seconds["scorer"]
+    assert 0 < per_row < 0.01 and 0 < per_call < 1
+    assert loaded.expected_seconds("scorer", 1000) == pytest.approx(per_call + 1000 * per_row)
+    # A step loop of one row and 1,000 steps is 1,000 calls, not one row's worth of time.
+    assert loaded.expected_seconds("scorer", 1000, calls=1000) >= 1000 * per_call
     assert loaded.expected_seconds("sampler", 1) is None  # each graph role on its own
 
 
@@ -226,3 +231,59 @@ def test_genreg_routes_are_traced_where_bentoml_exports_spans_and_cost_nothing_w
     # route is left to BentoML's middleware (not part of this app), so it adds none here.
     assert on["spans"] and all("/healthz" not in s for s in on["spans"]), on["spans"]
     assert any("/v2/health/live" in s for s in on["spans"]), on["spans"]
+
+
+def test_a_refused_token_is_counted_and_logged_like_any_answer(monkeypatch, caplog):
+    from services.auth import BearerAuth
+    from services.routes import ApiRoutes
+
+    monkeypatch.setenv("GENREG_API_TOKEN", "secret")
+
+    async def bentoml_app(scope, receive, send):  # stands for BentoML's app: never reached here
+        raise AssertionError("a route of ours went to BentoML")
+
+    def guard(app):
+        return BearerAuth(app, endpoints={"/models": "models"})
+
+    routes = ApiRoutes(
+        guard(bentoml_app),
+        service=lambda: None,
+        max_body_bytes=1024,
+        auth=True,
+        traffic=Traffic(access=True),
+        guard=guard,
+    )
+    labels = {"endpoint": "models", "protocol": "genreg", "code": "401"}
+    before = _value("genreg_requests_total", **labels)
+    sent: list[dict] = []
+
+    async def receive():
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    async def send(message):
+        sent.append(message)
+
+    scope = {**_scope("/models"), "method": "GET"}
+    with caplog.at_level(logging.INFO, logger="genreg.access"):
+        asyncio.run(routes(scope, receive, send))
+    assert sent[0]["status"] == 401
+    assert _value("genreg_requests_total", **labels) == before + 1
+    assert [r.getMessage().split(" ")[:4] for r in caplog.records if r.name == "genreg.access"] == [
+        ["127.0.0.1:5000", "GET", "/models", "401"]
+    ]
+
+
+def test_bentoml_s_traffic_configuration_sets_the_limits_of_genreg_s_routes(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    code = "from services.service import Genreg, TRAFFIC; Genreg.to_asgi(); print(TRAFFIC.timeout, TRAFFIC.max_concurrency)"
+    env = {
+        **os.environ,
+        "BENTOML_HOME": str(tmp_path),
+        "BENTOML_CONFIG_OPTIONS": "services.genreg.traffic.timeout=300 services.genreg.traffic.max_concurrency=8",
+    }
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, env=env)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert out.stdout.split()[-2:] == ["300", "8"]

@@ -47,8 +47,10 @@ class LoadedModel:
         }
         # Called with (graph role, seconds) after each run: the service's latency metric.
         self.on_run: Callable[[str, float], None] | None = None
-        # Seconds per row of each graph role, a moving average of this model's own calls.
+        # Each graph role's time, from this model's own calls: seconds per row (a moving
+        # average) and the fastest call seen (the fixed cost of a call, whatever its rows).
         self.row_seconds: dict[str, float] = {}
+        self.call_seconds: dict[str, float] = {}
         # How each graph is run; the service may wrap these (e.g. to batch concurrent calls).
         self.runners: dict[str, Callable[[dict[str, np.ndarray]], np.ndarray]] = {
             spec.file: self._direct(spec) for spec in stored.graphs
@@ -64,6 +66,7 @@ class LoadedModel:
             per_row = seconds / max(1, out.shape[0] if out.ndim else 1)
             last = self.row_seconds.get(spec.role)
             self.row_seconds[spec.role] = per_row if last is None else 0.8 * last + 0.2 * per_row
+            self.call_seconds[spec.role] = min(seconds, self.call_seconds.get(spec.role, seconds))
             if self.on_run is not None:
                 self.on_run(spec.role, seconds)
             return out
@@ -92,13 +95,18 @@ class LoadedModel:
         first = sorted({s.get_providers()[0] for s in self.sessions.values()})
         return "CPUExecutionProvider" if "CPUExecutionProvider" in first else first[0]
 
-    def expected_seconds(self, role: str, rows: int) -> float | None:
-        """How long ``rows`` rows through the ``role`` graph(s) should take, judged by this
-        model's calls so far (None before the first). Per-row time falls with the batch size,
-        so after small calls a large one is overestimated: the safe side for the service, which
-        runs on its event loop only what is expected to be short."""
+    def expected_seconds(self, role: str, rows: int, calls: int = 1) -> float | None:
+        """How long ``calls`` calls of the ``role`` graph(s) with ``rows`` rows in all should
+        take, judged by this model's calls so far (None before the first): each call's fixed
+        cost (the fastest call seen) plus the rows at the average time per row. Per-row time
+        falls with the batch size, so after small calls a large one is overestimated: the safe
+        side for the service, which runs on its event loop only what is expected to be short.
+        A step loop's n rows x S steps are S calls: without the fixed cost, one row for 1,000
+        steps looked as short as one call."""
         per_row = self.row_seconds.get(role)
-        return None if per_row is None else per_row * rows
+        if per_row is None:
+            return None
+        return calls * self.call_seconds[role] + rows * per_row
 
     def run(self, spec: GraphSpec, feeds: dict[str, np.ndarray]) -> np.ndarray:
         return self.runners[spec.file](feeds)

@@ -92,9 +92,14 @@ def draw_weight(k: int) -> int:
     return 1 << (k - 1).bit_length()
 
 
+def default_kind(loaded: LoadedModel) -> str | None:
+    """The kind a request that names none gets: the model's first (None if it scores nothing)."""
+    return loaded.kinds[0] if loaded.kinds else None
+
+
 def resolve_kind(loaded: LoadedModel, kind: str | None) -> str:
     """``kind``, or the model's first; CapabilityError (field ``kind``) when the model lacks it."""
-    kind = kind or (loaded.kinds[0] if loaded.kinds else None)
+    kind = kind or default_kind(loaded)
     if kind not in loaded.kinds:
         raise CapabilityError(
             f"{loaded.stored.tag} cannot score kind {kind!r}; it has: {', '.join(loaded.kinds) or 'none'}",
