@@ -7,8 +7,10 @@ middleware: 0.4 ms of the 0.85 ms a batch-1 request took; benchmarks/RESULTS.md,
 routes in front of BentoML's middlewares"). This layer keeps what they were there for, at the
 cost of a few dictionary lookups:
 
-- a cap on requests in flight per worker (429 beyond, as BentoML's ``max_concurrency``);
-- a deadline for the answer to start (504, as BentoML's ``timeout``);
+- a cap on requests in flight per worker (429 beyond, health probes exempt) and a deadline for
+  the answer to start (504): BentoML's ``traffic`` ``max_concurrency`` and ``timeout`` for the
+  service, which services.service hands to :meth:`Traffic.configure`;
+- the token check (services.auth), run inside this layer, so a refusal is counted and logged;
 - ``genreg_requests_total`` and ``genreg_request_duration_seconds`` by endpoint, protocol and
   status, and ``genreg_requests_in_progress`` (BentoML's request metrics keep counting the
   routes it answers itself: health, readiness, /metrics);
@@ -31,7 +33,8 @@ from services.metrics import IN_PROGRESS, REQUEST_SECONDS, REQUESTS
 access_log = logging.getLogger("genreg.access")
 log = logging.getLogger("genreg.service")
 
-# The same limits BentoML applies to its own routes (services.service passes them to both).
+# The service's traffic defaults (its decorator gives them to BentoML too); a BentoML
+# configuration that overrides them reaches both through Traffic.configure.
 MAX_CONCURRENCY = 256
 TIMEOUT_SECONDS = 60.0
 ACCESS_LOG = os.environ.get("GENREG_ACCESS_LOG", "1").strip().lower() not in ("0", "false", "no", "off")
