@@ -312,7 +312,7 @@ def serving(seconds: float, compare_root: Path | None = None) -> list[str]:
     mean = {key: float(np.mean(values)) for key, values in rates.items()}
     echo1, inproc1024 = mean["echo1"], mean["inproc1024"]
     lines = [
-        "Client: benchmarks/loadgen.py (lean, about 15 us a request) unless the row says httpx.",
+        "Client: benchmarks/loadgen.py (lean: under 55 us a request) unless the row says httpx.",
         "",
         "| measure | rows/s | ratio |",
         "|---|---|---|",
