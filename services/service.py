@@ -77,11 +77,11 @@ BATCH_MAX_ROWS = int(os.environ.get("GENREG_BATCH_MAX_ROWS", "0"))
 MAX_BODY_BYTES = int(os.environ.get("GENREG_MAX_BODY_BYTES", str(64 * 1024 * 1024)))
 # Which model calls run on the event loop rather than a worker thread, by the time the model's
 # own calls say they take (LoadedModel.expected_seconds): always below INLINE_MS, where the
-# thread hop (0.1-0.25 ms) costs as much as the call; up to ALONE_MS when no other request is in
-# flight in this worker, nor was 0.1 s ago (Traffic.alone), where the hop is all a
-# thread would add (0.2 ms of a 1,024-row request's 8.5 ms) and nothing waits but requests that
-# arrive meanwhile, health probes included, which wait at most ALONE_MS. benchmarks/RESULTS.md, "The load generator, and
-# genreg's routes in front of BentoML's middlewares".
+# thread hop (0.1-0.25 ms) costs as much as the call; up to ALONE_MS when no other request is
+# in flight in this worker, nor was 0.1 s ago (Traffic.alone), where the hop is all a thread
+# would add (0.2 ms of a 1,024-row request's 8.5 ms) and nothing waits but requests that
+# arrive meanwhile, health probes included, which wait at most ALONE_MS (benchmarks/RESULTS.md,
+# "The load generator, and genreg's routes in front of BentoML's middlewares").
 INLINE_MS = float(os.environ.get("GENREG_INLINE_MS", "0.5"))
 ALONE_MS = float(os.environ.get("GENREG_ALONE_MS", "25"))
 # How often the live registry looks for new versions in the store (a directory scan: cheap).
