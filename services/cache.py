@@ -243,6 +243,8 @@ class ModelCache:
         start = time.perf_counter()
         loaded = LoadedModel(stored, self.providers, self.threads)
         stored.verify(skip=frozenset(spec.file for spec in stored.graphs))
+        # A version stored without its graphs' costs is measured now, off the request path.
+        loaded.measure_costs()
         MODEL_LOAD_SECONDS.labels(model=stored.name).set(time.perf_counter() - start)
         if self.providers[0] != loaded.provider:
             # e.g. onnxruntime-gpu on a machine whose GPU or CUDA libraries do not answer

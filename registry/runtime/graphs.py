@@ -7,7 +7,7 @@ needs is an explicit input (a :class:`NoiseInput`), so whoever calls it controls
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Literal
 
 import numpy as np
@@ -78,6 +78,18 @@ class StepLoop(BaseModel):
         return requested
 
 
+class GraphCost(BaseModel):
+    """What one call of a graph costs on the CPU, measured (registry.runtime.cost): its peak
+    resident memory is about ``call_bytes`` + ``row_bytes`` x rows, its time ``call_seconds`` +
+    ``row_seconds`` x rows. ``rows``: the largest batch the measurement ran."""
+
+    row_bytes: int = Field(ge=0)
+    call_bytes: int = Field(ge=0)
+    row_seconds: float = Field(ge=0)
+    call_seconds: float = Field(ge=0)
+    rows: int = Field(ge=1)
+
+
 class GraphSpec(BaseModel):
     """One exported ONNX graph and how to call it.
 
@@ -103,6 +115,9 @@ class GraphSpec(BaseModel):
     output: str
     loop: StepLoop | None = None  # a sampler applied step by step (autoregressive, diffusion)
     estimates: list[Estimate] = ["average", "importance_weighted"]  # a bound scorer's k-draw summaries
+    # Measured when the model is stored (registry.pipeline.train), or when it is loaded for a
+    # version stored without it: what the runtime sizes its chunks of rows by.
+    cost: GraphCost | None = None
 
     @model_validator(mode="after")
     def _loop_is_a_sampler(self) -> GraphSpec:
@@ -127,20 +142,53 @@ class GraphSpec(BaseModel):
         return self
 
 
+def _draw(spec: NoiseInput, n: int, rng: np.random.Generator, temperature: float) -> np.ndarray:
+    if spec.dist == "normal":
+        return (rng.standard_normal((n, spec.dim)) * temperature).astype(np.float32)
+    if spec.dist == "gumbel":
+        u = np.clip(rng.random((n, spec.dim)), _GUMBEL_EDGE, 1.0 - _GUMBEL_EDGE)
+        return (-np.log(-np.log(u)) * temperature).astype(np.float32)
+    return rng.random((n, spec.dim), dtype=np.float32)
+
+
 def draw_noise(
     specs: list[NoiseInput], n: int, rng: np.random.Generator, temperature: float = 1.0
 ) -> dict[str, np.ndarray]:
     """One array per noise input; ``temperature`` scales the normal and Gumbel draws (sampling only)."""
-    out: dict[str, np.ndarray] = {}
-    for spec in specs:
-        if spec.dist == "normal":
-            out[spec.name] = (rng.standard_normal((n, spec.dim)) * temperature).astype(np.float32)
-        elif spec.dist == "gumbel":
-            u = np.clip(rng.random((n, spec.dim)), _GUMBEL_EDGE, 1.0 - _GUMBEL_EDGE)
-            out[spec.name] = (-np.log(-np.log(u)) * temperature).astype(np.float32)
-        else:
-            out[spec.name] = rng.random((n, spec.dim), dtype=np.float32)
-    return out
+    return {spec.name: _draw(spec, n, rng, temperature) for spec in specs}
+
+
+def noise_chunks(
+    specs: list[NoiseInput], n: int, rng: np.random.Generator, chunk: int, temperature: float = 1.0
+) -> Iterator[dict[str, np.ndarray]]:
+    """:func:`draw_noise` of n rows, yielded ``chunk`` rows at a time: the same numbers, with
+    one chunk of each input in memory.
+
+    draw_noise draws each input's n rows in turn from one stream, and numpy fills an array row
+    by row, so input j's rows a..b are what the stream gives from where input j began, after
+    its first a rows. Where each input begins is found by drawing (and dropping) the inputs
+    before it, chunk by chunk; then each input's chunks come from its own copy of the stream.
+    ``rng`` ends where draw_noise would have left it.
+    """
+    if n <= chunk:
+        yield draw_noise(specs, n, rng, temperature)
+        return
+    starts = []
+    for j, spec in enumerate(specs):
+        starts.append(rng.bit_generator.state)
+        if j < len(specs) - 1:
+            for a in range(0, n, chunk):
+                _draw(spec, min(chunk, n - a), rng, temperature)
+    streams = []
+    for state in starts:
+        bits = type(rng.bit_generator)()
+        bits.state = state
+        streams.append(np.random.Generator(bits))
+    for a in range(0, n, chunk):
+        m = min(chunk, n - a)
+        yield {spec.name: _draw(spec, m, g, temperature) for spec, g in zip(specs, streams, strict=True)}
+    if streams:
+        rng.bit_generator.state = streams[-1].bit_generator.state
 
 
 def loop_noise(

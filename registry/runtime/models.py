@@ -6,15 +6,30 @@ service and the training pipeline's evaluation share. Never imports torch.
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable
 
 import numpy as np
 
-from registry.runtime.graphs import GraphSpec, draw_noise, run_loop
+from registry.runtime import cost as costs
+from registry.runtime.budget import (
+    HELD_VALUE_BYTES,
+    REQUEST_MEMORY,
+    SHRINK_BYTES,
+    BudgetError,
+    Plan,
+    checkpoint,
+    chunk_rows,
+)
+from registry.runtime.graphs import GraphCost, GraphSpec, draw_noise, noise_chunks, run_loop
 from registry.runtime.rows import InputError
-from registry.runtime.sessions import open_session
+from registry.runtime.sessions import open_session, shrink_options
 from registry.runtime.store import StoredModel
+
+# Calls of at least this many rows teach a graph's per-row time (smaller ones are mostly the
+# fixed cost of a call).
+BULK_ROWS = 256
 
 
 class CapabilityError(ValueError):
@@ -39,8 +54,19 @@ def model_kinds(capabilities: list[str]) -> list[str]:
 class LoadedModel:
     """A stored model with one ONNX Runtime session per graph, opened once."""
 
-    def __init__(self, stored: StoredModel, providers: list[str] | None = None, threads: int = 0) -> None:
+    def __init__(
+        self,
+        stored: StoredModel,
+        providers: list[str] | None = None,
+        threads: int = 0,
+        budget: int = REQUEST_MEMORY,
+    ) -> None:
         self.stored = stored
+        self.budget = budget
+        # Each graph's measured cost (stored with it, or measured on first need).
+        self.costs: dict[str, GraphCost | None] = {spec.file: spec.cost for spec in stored.graphs}
+        # Per-row seconds of this process's large calls of each graph (BULK_ROWS and up).
+        self.bulk_row_seconds: dict[str, float] = {}
         self.sessions = {
             spec.file: open_session(stored.read_verified(spec.file), providers, threads)
             for spec in stored.graphs
@@ -55,15 +81,24 @@ class LoadedModel:
         self.runners: dict[str, Callable[[dict[str, np.ndarray]], np.ndarray]] = {
             spec.file: self._direct(spec) for spec in stored.graphs
         }
+        # Large calls bypass the runners (batching them gains nothing) and give their arena back.
+        self._shrinking = {spec.file: self._direct(spec, shrink_options()) for spec in stored.graphs}
 
-    def _direct(self, spec: GraphSpec) -> Callable[[dict[str, np.ndarray]], np.ndarray]:
+    def _direct(
+        self, spec: GraphSpec, options: object = None
+    ) -> Callable[[dict[str, np.ndarray]], np.ndarray]:
         session, output = self.sessions[spec.file], [spec.output]
 
         def run(feeds: dict[str, np.ndarray]) -> np.ndarray:
             start = time.perf_counter()
-            out = session.run(output, feeds)[0]
+            out = session.run(output, feeds, options)[0]
             seconds = time.perf_counter() - start
-            per_row = seconds / max(1, out.shape[0] if out.ndim else 1)
+            rows = max(1, out.shape[0] if out.ndim else 1)
+            per_row = seconds / rows
+            if rows >= BULK_ROWS:
+                bulk = max(0.0, seconds - self.call_seconds.get(spec.role, 0.0)) / rows
+                last_bulk = self.bulk_row_seconds.get(spec.file)
+                self.bulk_row_seconds[spec.file] = bulk if last_bulk is None else 0.8 * last_bulk + 0.2 * bulk
             last = self.row_seconds.get(spec.role)
             self.row_seconds[spec.role] = per_row if last is None else 0.8 * last + 0.2 * per_row
             self.call_seconds[spec.role] = min(seconds, self.call_seconds.get(spec.role, seconds))
@@ -108,8 +143,111 @@ class LoadedModel:
             return None
         return calls * self.call_seconds[role] + rows * per_row
 
-    def run(self, spec: GraphSpec, feeds: dict[str, np.ndarray]) -> np.ndarray:
-        return self.runners[spec.file](feeds)
+    # --- cost: what a call takes, and how a request's calls are cut --------------------------
+    def cost(self, spec: GraphSpec) -> GraphCost:
+        """``spec``'s measured cost: stored with the model, or measured now (in a child process)."""
+        found = self.costs.get(spec.file)
+        if found is None:
+            found = self.costs[spec.file] = costs.measure(self.stored.file(spec.file), spec)
+        return found
+
+    def measure_costs(self) -> None:
+        """Measure every graph stored without its cost (the service does it when it loads)."""
+        todo = [spec for spec in self.stored.graphs if self.costs.get(spec.file) is None]
+        found = costs.measure_all([(self.stored.file(spec.file), spec) for spec in todo])
+        self.costs.update({spec.file: cost for spec, cost in zip(todo, found, strict=True)})
+
+    def row_seconds_of(self, spec: GraphSpec) -> float:
+        """Seconds per row of ``spec``'s calls: this process's large calls, else the measurement."""
+        return self.bulk_row_seconds.get(spec.file, self.cost(spec).row_seconds)
+
+    def _feed_row_bytes(self, spec: GraphSpec, width: int) -> int:
+        # A row's inputs as fed (float32) and its noise's float64 draws before they are cast.
+        noise = sum(n.dim for n in spec.noise)
+        return 4 * width + 12 * noise + 16
+
+    def plan(
+        self,
+        spec: GraphSpec,
+        rows: int,
+        *,
+        calls: int = 1,
+        held: int = 0,
+        width: int | None = None,
+        field: str = "x",
+    ) -> Plan:
+        """How ``calls`` calls of ``spec`` over ``rows`` rows in all (``rows // calls`` each) run
+        within the memory budget, ``held`` bytes being held by the request besides; BudgetError
+        naming ``field`` when even one row would not fit."""
+        cost = self.cost(spec)
+        per_call = max(1, rows // calls)
+        row_bytes = cost.row_bytes + self._feed_row_bytes(spec, self.dim if width is None else width)
+        if held + cost.call_bytes + row_bytes > self.budget:
+            raise BudgetError(
+                field,
+                f"{field}: this request holds about {_mib(held)} before its first graph call, over the "
+                f"{_mib(self.budget)} a request may use (GENREG_REQUEST_MEMORY); make it smaller",
+            )
+        chunk = min(per_call, chunk_rows(self.budget, held, cost.call_bytes, row_bytes))
+        chunks = calls * math.ceil(per_call / chunk)
+        seconds = chunks * cost.call_seconds + rows * self.row_seconds_of(spec)
+        return Plan(rows, chunks, chunk, held, cost.call_bytes + chunk * row_bytes, seconds)
+
+    def plan_score(self, rows: int, kind: str, k: int = 1, width: int | None = None) -> Plan:
+        """The plan of scoring ``rows`` rows (``k`` draws each for a bound) as ``kind``."""
+        role = "discriminator" if kind == "discriminator" else "scorer"
+        spec = self.stored.graph(role, None if role == "discriminator" else kind)
+        if spec is None:
+            raise CapabilityError(
+                f"{self.stored.tag} cannot score kind {kind!r}; it has: {', '.join(self.kinds)}"
+            )
+        width = self.dim if width is None else width
+        # The parsed rows, and each draw's answer with the summaries made of it (float64).
+        held = rows * width * HELD_VALUE_BYTES + rows * k * 8 * 4
+        return self.plan(spec, rows * k, held=held, field="k" if k > 1 else "x")
+
+    def plan_sample(self, n: int, steps: int | None = None) -> Plan:
+        """The plan of drawing ``n`` samples with ``steps`` steps (None: the sampler's own)."""
+        spec = self.stored.graph("sampler")
+        if spec is None:
+            raise CapabilityError(f"{self.stored.tag} cannot sample; it can score: {', '.join(self.kinds)}")
+        count = self.steps(steps)
+        width = spec.loop.state_dim if spec.loop is not None else 0
+        noise = sum(d.dim for d in spec.noise)
+        # The state and the next (float32), one step's noise (drawn float64, fed float32), and
+        # the answer (float32 rows, then JSON).
+        held = n * (8 * width + 12 * noise + self.dim * HELD_VALUE_BYTES)
+        return self.plan(spec, n * count, calls=count, held=held, width=width, field="n")
+
+    def run(self, spec: GraphSpec, feeds: dict[str, np.ndarray], plan: Plan | None = None) -> np.ndarray:
+        """One graph call of any rows, run over chunks of ``plan.chunk`` rows (default: the
+        budget's plan for these rows), checking between chunks that the answer is still wanted."""
+        rows = len(next(iter(feeds.values())))
+        plan = plan or self.plan(spec, rows)
+        checkpoint()
+        run = self._shrinking[spec.file] if plan.chunk_bytes > SHRINK_BYTES else self.runners[spec.file]
+        if rows <= plan.chunk:
+            return run(feeds)
+        pieces = []
+        for a in range(0, rows, plan.chunk):
+            if a:
+                checkpoint()
+            pieces.append(run({name: value[a : a + plan.chunk] for name, value in feeds.items()}))
+        return np.concatenate(pieces)
+
+    def _noisy(self, spec: GraphSpec, x: np.ndarray, k: int, seed: int | None, plan: Plan) -> np.ndarray:
+        """The scorer ``spec`` over ``k`` draws of each row of ``x`` (row i's draw j: noise row
+        i * k + j of one seeded stream), drawn and run a chunk at a time."""
+        total = len(x) * k
+        rng = np.random.default_rng(seed)
+        run = self._shrinking[spec.file] if plan.chunk_bytes > SHRINK_BYTES else self.runners[spec.file]
+        pieces = []
+        for a, feeds in zip(range(0, total, plan.chunk), noise_chunks(spec.noise, total, rng, plan.chunk)):
+            checkpoint()
+            b = min(a + plan.chunk, total)
+            feeds[spec.x_input or "x"] = x[a:b] if k == 1 else x[np.arange(a, b) // k]
+            pieces.append(run(feeds))
+        return pieces[0] if len(pieces) == 1 else np.concatenate(pieces)
 
     def sample(
         self, n: int, seed: int | None = None, temperature: float = 1.0, steps: int | None = None
@@ -119,8 +257,9 @@ class LoadedModel:
         if spec is None:
             raise CapabilityError(f"{self.stored.tag} cannot sample; it can score: {', '.join(self.kinds)}")
         count = self.steps(steps)
+        plan = self.plan_sample(n, count)
         rng = np.random.default_rng(seed)
-        run = lambda feeds: self.run(spec, feeds)  # noqa: E731
+        run = lambda feeds: self.run(spec, feeds, plan)  # noqa: E731
         if spec.loop is None:
             return run(draw_noise(spec.noise, n, rng, temperature))
         # Each step's noise is drawn as the loop reaches it: the same stream, a step's memory.
@@ -158,23 +297,27 @@ class LoadedModel:
         if spec is None:
             raise CapabilityError(f"{self.stored.tag} has no bound scorer; it has: {', '.join(self.kinds)}")
         x = np.ascontiguousarray(x, dtype=np.float32)
-        rows = np.repeat(x, k, axis=0) if k > 1 else x
-        feeds = draw_noise(spec.noise, len(rows), np.random.default_rng(seed))
-        feeds[spec.x_input or "x"] = rows
-        return self.run(spec, feeds).reshape(len(x), k).astype(np.float64)
+        plan = self.plan_score(len(x), "bound", k, width=x.shape[1] if x.ndim == 2 else None)
+        return self._noisy(spec, x, k, seed, plan).reshape(len(x), k).astype(np.float64)
 
     def logits(self, x: np.ndarray) -> np.ndarray:
         """The discriminator's logit that each row is real."""
         spec = self.stored.graph("discriminator")
         if spec is None:
             raise CapabilityError(f"{self.stored.tag} has no discriminator; it has: {', '.join(self.kinds)}")
-        return self.run(spec, {spec.x_input or "x": np.ascontiguousarray(x, dtype=np.float32)}).reshape(-1)
+        x = np.ascontiguousarray(x, dtype=np.float32)
+        plan = self.plan_score(len(x), "discriminator", width=x.shape[1] if x.ndim == 2 else None)
+        return self.run(spec, {spec.x_input or "x": x}, plan).reshape(-1)
 
     def point_scores(self, x: np.ndarray, kind: str, seed: int | None = None) -> np.ndarray:
         """One scorer call per row for ``kind`` (log_prob, or a single bound draw), in nats."""
         spec = self.stored.graph("scorer", kind)
         if spec is None:
             raise CapabilityError(f"{self.stored.tag} has no {kind} scorer; it has: {', '.join(self.kinds)}")
-        feeds = draw_noise(spec.noise, len(x), np.random.default_rng(seed))
-        feeds[spec.x_input or "x"] = np.ascontiguousarray(x, dtype=np.float32)
-        return self.run(spec, feeds).reshape(-1).astype(np.float64)
+        x = np.ascontiguousarray(x, dtype=np.float32)
+        plan = self.plan_score(len(x), kind, width=x.shape[1] if x.ndim == 2 else None)
+        return self._noisy(spec, x, 1, seed, plan).reshape(-1).astype(np.float64)
+
+
+def _mib(n: int) -> str:
+    return f"{n / (1 << 20):,.0f} MiB"

@@ -1,0 +1,105 @@
+"""A request's memory and time, bounded by construction.
+
+Every graph call of the serving runtime runs over chunks of rows (registry.runtime.models). A
+chunk's size comes from the graph's measured cost (GraphSpec.cost, registry.runtime.cost) and the
+request's memory budget, ``GENREG_REQUEST_MEMORY`` (default 512 MiB): what the request holds
+whole (its rows, its answers, a sampler's state and one step's noise) plus one chunk's call
+(measured per row, with its inputs and noise) stays within it, whatever the rows, k, steps or a
+scorer's inner steps. A request whose held arrays alone exceed the budget is refused before any
+work, naming the field.
+
+Time is planned the same way: a call's rows at the graph's rate (its measured one, or what this
+process has seen of large calls since). A request stops at the next chunk once its answer is no
+longer wanted (:class:`Token`: the deadline passed, or the client went away).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import threading
+import time
+from contextvars import ContextVar
+from dataclasses import dataclass
+
+REQUEST_MEMORY = int(os.environ.get("GENREG_REQUEST_MEMORY", str(512 << 20)))
+# A call planned above this many bytes gives its ONNX Runtime arena back when it ends: the
+# arena keeps its peak otherwise (17.8 GB after one large diffusion score); below it, the arena
+# is kept for speed (benchmarks/RESULTS.md, "Bounded requests").
+SHRINK_BYTES = 16 << 20
+# The published row limits leave half the deadline for a machine busier than the one measured.
+DEADLINE_SHARE = 0.5
+# A row of a request body, parsed: JSON text, Python floats in lists, then float64 and float32
+# arrays (measured: about 40 bytes per value; counted generously).
+HELD_VALUE_BYTES = 48
+
+
+class Cancelled(Exception):
+    """The request's answer is no longer wanted: its deadline passed or its client left."""
+
+
+class Token:
+    """Whether the request a computation serves still wants its answer; checked between chunks."""
+
+    def __init__(self, deadline: float | None = None) -> None:
+        self.deadline = deadline  # time.monotonic() past which the answer is not wanted
+        self.event = threading.Event()
+        self.reason = "cancelled"
+
+    def cancel(self, reason: str) -> None:
+        self.reason = reason
+        self.event.set()
+
+    def check(self) -> None:
+        if self.event.is_set():
+            raise Cancelled(self.reason)
+        if self.deadline is not None and time.monotonic() > self.deadline:
+            self.cancel("deadline passed")
+            raise Cancelled(self.reason)
+
+
+# The token of the request this context serves (the service sets it; a worker thread inherits
+# it with the context). None: nothing to check (the CLI, the pipeline).
+TOKEN: ContextVar[Token | None] = ContextVar("genreg_request_token", default=None)
+
+
+def checkpoint() -> None:
+    """Raise Cancelled when the current request's answer is no longer wanted."""
+    token = TOKEN.get()
+    if token is not None:
+        token.check()
+
+
+class BudgetError(ValueError):
+    """A request whose held arrays alone exceed the memory budget (``field`` is at fault)."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(message)
+        self.field = field
+
+
+@dataclass(frozen=True)
+class Plan:
+    """How a request's graph calls run: ``rows`` graph rows in all over ``calls`` calls of up to
+    ``chunk`` rows; its planned peak memory (``held`` + one chunk) and time."""
+
+    rows: int
+    calls: int
+    chunk: int
+    held: int
+    chunk_bytes: int
+    seconds: float
+
+    @property
+    def peak(self) -> int:
+        return self.held + self.chunk_bytes
+
+
+def chunk_rows(budget: int, held: int, call_bytes: int, row_bytes: int) -> int:
+    """The most rows a call may take so that ``held`` + the call fits ``budget`` (at least 1)."""
+    free = budget - held - call_bytes
+    return max(1, free // max(1, row_bytes))
+
+
+def power_of_two_floor(n: float) -> int:
+    return 1 << max(0, int(math.floor(math.log2(max(1.0, n)))))
