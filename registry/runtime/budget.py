@@ -102,4 +102,4 @@ def chunk_rows(budget: int, held: int, call_bytes: int, row_bytes: int) -> int:
 
 
 def power_of_two_floor(n: float) -> int:
-    return 1 << max(0, int(math.floor(math.log2(max(1.0, n)))))
+    return 1 << max(0, math.floor(math.log2(max(1.0, n))))

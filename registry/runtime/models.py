@@ -242,7 +242,9 @@ class LoadedModel:
         rng = np.random.default_rng(seed)
         run = self._shrinking[spec.file] if plan.chunk_bytes > SHRINK_BYTES else self.runners[spec.file]
         pieces = []
-        for a, feeds in zip(range(0, total, plan.chunk), noise_chunks(spec.noise, total, rng, plan.chunk)):
+        for a, feeds in zip(
+            range(0, total, plan.chunk), noise_chunks(spec.noise, total, rng, plan.chunk), strict=True
+        ):
             checkpoint()
             b = min(a + plan.chunk, total)
             feeds[spec.x_input or "x"] = x[a:b] if k == 1 else x[np.arange(a, b) // k]
