@@ -1,11 +1,12 @@
 """Admission of heavy requests: at most GENREG_MAX_HEAVY at once per worker, 429 beyond.
 
-A two-sample test holds several (x + model rows)^2 float64 matrices (about 0.5 GB at its
-limits), and a score or sample near the draw-row limit holds its noise, rows and outputs:
-tens of MB. Light requests are not gated; heavy ones take a slot or are refused at once with
-Retry-After (queueing them would hold their parsed bodies in memory while they wait). So a
-worker's memory stays below its idle size + GENREG_MAX_HEAVY x the largest heavy request +
-the light ones in flight (benchmarks/RESULTS.md, Bounded resources, has the measurements).
+Every request's memory is planned (registry.runtime.budget): its graph calls run over chunks
+sized so that it stays within GENREG_REQUEST_MEMORY, and a two-sample test's matrices are
+counted against the same budget. Light requests (planned under GENREG_HEAVY_BYTES) are not
+gated; heavy ones take a slot or are refused at once with Retry-After (queueing them would hold
+their parsed bodies in memory while they wait). So a worker's memory stays below its idle size
++ GENREG_MAX_HEAVY x GENREG_REQUEST_MEMORY + the light ones in flight (benchmarks/RESULTS.md,
+"Bounded requests", has the measurements).
 """
 
 from __future__ import annotations
@@ -18,9 +19,10 @@ from contextlib import contextmanager
 from services.errors import ApiError
 
 MAX_HEAVY = int(os.environ.get("GENREG_MAX_HEAVY", "2"))
-# A request whose graph calls handle more than this many float32 values (rows x width, k draws
-# and sampling steps included) is heavy: 2^20 values are 4 MiB per array.
-HEAVY_VALUES = int(os.environ.get("GENREG_HEAVY_VALUES", str(1 << 20)))
+# A request whose planned peak memory (registry.runtime.budget.Plan: what it holds, and its
+# largest chunk's graph call as measured) is over this many bytes is heavy. A 1,024-row score of
+# a digits flow or VAE plans 9-21 MiB, a 64 x 64 digits diffusion score the whole budget.
+HEAVY_BYTES = int(os.environ.get("GENREG_HEAVY_BYTES", str(64 << 20)))
 RETRY_AFTER_SECONDS = 1
 
 

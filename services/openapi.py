@@ -456,7 +456,8 @@ def _exact(components: dict[str, Any], described: list[dict[str, Any]]) -> None:
             kind_schema = {"enum": [kind, None]} if default else {"const": kind}
             required = ["model", "x"] if default else ["model", "x", "kind"]
             # rows x k within the draw budget for every kind (k = 1 but for a bound)
-            tiers = draw_tiers() if kind == "bound" else [(1, min(MAX_ROWS, MAX_DRAW_ROWS))]
+            limit = d.get("score_rows", {}).get(kind, MAX_DRAW_ROWS)  # this model's (measured) limit
+            tiers = draw_tiers(budget=limit) if kind == "bound" else [(1, min(MAX_ROWS, limit))]
             for most_k, most_rows in tiers:
                 props = {
                     "model": model,
@@ -472,7 +473,8 @@ def _exact(components: dict[str, Any], described: list[dict[str, Any]]) -> None:
             continue  # 422 for every request: no branch
         # The sampler's own count (steps left out, or that count): n x its steps within the
         # draw-row limit. A count it cannot run is refused (400 naming steps).
-        most_n = min(MAX_N, MAX_DRAW_ROWS // draw_weight(d["steps"]))
+        sample_rows = d.get("sample_rows", MAX_DRAW_ROWS)
+        most_n = min(MAX_N, sample_rows // draw_weight(d["steps"]))
         props = dict(sample_props)
         props.update(
             model=model,
@@ -483,12 +485,12 @@ def _exact(components: dict[str, Any], described: list[dict[str, Any]]) -> None:
         sample.append(_object(props, ["model"]))
         if d["max_steps"] is not None:
             # A count that may be chosen: n x steps within the limit, as rectangles.
-            for low, high, most in step_tiers(d["max_steps"]):  # capped at MAX_STEPS already
+            for low, high, most in step_tiers(d["max_steps"], budget=sample_rows):  # capped at MAX_STEPS
                 chosen = {"type": "integer", "minimum": low, "maximum": high}
                 props = dict(props, n={**sample_props["n"], "maximum": most}, steps=chosen)
                 sample.append(_object(props, ["model", "steps"]))
         # Without n_model, the real rows set how many samples are drawn (x steps).
-        most_x = min(MAX_TWO_SAMPLE, MAX_DRAW_ROWS // draw_weight(d["steps"]))
+        most_x = min(MAX_TWO_SAMPLE, sample_rows // draw_weight(d["steps"]))
         n_model = {"type": "integer", "minimum": 10, "maximum": most_x}
         props = dict(two)
         props.update(model=model, x=_rows(d, 10, MAX_TWO_SAMPLE), n_model=n_model)

@@ -213,6 +213,17 @@ class ModelInfo(BaseModel):
     estimates: list[Estimate] = Field(
         [], description="the estimates /score's kind=bound may ask for (empty: no bound)"
     )
+    sample_rows: int | None = Field(
+        None,
+        description=(
+            "the most graph rows one /sample may take (n x steps, steps counted as the next power of "
+            "two): GENREG_MAX_DRAW_ROWS, or fewer where the sampler's measured rate would not run them "
+            "in half the deadline"
+        ),
+    )
+    score_rows: dict[str, int] = Field(
+        {}, description="per score kind, the most graph rows one /score may take (rows x k, as above)"
+    )
 
 
 class ModelsResponse(BaseModel):

@@ -29,14 +29,23 @@ from bentoml._internal.configuration.containers import BentoMLContainer
 from starlette.responses import Response
 
 from registry.runtime import scoring
+from registry.runtime.budget import (
+    REQUEST_MEMORY,
+    BudgetError,
+    Cancelled,
+    Plan,
+    release_memory,
+    row_limit,
+)
+from registry.runtime.graphs import GraphCost, GraphSpec
 from registry.runtime.models import CapabilityError, LoadedModel, model_kinds
 from registry.runtime.png import png_grid
 from registry.runtime.remote import pull_new
 from registry.runtime.rows import InputError, check_rows
 from registry.runtime.scoring import Scores, draw_weight
-from registry.runtime.store import ModelNotFound, StoreError, list_models
-from registry.runtime.two_sample import c2st, mmd_test
-from services.admission import HEAVY_VALUES, MAX_HEAVY, HeavyGate
+from registry.runtime.store import ModelNotFound, StoredModel, StoreError, list_models
+from registry.runtime.two_sample import c2st, c2st_bytes, mmd_bytes, mmd_test
+from services.admission import HEAVY_BYTES, MAX_HEAVY, HeavyGate
 from services.auth import BearerAuth
 from services.batching import Batcher
 from services.cache import MODEL_CONTROL, ModelCache, Watcher, allow_list
@@ -58,7 +67,7 @@ from services.schemas import (
     sampling,
     validate,
 )
-from services.traffic import MAX_CONCURRENCY, TIMEOUT_SECONDS, Traffic
+from services.traffic import MAX_CONCURRENCY, TIMEOUT_SECONDS, Traffic, watching
 from services.v2 import endpoint_of
 
 log = logging.getLogger("genreg.service")
@@ -116,35 +125,108 @@ def _sample_count(loaded: LoadedModel, n: int, steps: int | None, field: str = "
     except InputError as exc:
         raise ApiError(400, exc.field, str(exc), f"invalid_{exc.field}") from None
     weight = draw_weight(count)
-    if n * weight > MAX_DRAW_ROWS:
-        at_fault = "steps" if n * draw_weight(loaded.steps()) <= MAX_DRAW_ROWS else field
+    limit = sample_limit(loaded)
+    if n * weight > limit:
+        at_fault = "steps" if n * draw_weight(loaded.steps()) <= limit else field
         counted = f" (counted as {weight}, the next power of two)" if weight != count else ""
         raise ApiError(
             400,
             at_fault,
             f"{at_fault}: {n} samples x {count} sampling steps{counted} = {n * weight} rows exceeds "
-            f"{MAX_DRAW_ROWS}",
+            f"{limit}{_limit_source(limit)}",
             f"invalid_{at_fault}",
         )
     return count
+
+
+def _limit_source(limit: int) -> str:
+    if limit >= MAX_DRAW_ROWS:
+        return ""
+    return (
+        f", this model's limit: the rows it runs in half of the {TRAFFIC.timeout:g}-s "
+        "deadline at its measured rate (GET /models: sample_rows, score_rows)"
+    )
+
+
+CostOf = Callable[[GraphSpec], GraphCost | None]
+
+
+def _costs(model: LoadedModel | StoredModel) -> tuple[StoredModel, CostOf]:
+    if isinstance(model, LoadedModel):
+        return model.stored, model.cost
+    return model, lambda spec: spec.cost
+
+
+def sample_limit(model: LoadedModel | StoredModel) -> int:
+    """The most graph rows (n x steps, steps weighed by draw_weight) a request may ask of the
+    model's sampler: GENREG_MAX_DRAW_ROWS, or fewer where its measured rate says they would not
+    run in half the deadline (registry.runtime.budget.row_limit). A stored version that is not
+    loaded is judged by the costs stored with it."""
+    stored, cost_of = _costs(model)
+    spec = stored.graph("sampler")
+    if spec is None:
+        return MAX_DRAW_ROWS
+    info = sampling(stored)
+    most = info["max_steps"] or info["steps"] or 1
+    return row_limit(cost_of(spec), MAX_DRAW_ROWS, TRAFFIC.timeout, calls=most)
+
+
+def score_limit(model: LoadedModel | StoredModel, kind: str) -> int:
+    """The most graph rows (rows x k, k weighed by draw_weight) a request may score as ``kind``."""
+    stored, cost_of = _costs(model)
+    spec = stored.graph("discriminator") if kind == "discriminator" else stored.graph("scorer", kind)
+    return row_limit(cost_of(spec) if spec is not None else None, MAX_DRAW_ROWS, TRAFFIC.timeout)
 
 
 async def _call(fn: Callable[[], Any], loaded: LoadedModel, role: str, rows: int, calls: int = 1) -> Any:
     """``fn()``, on the event loop if it is expected to be short enough (INLINE_MS, ALONE_MS),
     else in a worker thread. Unmeasured calls go to a thread, and so does everything with
     adaptive batching on: a batch forms from calls waiting in threads, and one waiting on the
-    event loop would hold every other request up until its batch ran."""
+    event loop would hold every other request up until its batch ran. A computation stopped
+    because its answer is no longer wanted (registry.runtime.budget.Cancelled) is a 504."""
     expected = None if BATCH_MAX_ROWS > 0 else loaded.expected_seconds(role, rows, calls)
-    if expected is not None and (
-        expected * 1000 <= INLINE_MS or (expected * 1000 <= ALONE_MS and TRAFFIC.alone())
-    ):
-        return fn()
-    return await anyio.to_thread.run_sync(fn)
+    try:
+        if expected is not None and (
+            expected * 1000 <= INLINE_MS or (expected * 1000 <= ALONE_MS and TRAFFIC.alone())
+        ):
+            return fn()
+        async with watching():
+            return await anyio.to_thread.run_sync(fn)
+    except Cancelled as exc:
+        raise ApiError(504, None, f"the computation was stopped: {exc}", "cancelled") from None
+
+
+def _in_time(plan: Plan, field: str, what: str) -> None:
+    """429 naming ``field`` when this worker's measured rate says ``plan`` cannot finish before
+    the deadline: refused at once, never started and then abandoned."""
+    if TRAFFIC.timeout is not None and plan.seconds > TRAFFIC.timeout:
+        raise ApiError(
+            429,
+            field,
+            f"{field}: {what} is planned to take {plan.seconds:.0f} s at this worker's measured rate "
+            f"({plan.rows} graph rows), past the {TRAFFIC.timeout:g}-s deadline; retry when it is "
+            "less busy, or make it smaller",
+            "too_slow",
+            headers={"retry-after": str(max(1, round(plan.seconds - TRAFFIC.timeout)))},
+        )
+
+
+def _plan(make: Callable[[], Plan]) -> Plan:
+    try:
+        return make()
+    except BudgetError as exc:
+        raise ApiError(400, exc.field, str(exc), f"invalid_{exc.field}") from None
+    except CapabilityError as exc:
+        raise ApiError(422, exc.field, str(exc), "missing_capability") from None
 
 
 def model_info(loaded: LoadedModel) -> dict[str, Any]:
     info = {**loaded.stored.summary(), **sampling(loaded.stored)}
-    return ModelInfo(**info, kinds=loaded.kinds, provider=loaded.provider).model_dump()
+    limits = {
+        "sample_rows": sample_limit(loaded),
+        "score_rows": {k: score_limit(loaded, k) for k in loaded.kinds},
+    }
+    return ModelInfo(**info, **limits, kinds=loaded.kinds, provider=loaded.provider).model_dump()
 
 
 class GenregService(bentoml.Service):
@@ -231,9 +313,18 @@ class Genreg:
         if self.watcher is not None:
             self.watcher.start()
 
-    def _admit(self, values: int, field: str, what: str) -> AbstractContextManager[None]:
-        """A heavy-request slot when the request handles more than HEAVY_VALUES values."""
-        return self.heavy.admit(field, what) if values > HEAVY_VALUES else nullcontext()
+    def _admit(self, plan: Plan, field: str, what: str) -> AbstractContextManager[None]:
+        """Admission by the request's planned work: refused at once (429 naming ``field``) when
+        this worker's measured rate says it cannot finish before the deadline; a heavy-request
+        slot when its planned peak memory is over HEAVY_BYTES."""
+        _in_time(plan, field, what)
+        return self.heavy.admit(field, what) if plan.peak > HEAVY_BYTES else nullcontext()
+
+    @staticmethod
+    async def _release(plan: Plan) -> None:
+        """After a heavy request, give the memory it freed back to the system (off the loop)."""
+        if plan.peak > HEAVY_BYTES:
+            await anyio.to_thread.run_sync(release_memory)
 
     def __is_ready__(self) -> bool:
         return self.cache.ready
@@ -281,6 +372,7 @@ class Genreg:
             if stored.name not in self.cache.newest:
                 continue
             sampler = stored.graph("sampler")
+            model = self.cache.loaded.get(stored.tag, stored)
             out.append(
                 {
                     "name": stored.name,
@@ -291,6 +383,10 @@ class Genreg:
                     "image": bool(stored.data.get("image_shape")),
                     "kinds": model_kinds(stored.capabilities),
                     "sampler": sampler is not None,
+                    "sample_rows": sample_limit(model),
+                    "score_rows": {
+                        kind: score_limit(model, kind) for kind in model_kinds(stored.capabilities)
+                    },
                     **sampling(stored),
                 }
             )
@@ -340,7 +436,15 @@ class Genreg:
                 req = validate(TwoSampleRequest, body, may_hold_bools)
                 # Always heavy: the test holds (x + model rows)^2 matrices.
                 with self.heavy.admit("x", "a two-sample test"):
-                    return json_response(await anyio.to_thread.run_sync(self._two_sample, req))
+                    try:
+                        async with watching():
+                            answer = await anyio.to_thread.run_sync(self._two_sample, req)
+                    except Cancelled as exc:
+                        raise ApiError(
+                            504, None, f"the computation was stopped: {exc}", "cancelled"
+                        ) from None
+                await anyio.to_thread.run_sync(release_memory)
+                return json_response(answer)
             return json_response({"models": [model_info(m) for m in self.cache.models()]})
         except ApiError as err:
             return error_response(endpoint, err)
@@ -361,13 +465,15 @@ class Genreg:
         ApiError for a request the model cannot take. ``then(samples, steps run)`` makes the
         answer from them in the same call (a PNG grid is drawn off the event loop too)."""
         count = _sample_count(loaded, n, steps)
-        # A step-loop sampler runs its graph once per step: weigh the request by that.
-        cost = n * count
+        # A step-loop sampler runs its graph once per step: its plan weighs the request by that.
+        plan = _plan(lambda: loaded.plan_sample(n, count))
         draw = functools.partial(self._draw, loaded, n, seed, temperature, count, protocol)
         job = draw if then is None else lambda: then(draw(), count)
         what = f"{n} samples" + (f" x {count} steps" if count > 1 else "")
-        with self._admit(cost * loaded.dim, "n", what):
-            return await _call(job, loaded, "sampler", cost, calls=count)
+        with self._admit(plan, "n", what):
+            answer = await _call(job, loaded, "sampler", n * count, calls=count)
+        await self._release(plan)
+        return answer
 
     async def score(
         self,
@@ -385,9 +491,18 @@ class Genreg:
         width = int(x.shape[1]) if getattr(x, "ndim", 0) == 2 else 1
         run = functools.partial(self._score, loaded, x, kind, k, seed, estimate, protocol)
         field, what = ("k", f"{rows} rows x {k} draws") if k > 1 else ("x", f"{rows} rows")
-        with self._admit(rows * k * width, field, what):
-            role = "discriminator" if (kind or scoring.default_kind(loaded)) == "discriminator" else "scorer"
-            return await _call(run, loaded, role, rows * k)
+        try:
+            resolved = scoring.resolve_kind(loaded, kind)
+        except CapabilityError as exc:
+            raise ApiError(422, exc.field, str(exc), "missing_capability") from None
+        if rows * draw_weight(k) > score_limit(loaded, resolved):
+            return run()  # refused by the one scoring path (rows, then k) before any graph call
+        plan = _plan(lambda: loaded.plan_score(rows, resolved, k if resolved == "bound" else 1, width))
+        with self._admit(plan, field, what):
+            role = "discriminator" if resolved == "discriminator" else "scorer"
+            result = await _call(run, loaded, role, rows * k)
+        await self._release(plan)
+        return result
 
     def _draw(
         self, loaded: LoadedModel, n: int, seed: int | None, temperature: float, steps: int, protocol: str
@@ -407,9 +522,8 @@ class Genreg:
         protocol: str,
     ) -> Scores:
         try:
-            result = scoring.score(
-                loaded, x, kind, k=k, seed=seed, max_draw_rows=MAX_DRAW_ROWS, estimate=estimate
-            )
+            limit = score_limit(loaded, scoring.resolve_kind(loaded, kind))
+            result = scoring.score(loaded, x, kind, k=k, seed=seed, max_draw_rows=limit, estimate=estimate)
         except CapabilityError as exc:
             raise ApiError(422, exc.field, str(exc), "missing_capability") from None
         except InputError as exc:
@@ -491,7 +605,24 @@ class Genreg:
         except InputError as exc:
             raise ApiError(400, exc.field, str(exc), "invalid_x") from None
         n = req.n_model or len(real)
-        count = _sample_count(loaded, n, None, "n_model" if req.n_model else "x")
+        field = "n_model" if req.n_model else "x"
+        count = _sample_count(loaded, n, None, field)
+        plan = _plan(lambda: loaded.plan_sample(n, count))
+        _in_time(plan, field, f"a two-sample test drawing {n} samples x {count} steps")
+        # The test's matrices and both samples (float64), against the request's budget.
+        if req.test == "mmd":
+            need = mmd_bytes(len(real) + n, req.permutations)
+        else:
+            need = c2st_bytes(min(len(real), n))
+        need += 2 * 8 * (len(real) + n) * loaded.dim
+        if need > REQUEST_MEMORY:
+            raise ApiError(
+                400,
+                field,
+                f"{field}: a {req.test} test of {len(real)} + {n} rows needs about {need >> 20} MiB, over the "
+                f"{REQUEST_MEMORY >> 20} MiB a request may use (GENREG_REQUEST_MEMORY)",
+                f"invalid_{field}",
+            )
         fake = self._draw(loaded, n, req.seed, 1.0, count, "genreg").astype(np.float64)
         with np.errstate(all="ignore"):
             if req.test == "mmd":

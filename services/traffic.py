@@ -25,8 +25,10 @@ import asyncio
 import logging
 import os
 import time
+from contextvars import ContextVar
 from typing import Any
 
+from registry.runtime.budget import TOKEN, Token
 from services.errors import ApiError, error_response
 from services.metrics import IN_PROGRESS, REQUEST_SECONDS, REQUESTS
 
@@ -128,6 +130,12 @@ class Traffic:
         if self.in_flight > 1:
             self.overlapped_at = time.perf_counter()
         deadline = asyncio.timeout(self.timeout)
+        # The computation behind this request checks it between chunks (registry.runtime.budget):
+        # past the deadline, after a disconnect (services.routes), or once this request is over
+        # (a 504's computation, which would otherwise run on), it stops and frees its memory.
+        token = Token(time.monotonic() + self.timeout if self.timeout is not None else None)
+        reset = TOKEN.set(token)
+        reset_receive = RECEIVE.set(receive)
         try:
             with IN_PROGRESS.labels(endpoint=endpoint, protocol=protocol).track_inprogress():
                 async with deadline:
@@ -152,4 +160,39 @@ class Traffic:
                 if not started():
                     await error_response(endpoint, INTERNAL, protocol)(scope, receive, send)
         finally:
+            token.cancel("the request is over")
+            TOKEN.reset(reset)
+            RECEIVE.reset(reset_receive)
             self.in_flight -= 1
+
+
+# The request's ASGI receive, for watching() (set per request by Traffic).
+RECEIVE: ContextVar[Any] = ContextVar("genreg_receive", default=None)
+
+
+async def until_disconnect(receive: Any, token: Token) -> None:
+    """Wait for the client to go away, then cancel the request's computation."""
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            token.cancel("the client disconnected")
+            return
+
+
+class watching:
+    """``async with watching():`` cancels the current request's computation if its client goes
+    away during the block. Only for a block entered after the body was read (the next message
+    is then the disconnect): the service's calls that run in a worker thread. A call on the event
+    loop is short, and a task per request would cost a batch-1 request more than it saves."""
+
+    def __init__(self) -> None:
+        self.task: asyncio.Task[None] | None = None
+
+    async def __aenter__(self) -> None:
+        token, receive = TOKEN.get(), RECEIVE.get()
+        if token is not None and receive is not None:
+            self.task = asyncio.create_task(until_disconnect(receive, token))
+
+    async def __aexit__(self, *exc: object) -> None:
+        if self.task is not None:
+            self.task.cancel()

@@ -15,12 +15,16 @@ longer wanted (:class:`Token`: the deadline passed, or the client went away).
 
 from __future__ import annotations
 
+import ctypes
 import math
 import os
 import threading
 import time
 from contextvars import ContextVar
 from dataclasses import dataclass
+from typing import Any
+
+from registry.runtime.graphs import GraphCost
 
 REQUEST_MEMORY = int(os.environ.get("GENREG_REQUEST_MEMORY", str(512 << 20)))
 # A call planned above this many bytes gives its ONNX Runtime arena back when it ends: the
@@ -103,3 +107,32 @@ def chunk_rows(budget: int, held: int, call_bytes: int, row_bytes: int) -> int:
 
 def power_of_two_floor(n: float) -> int:
     return 1 << max(0, math.floor(math.log2(max(1.0, n))))
+
+
+def row_limit(cost: GraphCost | None, cap: int, deadline: float | None, calls: int = 1) -> int:
+    """The most graph rows one request may ask of a graph measured at ``cost``: those it runs in
+    ``DEADLINE_SHARE`` of the ``deadline`` at that rate (after ``calls`` calls' fixed cost), as a
+    power of two (so that the published limits stay rectangles), capped at ``cap``; ``cap`` when
+    there is no deadline or no measurement."""
+    if cost is None or deadline is None or cost.row_seconds <= 0:
+        return cap
+    rows = (deadline * DEADLINE_SHARE - calls * cost.call_seconds) / cost.row_seconds
+    return min(cap, power_of_two_floor(rows))
+
+
+def release_memory() -> None:
+    """Give the C heap's free memory back to the system (glibc's malloc_trim; nothing elsewhere).
+
+    After a large request the allocator keeps what ONNX Runtime and numpy freed, and a worker's
+    resident memory stays at its peak; trimming brings it back near idle."""
+    global _TRIM
+    if _TRIM is None:
+        try:
+            _TRIM = ctypes.CDLL("libc.so.6").malloc_trim
+        except (OSError, AttributeError):
+            _TRIM = False
+    if _TRIM:
+        _TRIM(0)
+
+
+_TRIM: Any = None

@@ -92,6 +92,17 @@ def draw_weight(k: int) -> int:
     return 1 << (k - 1).bit_length()
 
 
+def check_draws(rows: int, k: int, max_draw_rows: int | None, why: str = "") -> None:
+    """InputError when rows x k (k weighed by :func:`draw_weight`) exceeds ``max_draw_rows``,
+    naming ``k`` (or ``x`` for a single draw); ``why`` says where the limit comes from."""
+    if max_draw_rows is None or rows * draw_weight(k) <= max_draw_rows:
+        return
+    if k == 1:
+        raise InputError("x", f"x: {rows} rows exceed {max_draw_rows}{why}")
+    weight = f" (k counts as {draw_weight(k)}, the next power of two)" if draw_weight(k) != k else ""
+    raise InputError("k", f"k: rows x k = {rows} x {k}{weight} exceeds {max_draw_rows}{why}")
+
+
 def default_kind(loaded: LoadedModel) -> str | None:
     """The kind a request that names none gets: the model's first (None if it scores nothing)."""
     return loaded.kinds[0] if loaded.kinds else None
@@ -135,9 +146,7 @@ def score(
         raise InputError("estimate", f"estimate applies to kind 'bound' only, not {kind!r}")
     if estimate is not None and estimate not in ESTIMATES:
         raise InputError("estimate", f"estimate: {estimate!r} is not one of {', '.join(ESTIMATES)}")
-    if max_draw_rows is not None and len(rows) * draw_weight(k) > max_draw_rows:
-        weight = f" (k counts as {draw_weight(k)}, the next power of two)" if draw_weight(k) != k else ""
-        raise InputError("k", f"k: rows x k = {len(rows)} x {k}{weight} exceeds {max_draw_rows}")
+    check_draws(len(rows), k, max_draw_rows)
     elbo = None
     if kind == "discriminator":
         logits = loaded.logits(rows).astype(np.float64)
