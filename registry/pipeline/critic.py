@@ -17,6 +17,8 @@ import numpy as np
 
 from registry.datasets import load_dataset
 from registry.pipeline.export import PARITY_TOLERANCE, ExportError
+from registry.runtime.cost import measured
+from registry.runtime.graphs import GraphSpec
 from registry.runtime.models import LoadedModel
 from registry.runtime.sessions import open_session
 from registry.runtime.store import StoredModel, get_model, save_model
@@ -78,15 +80,11 @@ def attach_critic(ref: str, *, steps: int = 2000, seed: int = 0, replace: bool =
         if err > PARITY_TOLERANCE:
             raise ExportError(f"critic: ONNX Runtime differs from PyTorch by {err:.3g}; refused")
         meta = {k: v for k, v in stored.meta.items() if k != "checksums"}
+        critic_spec = GraphSpec(role="discriminator", file=CRITIC_FILE, x_input="x", output="logit")
+        # Its memory and time per row, as every stored graph carries (registry.runtime.cost).
+        (critic_spec,) = measured(directory, [critic_spec])
         meta["graphs"] = [g for g in meta["graphs"] if g["role"] != "discriminator"] + [
-            {
-                "role": "discriminator",
-                "file": CRITIC_FILE,
-                "kind": None,
-                "x_input": "x",
-                "noise": [],
-                "output": "logit",
-            }
+            critic_spec.model_dump(mode="json")
         ]
         meta["capabilities"] = sorted({*meta["capabilities"], "discriminate"})
         meta["parity"] = {**meta.get("parity", {}), "critic": err}
