@@ -35,6 +35,7 @@ from registry.runtime.budget import (
     Cancelled,
     Plan,
     release_memory,
+    return_large_frees,
     row_limit,
 )
 from registry.runtime.graphs import GraphCost, GraphSpec
@@ -99,6 +100,9 @@ POLL_SECONDS = float(os.environ.get("GENREG_POLL_SECONDS", "2"))
 REMOTE_POLL_SECONDS = float(os.environ.get("GENREG_REMOTE_POLL_SECONDS", "10"))
 # This worker's requests in flight and their accounting (one per process, as the routes are).
 TRAFFIC = Traffic()
+# Large buffers go back to the system when freed, so a long request's chunks cannot pile up in
+# the allocator's heaps (registry.runtime.budget).
+return_large_frees()
 
 
 def _can_sample(loaded: LoadedModel) -> None:

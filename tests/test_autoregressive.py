@@ -198,14 +198,17 @@ def test_a_step_loop_must_be_a_sampler_with_distinct_input_names():
 @pytest.mark.slow
 def test_sample_cost_counts_the_steps_and_is_capped(trained):
     from services.errors import ApiError
-    from services.service import MAX_DRAW_ROWS, _sample_count
+    from services.service import MAX_DRAW_ROWS, _sample_count, sample_limit
 
     loaded = LoadedModel(get_model("autoregressive-digits"))
     assert loaded.steps() == 64  # 10 samples run the graph 640 times
     assert LoadedModel(get_model("gaussian-digits")).steps() == 1
-    assert _sample_count(loaded, MAX_DRAW_ROWS // 64, None) == 64
+    # the model's own limit: the draw-row cap, or what its measured rate runs in half the deadline
+    limit = sample_limit(loaded)
+    assert limit <= MAX_DRAW_ROWS and limit & (limit - 1) == 0
+    assert _sample_count(loaded, limit // 64, None) == 64
     with pytest.raises(ApiError) as refused:
-        _sample_count(loaded, MAX_DRAW_ROWS // 64 + 1, None)
+        _sample_count(loaded, limit // 64 + 1, None)
     assert (
         refused.value.status == 400
         and refused.value.field == "n"

@@ -31,6 +31,10 @@ REQUEST_MEMORY = int(os.environ.get("GENREG_REQUEST_MEMORY", str(512 << 20)))
 # arena keeps its peak otherwise (17.8 GB after one large diffusion score); below it, the arena
 # is kept for speed (benchmarks/RESULTS.md, "Bounded requests").
 SHRINK_BYTES = 16 << 20
+# Memory a request takes besides its arrays and its graph calls' arenas: the worker thread's own
+# allocator arena and ONNX Runtime's per-thread scratch buffers. Measured: a digits diffusion
+# score planned at 93 MiB peaked 26 MiB higher in a fresh thread; a 2-D one, 5 MiB.
+RESERVE = 32 << 20
 # The published row limits leave half the deadline for a machine busier than the one measured.
 DEADLINE_SHARE = 0.5
 # A row of a request body, parsed: JSON text, Python floats in lists, then float64 and float32
@@ -100,8 +104,9 @@ class Plan:
 
 
 def chunk_rows(budget: int, held: int, call_bytes: int, row_bytes: int) -> int:
-    """The most rows a call may take so that ``held`` + the call fits ``budget`` (at least 1)."""
-    free = budget - held - call_bytes
+    """The most rows a call may take so that ``held`` + the call + RESERVE fits ``budget`` (at
+    least 1)."""
+    free = budget - RESERVE - held - call_bytes
     return max(1, free // max(1, row_bytes))
 
 
@@ -136,3 +141,20 @@ def release_memory() -> None:
 
 
 _TRIM: Any = None
+_M_MMAP_THRESHOLD = -3
+MMAP_THRESHOLD = 1 << 20
+
+
+def return_large_frees() -> None:
+    """Make glibc serve every allocation of MMAP_THRESHOLD and up with its own mapping, returned
+    to the system when freed (nothing elsewhere).
+
+    By default glibc raises that threshold after the first large free (up to 32 MiB), and the
+    chunks of a long request then come from its heaps, which grow with fragmentation: a 2-D
+    diffusion score of 262 chunks, planned at 95 MiB, kept 70 MiB more resident after each of
+    its first chunks and peaked 100 MiB over idle; with the threshold fixed, 26 (benchmarks/
+    RESULTS.md, "Bounded requests"). The service and the cost measurement both run this way."""
+    try:
+        ctypes.CDLL("libc.so.6").mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD)
+    except (OSError, AttributeError):
+        pass

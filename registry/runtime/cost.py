@@ -160,6 +160,9 @@ def measured(directory: Path, graphs: list[GraphSpec] | tuple[GraphSpec, ...]) -
 
 if __name__ == "__main__":
     # stdin: [[graph path, spec], ...]; stdout: one JSON list of costs, in order.
+    from registry.runtime.budget import return_large_frees
+
+    return_large_frees()  # as the service runs
     results = []
     for graph, described in json.load(sys.stdin):
         results.append(measure_here(Path(graph), GraphSpec.model_validate(described), int(sys.argv[1])))

@@ -16,6 +16,7 @@ from registry.runtime import cost as costs
 from registry.runtime.budget import (
     HELD_VALUE_BYTES,
     REQUEST_MEMORY,
+    RESERVE,
     SHRINK_BYTES,
     BudgetError,
     Plan,
@@ -27,6 +28,7 @@ from registry.runtime.rows import InputError
 from registry.runtime.sessions import open_session, shrink_options
 from registry.runtime.store import StoredModel
 
+ARENA_GROWTH = 1
 # Calls of at least this many rows teach a graph's per-row time (smaller ones are mostly the
 # fixed cost of a call).
 BULK_ROWS = 256
@@ -162,9 +164,10 @@ class LoadedModel:
         return self.bulk_row_seconds.get(spec.file, self.cost(spec).row_seconds)
 
     def _feed_row_bytes(self, spec: GraphSpec, width: int) -> int:
-        # A row's inputs as fed (float32) and its noise's float64 draws before they are cast.
+        # A row's inputs as fed (float32), and its noise as drawn: numpy's float64 draws and their
+        # scaled copy before the cast (a Gumbel's logs, one after the other), 24 bytes a value.
         noise = sum(n.dim for n in spec.noise)
-        return 4 * width + 12 * noise + 16
+        return 4 * width + 24 * noise + 16
 
     def plan(
         self,
@@ -181,17 +184,22 @@ class LoadedModel:
         naming ``field`` when even one row would not fit."""
         cost = self.cost(spec)
         per_call = max(1, rows // calls)
-        row_bytes = cost.row_bytes + self._feed_row_bytes(spec, self.dim if width is None else width)
-        if held + cost.call_bytes + row_bytes > self.budget:
+        # ONNX Runtime's arena grows by powers of two: a call may hold up to twice what its graph
+        # uses (a digits flow's 85 MiB chunk took 136 MiB), so the graph's part counts twice.
+        call_bytes = ARENA_GROWTH * cost.call_bytes
+        row_bytes = ARENA_GROWTH * cost.row_bytes + self._feed_row_bytes(
+            spec, self.dim if width is None else width
+        )
+        if held + call_bytes + row_bytes + RESERVE > self.budget:
             raise BudgetError(
                 field,
                 f"{field}: this request holds about {_mib(held)} before its first graph call, over the "
                 f"{_mib(self.budget)} a request may use (GENREG_REQUEST_MEMORY); make it smaller",
             )
-        chunk = min(per_call, chunk_rows(self.budget, held, cost.call_bytes, row_bytes))
+        chunk = min(per_call, chunk_rows(self.budget, held, call_bytes, row_bytes))
         chunks = calls * math.ceil(per_call / chunk)
         seconds = chunks * cost.call_seconds + rows * self.row_seconds_of(spec)
-        return Plan(rows, chunks, chunk, held, cost.call_bytes + chunk * row_bytes, seconds)
+        return Plan(rows, chunks, chunk, held + RESERVE, call_bytes + chunk * row_bytes, seconds)
 
     def plan_score(self, rows: int, kind: str, k: int = 1, width: int | None = None) -> Plan:
         """The plan of scoring ``rows`` rows (``k`` draws each for a bound) as ``kind``."""
@@ -216,7 +224,7 @@ class LoadedModel:
         noise = sum(d.dim for d in spec.noise)
         # The state and the next (float32), one step's noise (drawn float64, fed float32), and
         # the answer (float32 rows, then JSON).
-        held = n * (8 * width + 12 * noise + self.dim * HELD_VALUE_BYTES)
+        held = n * (8 * width + 24 * noise + self.dim * HELD_VALUE_BYTES)
         return self.plan(spec, n * count, calls=count, held=held, width=width, field="n")
 
     def run(self, spec: GraphSpec, feeds: dict[str, np.ndarray], plan: Plan | None = None) -> np.ndarray:
