@@ -28,7 +28,6 @@ from registry.runtime.rows import InputError
 from registry.runtime.sessions import open_session, shrink_options
 from registry.runtime.store import StoredModel
 
-ARENA_GROWTH = 1
 # Calls of at least this many rows teach a graph's per-row time (smaller ones are mostly the
 # fixed cost of a call).
 BULK_ROWS = 256
@@ -184,12 +183,8 @@ class LoadedModel:
         naming ``field`` when even one row would not fit."""
         cost = self.cost(spec)
         per_call = max(1, rows // calls)
-        # ONNX Runtime's arena grows by powers of two: a call may hold up to twice what its graph
-        # uses (a digits flow's 85 MiB chunk took 136 MiB), so the graph's part counts twice.
-        call_bytes = ARENA_GROWTH * cost.call_bytes
-        row_bytes = ARENA_GROWTH * cost.row_bytes + self._feed_row_bytes(
-            spec, self.dim if width is None else width
-        )
+        call_bytes = cost.call_bytes
+        row_bytes = cost.row_bytes + self._feed_row_bytes(spec, self.dim if width is None else width)
         if held + call_bytes + row_bytes + RESERVE > self.budget:
             raise BudgetError(
                 field,
