@@ -19,8 +19,8 @@ from contextlib import contextmanager
 from services.errors import ApiError
 
 MAX_HEAVY = int(os.environ.get("GENREG_MAX_HEAVY", "2"))
-# A request whose planned peak memory (registry.runtime.budget.Plan: what it holds, and its
-# largest chunk's graph call as measured) is over this many bytes is heavy. A 1,024-row score of
+# A request whose planned allocations (registry.runtime.budget.Plan.size: what it holds, and its
+# largest chunk's graph call as measured) are over this many bytes is heavy. A 1,024-row score of
 # a digits flow or VAE plans 9-21 MiB, a 64 x 64 digits diffusion score the whole budget.
 HEAVY_BYTES = int(os.environ.get("GENREG_HEAVY_BYTES", str(64 << 20)))
 RETRY_AFTER_SECONDS = 1

@@ -320,14 +320,14 @@ class Genreg:
     def _admit(self, plan: Plan, field: str, what: str) -> AbstractContextManager[None]:
         """Admission by the request's planned work: refused at once (429 naming ``field``) when
         this worker's measured rate says it cannot finish before the deadline; a heavy-request
-        slot when its planned peak memory is over HEAVY_BYTES."""
+        slot when what it allocates (its plan's size) is over HEAVY_BYTES."""
         _in_time(plan, field, what)
-        return self.heavy.admit(field, what) if plan.peak > HEAVY_BYTES else nullcontext()
+        return self.heavy.admit(field, what) if plan.size > HEAVY_BYTES else nullcontext()
 
     @staticmethod
     async def _release(plan: Plan) -> None:
         """After a heavy request, give the memory it freed back to the system (off the loop)."""
-        if plan.peak > HEAVY_BYTES:
+        if plan.size > HEAVY_BYTES:
             await anyio.to_thread.run_sync(release_memory)
 
     def __is_ready__(self) -> bool:

@@ -134,14 +134,20 @@ def _fixture_family(module: str, family: str, name: str, rng: np.random.Generato
 def server_process(trained, tmp_path_factory):
     """The real service (`genreg serve`, 2 workers) on a free loopback port (tests/servers.py).
 
-    Two-sample tests are capped at 400 rows here (the tests send at most 300): the published
-    schema follows the cap, so the schema-driven fuzzers' boundary cases stay cheap."""
+    Two-sample tests are capped at 400 rows here (the tests send at most 300), and the deadline is
+    20 s, so that each model's published row limits are what it runs in 10 s: the published
+    schema follows both, so the schema-driven fuzzers' boundary cases stay cheap."""
     from servers import running_server
 
     log_path = tmp_path_factory.mktemp("server") / "server.log"
     try:
         with running_server(
-            log_path, workers=2, GENREG_MAX_ROWS="5000", GENREG_MAX_N="2000", GENREG_MAX_TWO_SAMPLE="400"
+            log_path,
+            workers=2,
+            GENREG_MAX_ROWS="5000",
+            GENREG_MAX_N="2000",
+            GENREG_MAX_TWO_SAMPLE="400",
+            BENTOML_CONFIG_OPTIONS="services.genreg.traffic.timeout=20",
         ) as srv:
             yield srv
     except RuntimeError as exc:

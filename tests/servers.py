@@ -23,6 +23,14 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def status_kib(pid: int, key: str) -> int:
+    """A /proc/PID/status figure in KiB (VmRSS, VmHWM, ...); 0 where it has none."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(key + ":"):
+            return int(line.split()[1])
+    return 0
+
+
 @dataclass
 class Server:
     base: str

@@ -89,7 +89,8 @@ class BudgetError(ValueError):
 @dataclass(frozen=True)
 class Plan:
     """How a request's graph calls run: ``rows`` graph rows in all over ``calls`` calls of up to
-    ``chunk`` rows; its planned peak memory (``held`` + one chunk) and time."""
+    ``chunk`` rows; what it holds whole (``held``) and what one chunk's call takes, and its
+    planned time."""
 
     rows: int
     calls: int
@@ -99,8 +100,14 @@ class Plan:
     seconds: float
 
     @property
-    def peak(self) -> int:
+    def size(self) -> int:
+        """What the request itself allocates at most: its held arrays and one chunk's call."""
         return self.held + self.chunk_bytes
+
+    @property
+    def peak(self) -> int:
+        """Its planned peak over the worker's idle size: its size and the RESERVE."""
+        return self.size + RESERVE
 
 
 def chunk_rows(budget: int, held: int, call_bytes: int, row_bytes: int) -> int:

@@ -194,7 +194,7 @@ class LoadedModel:
         chunk = min(per_call, chunk_rows(self.budget, held, call_bytes, row_bytes))
         chunks = calls * math.ceil(per_call / chunk)
         seconds = chunks * cost.call_seconds + rows * self.row_seconds_of(spec)
-        return Plan(rows, chunks, chunk, held + RESERVE, call_bytes + chunk * row_bytes, seconds)
+        return Plan(rows, chunks, chunk, held, call_bytes + chunk * row_bytes, seconds)
 
     def plan_score(self, rows: int, kind: str, k: int = 1, width: int | None = None) -> Plan:
         """The plan of scoring ``rows`` rows (``k`` draws each for a bound) as ``kind``."""
