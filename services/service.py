@@ -227,7 +227,7 @@ def _plan(make: Callable[[], Plan]) -> Plan:
 def model_info(loaded: LoadedModel) -> dict[str, Any]:
     info = {**loaded.stored.summary(), **sampling(loaded.stored)}
     limits = {
-        "sample_rows": sample_limit(loaded),
+        "sample_rows": sample_limit(loaded) if loaded.stored.graph("sampler") is not None else None,
         "score_rows": {k: score_limit(loaded, k) for k in loaded.kinds},
     }
     return ModelInfo(**info, **limits, kinds=loaded.kinds, provider=loaded.provider).model_dump()
