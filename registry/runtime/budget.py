@@ -149,7 +149,7 @@ def release_memory() -> None:
 
 _TRIM: Any = None
 _M_MMAP_THRESHOLD = -3
-MMAP_THRESHOLD = 1 << 20
+MMAP_THRESHOLD = int(os.environ.get("GENREG_MMAP_THRESHOLD", str(1 << 20)))
 
 
 def return_large_frees() -> None:
