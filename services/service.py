@@ -493,13 +493,14 @@ class Genreg:
         """registry.runtime.scoring.score (rows checked there), its refusals as ApiError."""
         rows = int(x.shape[0]) if getattr(x, "ndim", 0) else 1
         width = int(x.shape[1]) if getattr(x, "ndim", 0) == 2 else 1
-        run = functools.partial(self._score, loaded, x, kind, k, seed, estimate, protocol)
         field, what = ("k", f"{rows} rows x {k} draws") if k > 1 else ("x", f"{rows} rows")
         try:
             resolved = scoring.resolve_kind(loaded, kind)
         except CapabilityError as exc:
             raise ApiError(422, exc.field, str(exc), "missing_capability") from None
-        if rows * draw_weight(k) > score_limit(loaded, resolved):
+        limit = score_limit(loaded, resolved)
+        run = functools.partial(self._score, loaded, x, resolved, k, seed, estimate, protocol, limit)
+        if rows * draw_weight(k) > limit:
             return run()  # refused by the one scoring path (rows, then k) before any graph call
         plan = _plan(lambda: loaded.plan_score(rows, resolved, k if resolved == "bound" else 1, width))
         with self._admit(plan, field, what):
@@ -524,9 +525,9 @@ class Genreg:
         seed: int | None,
         estimate: str | None,
         protocol: str,
+        limit: int,
     ) -> Scores:
         try:
-            limit = score_limit(loaded, scoring.resolve_kind(loaded, kind))
             result = scoring.score(loaded, x, kind, k=k, seed=seed, max_draw_rows=limit, estimate=estimate)
         except CapabilityError as exc:
             raise ApiError(422, exc.field, str(exc), "missing_capability") from None

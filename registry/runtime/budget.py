@@ -101,13 +101,9 @@ class Plan:
 
     @property
     def size(self) -> int:
-        """What the request itself allocates at most: its held arrays and one chunk's call."""
+        """What the request itself allocates at most: its held arrays and one chunk's call (its
+        peak over the worker's idle size adds the RESERVE)."""
         return self.held + self.chunk_bytes
-
-    @property
-    def peak(self) -> int:
-        """Its planned peak over the worker's idle size: its size and the RESERVE."""
-        return self.size + RESERVE
 
 
 def chunk_rows(budget: int, held: int, call_bytes: int, row_bytes: int) -> int:

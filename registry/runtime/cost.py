@@ -72,13 +72,13 @@ def _peak_bytes() -> int:
         return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
-def _reset_peak() -> bool:
-    """Reset the peak to the current resident memory (Linux); False where that is impossible."""
+def _reset_peak() -> None:
+    """Reset the peak to the current resident memory (Linux; elsewhere measure_all runs one child
+    per graph, whose ru_maxrss starts afresh)."""
     try:
         _CLEAR_REFS.write_text("5")
-        return True
     except OSError:
-        return False
+        pass
 
 
 def measure_here(path: Path, spec: GraphSpec, threads: int = 1) -> GraphCost:

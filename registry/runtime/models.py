@@ -222,13 +222,17 @@ class LoadedModel:
         held = n * (8 * width + 24 * noise + self.dim * HELD_VALUE_BYTES)
         return self.plan(spec, n * count, calls=count, held=held, width=width, field="n")
 
+    def _runner(self, spec: GraphSpec, plan: Plan) -> Callable[[dict[str, np.ndarray]], np.ndarray]:
+        """How ``plan``'s calls of ``spec`` run: large ones give their arena back when they end."""
+        return self._shrinking[spec.file] if plan.chunk_bytes > SHRINK_BYTES else self.runners[spec.file]
+
     def run(self, spec: GraphSpec, feeds: dict[str, np.ndarray], plan: Plan | None = None) -> np.ndarray:
         """One graph call of any rows, run over chunks of ``plan.chunk`` rows (default: the
         budget's plan for these rows), checking between chunks that the answer is still wanted."""
         rows = len(next(iter(feeds.values())))
         plan = plan or self.plan(spec, rows)
         checkpoint()
-        run = self._shrinking[spec.file] if plan.chunk_bytes > SHRINK_BYTES else self.runners[spec.file]
+        run = self._runner(spec, plan)
         if rows <= plan.chunk:
             return run(feeds)
         pieces = []
@@ -243,7 +247,7 @@ class LoadedModel:
         i * k + j of one seeded stream), drawn and run a chunk at a time."""
         total = len(x) * k
         rng = np.random.default_rng(seed)
-        run = self._shrinking[spec.file] if plan.chunk_bytes > SHRINK_BYTES else self.runners[spec.file]
+        run = self._runner(spec, plan)
         pieces = []
         for a, feeds in zip(
             range(0, total, plan.chunk), noise_chunks(spec.noise, total, rng, plan.chunk), strict=True
