@@ -64,7 +64,9 @@ def live(tmp_path_factory):
 def test_a_new_version_is_served_without_a_restart_under_traffic(live):
     client, home, first, _ = live
     assert _served(client)[NAME] == first
-    answered: list[tuple[int, str]] = []
+    # (sent, received, status, tag): requests overlap across threads, so "after the swap" is
+    # judged by time: a request sent after any answer from the new version was received.
+    answered: list[tuple[float, float, int, str]] = []
     stop = threading.Event()
 
     def traffic() -> None:
@@ -74,8 +76,10 @@ def test_a_new_version_is_served_without_a_restart_under_traffic(live):
                     ("/sample", {"model": NAME, "n": 8, "seed": 1}),
                     ("/score", {"model": NAME, "x": X}),
                 ):
+                    sent = time.monotonic()
                     resp = own.post(path, json=body)
-                    answered.append((resp.status_code, resp.json().get("model", resp.text)))
+                    tag = resp.json().get("model", resp.text)
+                    answered.append((sent, time.monotonic(), resp.status_code, tag))
 
     threads = [threading.Thread(target=traffic) for _ in range(3)]
     for t in threads:
@@ -90,12 +94,14 @@ def test_a_new_version_is_served_without_a_restart_under_traffic(live):
         for t in threads:
             t.join()
     assert second != first
-    statuses = {status for status, _ in answered}
-    assert statuses == {200}, [a for a in answered if a[0] != 200][:5]
-    tags = [tag for _, tag in answered]
+    statuses = {status for _, _, status, _ in answered}
+    assert statuses == {200}, [a for a in answered if a[2] != 200][:5]
+    tags = [tag for *_, tag in answered]
     # Traffic ran on both sides of the swap, and never went back to the old version after it.
     assert first in tags and second in tags
-    assert first not in tags[tags.index(second) :]
+    swapped = min(received for _, received, _, tag in answered if tag == second)
+    late = [(sent - swapped, tag) for sent, _, _, tag in answered if sent > swapped]
+    assert late and all(tag == second for _, tag in late), [x for x in late if x[1] == first][:5]
     # The old version stays reachable by its tag, and answers what it answered before.
     pinned = client.post("/sample", json={"model": first, "n": 4, "seed": 3})
     assert pinned.status_code == 200 and pinned.json()["model"] == first

@@ -144,8 +144,10 @@ def release_memory() -> None:
 
 
 _TRIM: Any = None
+_M_TRIM_THRESHOLD = -1
 _M_MMAP_THRESHOLD = -3
 MMAP_THRESHOLD = int(os.environ.get("GENREG_MMAP_THRESHOLD", str(1 << 20)))
+TRIM_THRESHOLD = int(os.environ.get("GENREG_TRIM_THRESHOLD", "0"))
 
 
 def return_large_frees() -> None:
@@ -157,7 +159,12 @@ def return_large_frees() -> None:
     diffusion score of 262 chunks, planned at 95 MiB, kept 70 MiB more resident after each of
     its first chunks and peaked 100 MiB over idle; with the threshold fixed, 26 (benchmarks/
     RESULTS.md, "Bounded requests"). The service and the cost measurement both run this way."""
+    if MMAP_THRESHOLD <= 0:
+        return
     try:
-        ctypes.CDLL("libc.so.6").mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD)
+        libc = ctypes.CDLL("libc.so.6")
+        libc.mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD)
+        if TRIM_THRESHOLD > 0:
+            libc.mallopt(_M_TRIM_THRESHOLD, TRIM_THRESHOLD)
     except (OSError, AttributeError):
         pass
