@@ -100,9 +100,6 @@ POLL_SECONDS = float(os.environ.get("GENREG_POLL_SECONDS", "2"))
 REMOTE_POLL_SECONDS = float(os.environ.get("GENREG_REMOTE_POLL_SECONDS", "10"))
 # This worker's requests in flight and their accounting (one per process, as the routes are).
 TRAFFIC = Traffic()
-# Large buffers go back to the system when freed, so a long request's chunks cannot pile up in
-# the allocator's heaps (registry.runtime.budget).
-return_large_frees()
 
 
 def _can_sample(loaded: LoadedModel) -> None:
@@ -290,6 +287,10 @@ class Genreg:
     """Serves every model in the store (or GENREG_MODELS) from ONNX Runtime sessions."""
 
     def __init__(self) -> None:
+        # Large buffers go back to the system when freed, so a long request's chunks cannot pile
+        # up in the allocator's heaps (registry.runtime.budget). Set here, in the worker, not on
+        # import: a process that only imports this module (a test, a tool) keeps its allocator.
+        return_large_frees()
         self.heavy = HeavyGate(MAX_HEAVY)
         self.cache = ModelCache(threads=ORT_THREADS, on_load=self._instrument, on_retire=self._retire)
         start = time.perf_counter()

@@ -212,8 +212,8 @@ def test_the_largest_published_requests_stay_within_the_budget(trained, tmp_path
         "GENREG_MAX_TWO_SAMPLE": str(limits["max_two_sample"]),
         "GENREG_POLL_SECONDS": "0",
         "GENREG_ACCESS_LOG": "0",
-        # A 6-s deadline: the published limits are what runs in 3 s at each graph's measured rate.
-        "BENTOML_CONFIG_OPTIONS": "services.genreg.traffic.timeout=6",
+        # A 4-s deadline: the published limits are what runs in 2 s at each graph's measured rate.
+        "BENTOML_CONFIG_OPTIONS": "services.genreg.traffic.timeout=4",
     }
     report = []
     with (

@@ -81,6 +81,10 @@ def test_schemathesis_every_check_every_phase(server, tmp_path):
         # the run takes under two minutes where 8 took three (the suite's 10-minute budget).
         "--max-examples",
         "2",
+        # Two operations at once: the server has two workers, and most of the run is its largest
+        # requests (one worker and a 20-s deadline: 178 s; two and 10 s: 102 s, on 2 cores).
+        "--workers",
+        "2",
         "--seed",
         "1",
         "--request-timeout",
