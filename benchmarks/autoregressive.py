@@ -74,7 +74,9 @@ def speed(seconds: float) -> list[str]:
     from plugins.autoregressive.train import build
 
     config = ARConfig(**stored.meta["config"])
-    shape = tuple(stored.data["image_shape"]) if stored.data.get("image_shape") else None
+    from registry.runtime.images import image_shape
+
+    shape = image_shape(stored.data.get("image_shape"))
     net = rebuilt(stored, build(stored.data["dim"], stored.data["levels"], config, shape))
     model = ARModel(config, net, stored.data["dim"], stored.data["levels"], {}, shape)
     lines = loop_against_eager(loaded, get_plugins().get("autoregressive"), model, seconds, "digits")

@@ -167,7 +167,9 @@ def speed(seconds: float) -> list[str]:
     stored = get_model("diffusion-digits")
     loaded = LoadedModel(stored, providers=["CPUExecutionProvider"], threads=1)
     config = DiffusionConfig(**stored.meta["config"])
-    shape = tuple(stored.data["image_shape"])
+    from registry.runtime.images import image_shape
+
+    shape = image_shape(stored.data["image_shape"])
     net = rebuilt(stored, build(stored.data["dim"], stored.data["levels"], config, shape))
     model = DiffusionModel(config, net, stored.data["dim"], stored.data["levels"], {}, shape)
     lines = loop_against_eager(loaded, get_plugins().get("diffusion"), model, seconds, "digits")

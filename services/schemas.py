@@ -213,6 +213,13 @@ class ModelInfo(BaseModel):
     estimates: list[Estimate] = Field(
         [], description="the estimates /score's kind=bound may ask for (empty: no bound)"
     )
+    image_shape: list[int] | None = Field(
+        None,
+        description=(
+            "rows are images of this [height, width, channels] (channels last: a pixel's channels "
+            "are next to each other); null: the rows are not images"
+        ),
+    )
     sample_rows: int | None = Field(
         None,
         description=(

@@ -39,6 +39,7 @@ from registry.runtime.budget import (
     row_limit,
 )
 from registry.runtime.graphs import GraphCost, GraphSpec
+from registry.runtime.images import image_shape
 from registry.runtime.models import CapabilityError, LoadedModel, model_kinds
 from registry.runtime.png import png_grid
 from registry.runtime.remote import pull_new
@@ -223,6 +224,8 @@ def _plan(make: Callable[[], Plan]) -> Plan:
 
 def model_info(loaded: LoadedModel) -> dict[str, Any]:
     info = {**loaded.stored.summary(), **sampling(loaded.stored)}
+    shape = image_shape(loaded.stored.data.get("image_shape"))
+    info["image_shape"] = list(shape) if shape else None
     limits = {
         "sample_rows": sample_limit(loaded) if loaded.stored.graph("sampler") is not None else None,
         "score_rows": {k: score_limit(loaded, k) for k in loaded.kinds},
@@ -500,10 +503,11 @@ class Genreg:
         except CapabilityError as exc:
             raise ApiError(422, exc.field, str(exc), "missing_capability") from None
         limit = score_limit(loaded, resolved)
-        run = functools.partial(self._score, loaded, x, resolved, k, seed, estimate, protocol, limit)
         if rows * draw_weight(k) > limit:
-            return run()  # refused by the one scoring path (rows, then k) before any graph call
+            # refused by the one scoring path (rows, then k) before any graph call
+            return self._score(loaded, x, resolved, k, seed, estimate, protocol, limit, None)
         plan = _plan(lambda: loaded.plan_score(rows, resolved, k if resolved == "bound" else 1, width))
+        run = functools.partial(self._score, loaded, x, resolved, k, seed, estimate, protocol, limit, plan)
         with self._admit(plan, field, what):
             role = "discriminator" if resolved == "discriminator" else "scorer"
             result = await _call(run, loaded, role, rows * k)
@@ -527,9 +531,12 @@ class Genreg:
         estimate: str | None,
         protocol: str,
         limit: int,
+        plan: Plan | None,
     ) -> Scores:
         try:
-            result = scoring.score(loaded, x, kind, k=k, seed=seed, max_draw_rows=limit, estimate=estimate)
+            result = scoring.score(
+                loaded, x, kind, k=k, seed=seed, max_draw_rows=limit, estimate=estimate, plan=plan
+            )
         except CapabilityError as exc:
             raise ApiError(422, exc.field, str(exc), "missing_capability") from None
         except InputError as exc:

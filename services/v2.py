@@ -33,6 +33,7 @@ from typing import Any, NamedTuple, Protocol
 import numpy as np
 from starlette.responses import Response
 
+from registry.runtime.images import image_shape
 from registry.runtime.models import LoadedModel
 from registry.runtime.scoring import Scores
 from services.errors import NOT_RUNNING, ApiError, error_response, json_response
@@ -193,6 +194,9 @@ def metadata(loaded: LoadedModel, versions: list[str]) -> dict[str, Any]:
         parameters["operations"] = "score: input x"
     if "bound" in kinds:
         parameters["estimates"] = ",".join(limits["estimates"])
+    shape = image_shape(loaded.stored.data.get("image_shape"))
+    if shape is not None:  # rows are images: height, width, channels (channels last)
+        parameters["image_shape"] = ",".join(map(str, shape))
     return {
         "name": loaded.stored.name,
         "versions": versions,

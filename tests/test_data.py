@@ -11,7 +11,7 @@ from registry.datasets.toys import TOYS
 
 def test_digits_split_fixed_and_disjoint():
     a, b = load_digits(), load_digits()
-    assert a.levels == 17 and a.dim == 64 and a.image_shape == (8, 8)
+    assert a.levels == 17 and a.dim == 64 and a.image_shape == (8, 8, 1)
     assert len(a.train) + len(a.validation) + len(a.test) == 1797
     assert 1240 <= len(a.train) <= 1270
     assert a.fingerprint == b.fingerprint

@@ -113,7 +113,7 @@ def test_variational_dequantization_refuses_continuous_data():
 
 def test_patches_come_from_disjoint_regions():
     data = load_dataset("patches")
-    assert data.levels == 256 and data.dim == 64 and data.image_shape == (8, 8)
+    assert data.levels == 256 and data.dim == 64 and data.image_shape == (8, 8, 1)
     assert len(data.train) > 4 * len(data.test) > 0
     for split in (data.train, data.validation, data.test):
         assert split.min() >= 0 and split.max() <= 255 and np.all(split == np.round(split))
@@ -170,12 +170,12 @@ def test_variational_score_over_http_matches_onnx_in_process(trained, server):
 @pytest.mark.parametrize("coupling", ["affine", "spline"])
 def test_toy_flows_score_finite_everywhere(trained, train_model, coupling):
     """Far outside the data, too: no NaN or infinite score on a wide grid, for both couplings
-    (the spline one stored through the normal path, so its export passed the parity check)."""
-    if coupling == "affine":
+    (the affine one stored through the normal path, so its export passed the parity check)."""
+    if coupling == "spline":
         stored = trained["flow-8gaussians"]
     else:
-        stored = train_model("flow", "8gaussians", 6, name="flowspline-8gaussians", coupling="spline")
-        assert stored.meta["config"]["coupling"] == "spline"
+        stored = train_model("flow", "8gaussians", 6, name="flowaffine-8gaussians", coupling="affine")
+    assert stored.meta["config"]["coupling"] == coupling
     loaded = LoadedModel(stored)
 
     def grid(g: np.ndarray) -> np.ndarray:

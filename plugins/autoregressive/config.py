@@ -74,4 +74,4 @@ class ARModel:
     dim: int
     levels: int | None
     fit: dict[str, Any]
-    image_shape: tuple[int, int] | None = None
+    image_shape: tuple[int, int, int] | None = None

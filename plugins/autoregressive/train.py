@@ -15,13 +15,16 @@ from plugins.autoregressive.model import (
     GaussianMixture,
     PixelCNN,
 )
+from plugins.common.memory import check_fits, estimate_bytes
 from plugins.common.training import fit_config, pick_device
 from registry.contract.dataset import Dataset
 from registry.contract.family import TrainControl
 
+EVAL_ROWS = 4096  # validation rows scored at once
+
 
 def build(
-    dim: int, levels: int | None, config: ARConfig, shape: tuple[int, int] | None = None
+    dim: int, levels: int | None, config: ARConfig, shape: tuple[int, int, int] | None = None
 ) -> Autoregressive:
     if levels:
         conditional = (
@@ -34,13 +37,30 @@ def build(
     if config.network == "conv":
         if shape is None:
             raise ValueError("network=conv needs image data (an image shape); use network=made")
-        network = PixelCNN(shape, conditional.params, config.channels, config.layers, config.dropout)
+        if shape[2] != 1:
+            # A colour pixel's channels need masks that order them (R, G, then B) within the pixel.
+            raise ValueError(
+                f"network=conv orders the pixels of one channel; images of {shape[2]} channels "
+                "need a PixelCNN with channel-ordered masks, which this family does not have yet"
+            )
+        network = PixelCNN(shape[:2], conditional.params, config.channels, config.layers, config.dropout)
     else:
         network = MADE(dim, conditional.params, config.hidden, config.depth, config.dropout)
     return Autoregressive(network, conditional, levels)
 
 
 def train_autoregressive(data: Dataset, config: ARConfig, control: TrainControl) -> ARModel:
+    check_fits(
+        f"autoregressive (network={config.network}) on {data.dim}-value rows",
+        estimate_bytes(
+            lambda: build(data.dim, data.levels, config, data.image_shape),
+            lambda net, x: net.log_prob(x).mean(),
+            data.dim,
+            config.batch_size,
+            data_rows=len(data.train) + len(data.validation),
+            eval_rows=min(EVAL_ROWS, len(data.validation)),
+        ),
+    )
     device = pick_device(control)
     torch.manual_seed(control.seed)
     net = build(data.dim, data.levels, config, data.image_shape)
@@ -57,7 +77,7 @@ def train_autoregressive(data: Dataset, config: ARConfig, control: TrainControl)
 
     def validate() -> float:
         with torch.no_grad():
-            out = [net.log_prob(val[i : i + 4096]) for i in range(0, len(val), 4096)]
+            out = [net.log_prob(val[i : i + EVAL_ROWS]) for i in range(0, len(val), EVAL_ROWS)]
             return float(-torch.cat(out).mean() * nats_to_bpd)
 
     result = fit_config(net, train, config, loss_fn=loss_fn, validate=validate, control=control)

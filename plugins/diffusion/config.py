@@ -96,4 +96,4 @@ class DiffusionModel:
     dim: int
     levels: int | None
     fit: dict[str, Any]
-    image_shape: tuple[int, int] | None = None
+    image_shape: tuple[int, int, int] | None = None

@@ -80,28 +80,40 @@ class _Block(nn.Module):
 
 
 class ConvDenoiser(nn.Module):
-    """The same map for (h, w) images: residual 3x3 convolutions, time by FiLM per block."""
+    """The same map for (h, w, c) images (rows channels-last): residual 3x3 convolutions, time by
+    FiLM per block; each value's ``out`` numbers come from its pixel's head."""
 
     def __init__(
-        self, shape: tuple[int, int], out: int, channels: int, blocks: int, dropout: float, embed: int = 64
+        self,
+        shape: tuple[int, int, int],
+        out: int,
+        channels: int,
+        blocks: int,
+        dropout: float,
+        embed: int = 64,
     ) -> None:
         super().__init__()
-        self.shape, self.dim, self.out, self.embed = shape, shape[0] * shape[1], out, embed
-        self.inp = nn.Conv2d(2, channels, 3, padding=1)
+        self.shape, self.out, self.embed = shape, out, embed
+        self.dim = shape[0] * shape[1] * shape[2]
+        self.inp = nn.Conv2d(2 * shape[2], channels, 3, padding=1)
         self.time = nn.Sequential(nn.Linear(embed, embed), nn.SiLU(), nn.Linear(embed, embed))
         self.blocks = nn.ModuleList(_Block(channels, embed, dropout) for _ in range(blocks))
         self.norm = nn.GroupNorm(8, channels)
-        self.head = nn.Conv2d(channels, out, 3, padding=1)
+        self.head = nn.Conv2d(channels, shape[2] * out, 3, padding=1)
         nn.init.zeros_(self.head.weight)
         nn.init.zeros_(self.head.bias)
 
     def forward(self, z: torch.Tensor, features: torch.Tensor, gamma: torch.Tensor) -> torch.Tensor:
-        h = self.inp(torch.stack([z, features], 1).reshape(-1, 2, *self.shape))
+        height, width, c = self.shape
+        # (n, h, w, c) rows to (n, 2c, h, w): z's channels, then the features'; with one channel
+        # this is the stack of the two.
+        planes = torch.cat([z.reshape(-1, height, width, c), features.reshape(-1, height, width, c)], 3)
+        h = self.inp(planes.permute(0, 3, 1, 2))
         e = self.time(fourier(gamma, self.embed))
         for block in self.blocks:
             h = block(h, e)
-        h = self.head(F.silu(self.norm(h)))
-        return h.permute(0, 2, 3, 1).reshape(-1, self.dim, self.out)
+        h = self.head(F.silu(self.norm(h))).reshape(-1, c, self.out, height, width)
+        return h.permute(0, 3, 4, 1, 2).reshape(-1, self.dim, self.out)
 
 
 class Diffusion(nn.Module):

@@ -7,15 +7,18 @@ import math
 
 import torch
 
+from plugins.common.memory import check_fits, estimate_bytes
 from plugins.common.training import fit_config, pick_device
 from plugins.diffusion.config import DiffusionConfig, DiffusionModel
 from plugins.diffusion.model import ConvDenoiser, Diffusion, MLPDenoiser
 from registry.contract.dataset import Dataset
 from registry.contract.family import TrainControl
 
+EVAL_ROWS = 1024  # validation rows bounded at once
+
 
 def build(
-    dim: int, levels: int | None, config: DiffusionConfig, shape: tuple[int, int] | None = None
+    dim: int, levels: int | None, config: DiffusionConfig, shape: tuple[int, int, int] | None = None
 ) -> Diffusion:
     out = levels if levels and config.predict == "levels" else 1
     if config.network == "conv":
@@ -38,6 +41,21 @@ def draws(n: int, dim: int, strata: int, generator: torch.Generator) -> tuple[to
 
 
 def train_diffusion(data: Dataset, config: DiffusionConfig, control: TrainControl) -> DiffusionModel:
+    def meta_loss(net: Diffusion, x: torch.Tensor) -> torch.Tensor:
+        shapes = [t.shape[1:] for t in draws(1, data.dim, config.strata, torch.Generator())]
+        return net.bound(x, *(torch.zeros(len(x), *s, device="meta") for s in shapes)).mean()
+
+    check_fits(
+        f"diffusion (network={config.network}) on {data.dim}-value rows",
+        estimate_bytes(
+            lambda: build(data.dim, data.levels, config, data.image_shape),
+            meta_loss,
+            data.dim,
+            config.batch_size,
+            data_rows=len(data.train) + len(data.validation),
+            eval_rows=min(EVAL_ROWS, len(data.validation)),
+        ),
+    )
     device = pick_device(control)
     torch.manual_seed(control.seed)
     net = build(data.dim, data.levels, config, data.image_shape)
@@ -65,8 +83,8 @@ def train_diffusion(data: Dataset, config: DiffusionConfig, control: TrainContro
     def validate() -> float:
         with torch.no_grad():
             out = [
-                net.bound(val[i : i + 1024], *(t[i : i + 1024] for t in val_noise))
-                for i in range(0, len(val), 1024)
+                net.bound(val[i : i + EVAL_ROWS], *(t[i : i + EVAL_ROWS] for t in val_noise))
+                for i in range(0, len(val), EVAL_ROWS)
             ]
             return float(-torch.cat(out).mean() * nats_to_bpd)
 

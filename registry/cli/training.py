@@ -11,6 +11,8 @@ import typer
 from registry.cli.app import USER_ERRORS, app, fail, parse_options
 from registry.contract.loading import get_plugins
 from registry.datasets import BUILTIN_DATASETS, load_dataset
+from registry.runtime.images import describe as describe_shape
+from registry.runtime.images import parse_image_shape
 
 
 @app.command()
@@ -28,6 +30,13 @@ def train(
     ] = None,
     levels: Annotated[int | None, typer.Option(help="user data: discrete levels 0..L-1")] = None,
     validation: Annotated[Path | None, typer.Option(help="user data: separate validation file")] = None,
+    image_shape: Annotated[
+        str | None,
+        typer.Option(
+            "--image-shape",
+            help="user data of flat rows (CSV): each row is an image of H,W,C (channels 1 or 3, last)",
+        ),
+    ] = None,
     device: Annotated[str, typer.Option(help="cpu, cuda or auto")] = "auto",
     quiet: Annotated[bool, typer.Option(help="no progress bar")] = False,
     nproc: Annotated[
@@ -62,15 +71,17 @@ def train(
 
     try:
         config = parse_options(option or [], fam.Config)
-        dataset = load_dataset(data, levels=levels, validation=validation)
+        shape = parse_image_shape(image_shape) if image_shape is not None else None
+        dataset = load_dataset(data, levels=levels, validation=validation, image_shape=shape)
         for note in dataset.notes:
             typer.echo(note, err=True)
         entry = plugins.families[family]
         distributed.join_group(device)
         if distributed.is_main_process():
             processes = distributed.world_size()
+            images = f", images {describe_shape(dataset.image_shape)}" if dataset.image_shape else ""
             typer.echo(
-                f"training {family} on {dataset.name} ({len(dataset.train)} rows, dim {dataset.dim}"
+                f"training {family} on {dataset.name} ({len(dataset.train)} rows, dim {dataset.dim}{images}"
                 f"{f', {dataset.levels} levels' if dataset.levels else ''})"
                 + (f" on {processes} processes" if processes > 1 else ""),
                 err=True,

@@ -9,6 +9,8 @@ from typing import Any
 
 import numpy as np
 
+from registry.runtime.images import ImageShape, ShapeError, image_shape, size
+
 
 class DataError(ValueError):
     """User data or a dataset name that cannot be used; the message says why."""
@@ -23,13 +25,24 @@ class Dataset:
     validation: np.ndarray
     test: np.ndarray
     levels: int | None = None  # discrete data takes the integer values 0..levels-1
-    image_shape: tuple[int, int] | None = None
+    image_shape: ImageShape | None = None  # (height, width, channels), channels last
     log_density: Callable[[np.ndarray], np.ndarray] | None = None  # exact, for toys
     source: str = ""
     notes: list[str] = field(default_factory=list)
     # Known generative factors per split (integer indices), for disentanglement metrics.
     factors: dict[str, np.ndarray] | None = None
     factor_names: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        try:
+            self.image_shape = image_shape(self.image_shape)
+        except ShapeError as exc:
+            raise DataError(str(exc)) from None
+        if self.image_shape is not None and size(self.image_shape) != self.dim:
+            raise DataError(
+                f"image shape {list(self.image_shape)} holds {size(self.image_shape)} values, "
+                f"but the rows are {self.dim} wide"
+            )
 
     @property
     def dim(self) -> int:

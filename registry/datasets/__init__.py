@@ -6,6 +6,7 @@ from registry.datasets.builtin import (
     load_dataset,
     load_digits,
     load_patches,
+    load_patches_rgb,
     load_shapes,
     load_toy,
 )
@@ -22,6 +23,7 @@ __all__ = [
     "load_dataset",
     "load_digits",
     "load_patches",
+    "load_patches_rgb",
     "load_shapes",
     "load_toy",
     "load_user_data",

@@ -10,6 +10,7 @@ from registry.contract.dataset import DataError, Dataset
 from registry.datasets.files import load_user_data
 from registry.datasets.splits import SPLIT_SEED, split_rows
 from registry.datasets.toys import TOYS
+from registry.runtime.images import ImageShape
 
 DIGITS_LEVELS = 17
 TOY_SIZES = {"train": 20_000, "validation": 5_000, "test": 20_000}
@@ -27,7 +28,7 @@ def load_digits() -> Dataset:
         validation,
         test,
         levels=DIGITS_LEVELS,
-        image_shape=(8, 8),
+        image_shape=(8, 8, 1),
         source="sklearn.datasets.load_digits",
     )
 
@@ -46,7 +47,7 @@ def load_shapes() -> Dataset:
         images[parts["validation"]],
         images[parts["test"]],
         levels=2,
-        image_shape=(SIZE, SIZE),
+        image_shape=(SIZE, SIZE, 1),
         source="generated: shape x scale x position grid",
         factors={split: factors[i] for split, i in parts.items()},
         factor_names=FACTOR_NAMES,
@@ -87,8 +88,47 @@ def load_patches() -> Dataset:
         validation,
         test,
         levels=PATCH_LEVELS,
-        image_shape=(PATCH_SIZE, PATCH_SIZE),
+        image_shape=(PATCH_SIZE, PATCH_SIZE, 1),
         source="sklearn.datasets.load_sample_images: 8x8 grayscale patches, disjoint column bands",
+    )
+
+
+RGB_PATCH_SIZE = 32
+# Train patches overlap (a stride of 4 pixels: about 10,400 from each photograph); validation and
+# test patches, from their own bands, at a stride of 8 (450 each).
+RGB_STRIDES = {"train": 4, "validation": 8, "test": 8}
+
+
+def load_patches_rgb() -> Dataset:
+    """32x32 colour patches (3 channels, 256 levels, rows channels-last) cut from scikit-learn's
+    two bundled sample photographs, from the same disjoint column bands as ``patches``: no pixel
+    of the validation or test split is in a training patch."""
+    from numpy.lib.stride_tricks import sliding_window_view
+    from sklearn.datasets import load_sample_images
+
+    size = RGB_PATCH_SIZE
+    parts: dict[str, list[np.ndarray]] = {"train": [], "validation": [], "test": []}
+    for image in load_sample_images().images:
+        width = image.shape[1]
+        edges = [0, *(int(f * width) for f in PATCH_BANDS), width]
+        for split, lo, hi in zip(parts, edges[:-1], edges[1:], strict=True):
+            stride = RGB_STRIDES[split]
+            windows = sliding_window_view(image[:, lo:hi], (size, size), axis=(0, 1))
+            # (rows, cols, channels, size, size) -> patches of (size, size, channels)
+            picked = windows[::stride, ::stride].transpose(0, 1, 3, 4, 2)
+            parts[split].append(picked.reshape(-1, size * size * 3))
+    train, validation, test = (np.concatenate(parts[s]).astype(np.float32) for s in parts)
+    return Dataset(
+        "patches-rgb",
+        train,
+        validation,
+        test,
+        levels=PATCH_LEVELS,
+        image_shape=(size, size, 3),
+        source=(
+            "sklearn.datasets.load_sample_images: 32x32 RGB patches, disjoint column bands "
+            "(train stride 4, validation and test stride 8)"
+        ),
     )
 
 
@@ -109,7 +149,7 @@ def load_toy(name: str) -> Dataset:
     )
 
 
-BUILTIN_DATASETS: tuple[str, ...] = ("digits", "shapes", "patches", *TOYS)
+BUILTIN_DATASETS: tuple[str, ...] = ("digits", "shapes", "patches", "patches-rgb", *TOYS)
 
 
 def load_dataset(
@@ -119,14 +159,20 @@ def load_dataset(
     validation: str | Path | None = None,
     validation_fraction: float = 0.1,
     seed: int = SPLIT_SEED,
+    image_shape: ImageShape | None = None,
 ) -> Dataset:
-    """A built-in dataset by name, or a user file (.npy, .npz, .csv) by path."""
+    """A built-in dataset by name, or a user file (.npy, .npz, .csv) by path (``image_shape``:
+    what its flat rows are, (height, width, channels))."""
+    if image_shape is not None and spec in BUILTIN_DATASETS:
+        raise DataError(f"--image-shape applies to user files; {spec!r} states its own shape")
     if spec == "digits":
         return load_digits()
     if spec == "shapes":
         return load_shapes()
     if spec == "patches":
         return load_patches()
+    if spec == "patches-rgb":
+        return load_patches_rgb()
     if spec in TOYS:
         return load_toy(spec)
     path = Path(spec)
@@ -135,5 +181,10 @@ def load_dataset(
             f"unknown dataset {spec!r}: use one of {', '.join(BUILTIN_DATASETS)} or a .npy, .npz or .csv file"
         )
     return load_user_data(
-        path, levels=levels, validation=validation, validation_fraction=validation_fraction, seed=seed
+        path,
+        levels=levels,
+        validation=validation,
+        validation_fraction=validation_fraction,
+        seed=seed,
+        image_shape=image_shape,
     )

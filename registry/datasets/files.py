@@ -10,6 +10,7 @@ import numpy as np
 
 from registry.contract.dataset import DataError, Dataset
 from registry.datasets.splits import SPLIT_SEED, split_rows
+from registry.runtime.images import ImageShape, ShapeError, size, stack_shape
 
 
 def read_array(path: str | Path) -> np.ndarray:
@@ -123,8 +124,12 @@ def load_user_data(
     validation: str | Path | None = None,
     validation_fraction: float = 0.1,
     seed: int = SPLIT_SEED,
+    image_shape: ImageShape | None = None,
 ) -> Dataset:
     """A user's rows, split into train/validation (or with a separate validation file).
+
+    An array of shape (n, h, w) or (n, h, w, c) (c 1 or 3, channels last) is a stack of images;
+    flat rows (a CSV) are images when ``image_shape`` is given, and must then be as wide as it.
 
     User data has no test split of ours: the user keeps test rows in their own file and
     scores them with ``genreg score``. Stored "test" metrics on user data are on validation.
@@ -132,12 +137,19 @@ def load_user_data(
     path = Path(path)
     raw = _read_raw(path)
     x = numeric_rows(raw, str(path))
-    # An (n, h, w) array is a stack of images: keep the shape for PNG grids.
-    image_shape = (int(raw.shape[1]), int(raw.shape[2])) if np.ndim(raw) == 3 else None
+    shape = _image_shape(raw, image_shape, str(path))
     if validation is not None:
-        val = read_array(validation)
+        raw_val = _read_raw(Path(validation))
+        val = numeric_rows(raw_val, str(validation))
         if val.shape[1] != x.shape[1]:
             raise DataError(f"{validation}: {val.shape[1]} columns, but the training data has {x.shape[1]}")
+        # flat validation rows are read as the training data's images
+        val_shape = _image_shape(raw_val, None, str(validation)) or shape
+        if val_shape != shape:
+            raise DataError(
+                f"{validation}: images of shape {_shape_text(val_shape)}, but the training data's are "
+                f"{_shape_text(shape)}"
+            )
         train = x
     else:
         if not 0 < validation_fraction < 1:
@@ -152,7 +164,33 @@ def load_user_data(
         val,
         val,
         levels=levels,
-        image_shape=image_shape if levels else None,
+        image_shape=shape if levels else None,
         source=f"file: {path.name}",
         notes=[note] if note else [],
     )
+
+
+def _image_shape(raw: np.ndarray, given: ImageShape | None, what: str) -> ImageShape | None:
+    """The images' (h, w, c) from the array's own shape, or ``given`` for flat rows; a
+    contradiction between the two, or a given shape the rows do not fill, is refused by name."""
+    try:
+        found = stack_shape(np.shape(raw))
+    except ShapeError as exc:
+        raise DataError(f"{what}: {exc}") from None
+    if found is not None and given is not None and found != given:
+        raise DataError(
+            f"{what}: the array holds images of shape {_shape_text(found)}, but --image-shape says "
+            f"{_shape_text(given)}"
+        )
+    shape = found or given
+    width = int(np.prod(np.shape(raw)[1:])) if np.ndim(raw) > 1 else 1
+    if shape is not None and size(shape) != width:
+        raise DataError(
+            f"{what}: --image-shape {_shape_text(shape)} holds {size(shape)} values a row, but the rows "
+            f"have {width}"
+        )
+    return shape
+
+
+def _shape_text(shape: ImageShape | None) -> str:
+    return ",".join(map(str, shape)) if shape else "none (flat rows)"

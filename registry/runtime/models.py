@@ -295,7 +295,9 @@ class LoadedModel:
         spec = self.stored.graph("scorer", "bound")
         return list(spec.estimates) if spec is not None else []
 
-    def log_weights(self, x: np.ndarray, seed: int | None = None, k: int = 1) -> np.ndarray:
+    def log_weights(
+        self, x: np.ndarray, seed: int | None = None, k: int = 1, plan: Plan | None = None
+    ) -> np.ndarray:
         """(n, k) draws of the bound scorer per row: log importance weights, or (where its
         ``estimates`` lack importance_weighted) unbiased estimates of a bound.
 
@@ -306,25 +308,27 @@ class LoadedModel:
         if spec is None:
             raise CapabilityError(f"{self.stored.tag} has no bound scorer; it has: {', '.join(self.kinds)}")
         x = np.ascontiguousarray(x, dtype=np.float32)
-        plan = self.plan_score(len(x), "bound", k, width=x.shape[1] if x.ndim == 2 else None)
+        plan = plan or self.plan_score(len(x), "bound", k, width=x.shape[1] if x.ndim == 2 else None)
         return self._noisy(spec, x, k, seed, plan).reshape(len(x), k).astype(np.float64)
 
-    def logits(self, x: np.ndarray) -> np.ndarray:
+    def logits(self, x: np.ndarray, plan: Plan | None = None) -> np.ndarray:
         """The discriminator's logit that each row is real."""
         spec = self.stored.graph("discriminator")
         if spec is None:
             raise CapabilityError(f"{self.stored.tag} has no discriminator; it has: {', '.join(self.kinds)}")
         x = np.ascontiguousarray(x, dtype=np.float32)
-        plan = self.plan_score(len(x), "discriminator", width=x.shape[1] if x.ndim == 2 else None)
+        plan = plan or self.plan_score(len(x), "discriminator", width=x.shape[1] if x.ndim == 2 else None)
         return self.run(spec, {spec.x_input or "x": x}, plan).reshape(-1)
 
-    def point_scores(self, x: np.ndarray, kind: str, seed: int | None = None) -> np.ndarray:
+    def point_scores(
+        self, x: np.ndarray, kind: str, seed: int | None = None, plan: Plan | None = None
+    ) -> np.ndarray:
         """One scorer call per row for ``kind`` (log_prob, or a single bound draw), in nats."""
         spec = self.stored.graph("scorer", kind)
         if spec is None:
             raise CapabilityError(f"{self.stored.tag} has no {kind} scorer; it has: {', '.join(self.kinds)}")
         x = np.ascontiguousarray(x, dtype=np.float32)
-        plan = self.plan_score(len(x), kind, width=x.shape[1] if x.ndim == 2 else None)
+        plan = plan or self.plan_score(len(x), kind, width=x.shape[1] if x.ndim == 2 else None)
         return self._noisy(spec, x, 1, seed, plan).reshape(-1).astype(np.float64)
 
 

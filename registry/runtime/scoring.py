@@ -12,6 +12,7 @@ from typing import Any, Literal, get_args
 
 import numpy as np
 
+from registry.runtime.budget import Plan
 from registry.runtime.graphs import Estimate
 from registry.runtime.models import CapabilityError, LoadedModel
 from registry.runtime.rows import InputError, check_rows
@@ -129,6 +130,7 @@ def score(
     what: str = "x",
     max_draw_rows: int | None = None,
     estimate: str | None = None,
+    plan: Plan | None = None,
 ) -> Scores:
     """Score rows ``x`` (anything array-like) with ``loaded``; the only scoring path.
 
@@ -137,6 +139,8 @@ def score(
     only, and rows x k (k weighed by :func:`draw_weight`) may not exceed ``max_draw_rows``;
     then ``estimate`` (a bound's only; CapabilityError naming ``estimate`` where the scorer's
     draws do not support it). Without ``estimate`` a bound is the tightest the scorer supports.
+    ``plan``: how its graph calls run, where the caller planned them already (the service, for
+    admission); else planned here.
     """
     kind = resolve_kind(loaded, kind)
     rows = check_rows(x, loaded.stored.data, what=what)
@@ -149,17 +153,17 @@ def score(
     check_draws(len(rows), k, max_draw_rows)
     elbo = None
     if kind == "discriminator":
-        logits = loaded.logits(rows).astype(np.float64)
+        logits = loaded.logits(rows, plan).astype(np.float64)
         return Scores(loaded.stored.tag, kind, k, 1.0 / (1.0 + np.exp(-logits)), None, None, loaded.dim)
     if kind == "bound":
         estimate = bound_estimate(loaded, estimate)
-        average, weighted = bound_estimates(loaded.log_weights(rows, seed, k))
+        average, weighted = bound_estimates(loaded.log_weights(rows, seed, k, plan))
         if estimate == "importance_weighted":
             scores, elbo = weighted, (average if k > 1 else None)
         else:
             scores = average
     else:
-        scores = loaded.point_scores(rows, kind, seed)
+        scores = loaded.point_scores(rows, kind, seed, plan)
     return Scores(
         loaded.stored.tag, kind, k, scores, bits_per_dim(scores, loaded.dim), elbo, loaded.dim, estimate
     )
