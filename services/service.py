@@ -290,10 +290,6 @@ class Genreg:
     """Serves every model in the store (or GENREG_MODELS) from ONNX Runtime sessions."""
 
     def __init__(self) -> None:
-        # Large buffers go back to the system when freed, so a long request's chunks cannot pile
-        # up in the allocator's heaps (registry.runtime.budget). Set here, in the worker, not on
-        # import: a process that only imports this module (a test, a tool) keeps its allocator.
-        return_large_frees()
         self.heavy = HeavyGate(MAX_HEAVY)
         self.cache = ModelCache(threads=ORT_THREADS, on_load=self._instrument, on_retire=self._retire)
         start = time.perf_counter()
@@ -326,7 +322,13 @@ class Genreg:
         this worker's measured rate says it cannot finish before the deadline; a heavy-request
         slot when what it allocates (its plan's size) is over HEAVY_BYTES."""
         _in_time(plan, field, what)
-        return self.heavy.admit(field, what) if plan.size > HEAVY_BYTES else nullcontext()
+        if plan.size <= HEAVY_BYTES:
+            return nullcontext()
+        # From here on large buffers go back to the system when freed, so this request's chunks
+        # cannot pile up in the allocator's heaps (registry.runtime.budget); set before its first
+        # chunk, and never for a worker that only answers light requests.
+        return_large_frees()
+        return self.heavy.admit(field, what)
 
     @staticmethod
     async def _release(plan: Plan) -> None:
@@ -443,6 +445,7 @@ class Genreg:
             if endpoint == "two_sample_test":
                 req = validate(TwoSampleRequest, body, may_hold_bools)
                 # Always heavy: the test holds (x + model rows)^2 matrices.
+                return_large_frees()
                 with self.heavy.admit("x", "a two-sample test"):
                     try:
                         async with watching():

@@ -147,10 +147,9 @@ def release_memory() -> None:
 
 
 _TRIM: Any = None
-_M_TRIM_THRESHOLD = -1
 _M_MMAP_THRESHOLD = -3
 MMAP_THRESHOLD = int(os.environ.get("GENREG_MMAP_THRESHOLD", str(1 << 20)))
-TRIM_THRESHOLD = int(os.environ.get("GENREG_TRIM_THRESHOLD", "0"))
+_RETURNING = False
 
 
 def return_large_frees() -> None:
@@ -161,13 +160,16 @@ def return_large_frees() -> None:
     chunks of a long request then come from its heaps, which grow with fragmentation: a 2-D
     diffusion score of 262 chunks, planned at 95 MiB, kept 70 MiB more resident after each of
     its first chunks and peaked 100 MiB over idle; with the threshold fixed, 26 (benchmarks/
-    RESULTS.md, "Bounded requests"). The service and the cost measurement both run this way."""
-    if MMAP_THRESHOLD <= 0:
+    RESULTS.md, "Bounded requests"). The cost measurement runs this way, and a serving worker
+    from its first heavy request on (``GENREG_MMAP_THRESHOLD=0``: never): fixed, the threshold
+    cost ordinary batch-1,024 requests 3-4% (glibc then no longer adapts its trim threshold
+    either), so a worker that only ever answers light requests keeps glibc's defaults.
+    Idempotent."""
+    global _RETURNING
+    if _RETURNING or MMAP_THRESHOLD <= 0:
         return
+    _RETURNING = True
     try:
-        libc = ctypes.CDLL("libc.so.6")
-        libc.mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD)
-        if TRIM_THRESHOLD > 0:
-            libc.mallopt(_M_TRIM_THRESHOLD, TRIM_THRESHOLD)
+        ctypes.CDLL("libc.so.6").mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD)
     except (OSError, AttributeError):
         pass
