@@ -97,9 +97,10 @@ def trained(bentoml_home):
     np.save(small, np.stack([first, second, third], 1))
     # 12 epochs learn the structure (each impossible configuration below 1e-4): 10 s, where 40 took 29.
     models["ar-small"] = _train("autoregressive", str(small), 12, name="ar-small")
-    # Colour images (8x8x3 at 4 levels, a user's stack): the served image shape, RGB grids.
+    # Colour images (4x4x3 at 4 levels, a user's stack): the served image shape, RGB grids.
+    # Rows of 48 values: the schema-driven fuzzers' generator gives up on rows much wider.
     colour = small.parent / "rgb.npy"
-    np.save(colour, rng.integers(0, 4, (300, 8, 8, 3)))
+    np.save(colour, rng.integers(0, 4, (300, 4, 4, 3)))
     models["categorical-rgb"] = _train("categorical", str(colour), name="categorical-rgb")
     # A sampler whose step count may be chosen (1..16) and a bound that supports the average
     # only (the fixture family `counted`, stored in a fraction of a second): the fuzzers, the V2

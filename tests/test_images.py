@@ -199,22 +199,22 @@ def test_a_colour_model_states_its_shape_and_draws_rgb_grids_over_http(server):
 
     client, _ = server
     info = {m["name"]: m for m in client.get("/models").json()["models"]}["categorical-rgb"]
-    assert info["image_shape"] == [8, 8, 3] and info["data"]["dim"] == 192
+    assert info["image_shape"] == [4, 4, 3] and info["data"]["dim"] == 48
     assert {m["name"]: m for m in client.get("/models").json()["models"]}["categorical-digits"][
         "image_shape"
     ] == [8, 8, 1]
     meta = client.get("/v2/models/categorical-rgb").json()
-    assert meta["parameters"]["image_shape"] == "8,8,3"
+    assert meta["parameters"]["image_shape"] == "4,4,3"
     resp = client.post("/sample", json={"model": "categorical-rgb", "n": 4, "seed": 0, "format": "png"})
     assert resp.status_code == 200, resp.text
     grid = Image.open(io.BytesIO(base64.b64decode(resp.json()["png"])))
-    assert grid.mode == "RGB" and grid.size == (4 * (2 * 9 + 1), 4 * (2 * 9 + 1))  # 2x2 images, scale 4
+    assert grid.mode == "RGB" and grid.size == (4 * (2 * 5 + 1), 4 * (2 * 5 + 1))  # 2x2 images, scale 4
     # The grid shows the samples drawn with that seed, each pixel's R, G, B from its row.
     rows = client.post("/sample", json={"model": "categorical-rgb", "n": 4, "seed": 0}).json()["samples"]
-    first = np.asarray(grid)[4:36:4, 4:36:4]  # image 0's 8x8 pixels (pad 1, scale 4)
-    assert np.array_equal(first, np.floor(np.asarray(rows[0]).reshape(8, 8, 3) / 3 * 255).astype(np.uint8))
+    first = np.asarray(grid)[4:20:4, 4:20:4]  # image 0's 4x4 pixels (pad 1, scale 4)
+    assert np.array_equal(first, np.floor(np.asarray(rows[0]).reshape(4, 4, 3) / 3 * 255).astype(np.uint8))
     # A grayscale-width row, and values off the levels, are refused naming x.
-    for x in ([[0.0] * 64], [[5.0] * 192]):
+    for x in ([[0.0] * 16], [[5.0] * 48]):
         bad = client.post("/score", json={"model": "categorical-rgb", "x": x})
         assert bad.status_code == 400 and bad.json()["field"] == "x", bad.text
 

@@ -19,13 +19,15 @@ from plugins.common.memory import check_fits, estimate_bytes
 from plugins.common.training import fit_config, pick_device
 from registry.contract.dataset import Dataset
 from registry.contract.family import TrainControl
+from registry.runtime.images import image_shape
 
 EVAL_ROWS = 4096  # validation rows scored at once
 
 
 def build(
-    dim: int, levels: int | None, config: ARConfig, shape: tuple[int, int, int] | None = None
+    dim: int, levels: int | None, config: ARConfig, shape: tuple[int, ...] | None = None
 ) -> Autoregressive:
+    shape = image_shape(shape)  # (h, w), as stored before channels, is one channel
     if levels:
         conditional = (
             Categorical(levels)

@@ -28,6 +28,17 @@ from torch.utils._python_dispatch import TorchDispatchMode
 SHARE = 0.7
 
 
+# What to change, by the part of the estimate that is largest.
+ADVICE = {
+    "parameters": "most of it is the network's parameters: make it narrower or shallower (options "
+    "such as hidden, channels, layers or depth)",
+    "activations": "most of it is one batch's activations: a smaller batch_size, or a smaller network",
+    "evaluation": "most of it is the evaluation's largest tensor, which grows with the data's width and "
+    "the model's outputs per value: a smaller network or output (levels, components) per value",
+    "data": "most of it is the data itself: fewer or smaller rows",
+}
+
+
 class TooLarge(ValueError):
     """The model would not fit in the machine's memory for training (the message says by how much)."""
 
@@ -89,12 +100,13 @@ def check_fits(what: str, parts: dict[str, int], available: int | None = None) -
     available = available_bytes() if available is None else available
     if available is None or parts["total"] <= SHARE * available:
         return
+    largest = max(ADVICE, key=lambda part: parts[part])
     raise TooLarge(
         f"{what} needs about {_gib(parts['total'])} to train (parameters and optimiser state "
         f"{_gib(parts['parameters'])}, one batch's activations {_gib(parts['activations'])}, "
         f"evaluation {_gib(parts['evaluation'])}, data {_gib(parts['data'])}), over "
-        f"{SHARE:.0%} of the {_gib(available)} available; make it smaller (options such as "
-        "batch_size, hidden or channels) or train where there is more memory"
+        f"{SHARE:.0%} of the {_gib(available)} available; {ADVICE[largest]}, or train where there "
+        "is more memory"
     )
 
 

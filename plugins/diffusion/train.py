@@ -13,13 +13,15 @@ from plugins.diffusion.config import DiffusionConfig, DiffusionModel
 from plugins.diffusion.model import ConvDenoiser, Diffusion, MLPDenoiser
 from registry.contract.dataset import Dataset
 from registry.contract.family import TrainControl
+from registry.runtime.images import image_shape
 
 EVAL_ROWS = 1024  # validation rows bounded at once
 
 
 def build(
-    dim: int, levels: int | None, config: DiffusionConfig, shape: tuple[int, int, int] | None = None
+    dim: int, levels: int | None, config: DiffusionConfig, shape: tuple[int, ...] | None = None
 ) -> Diffusion:
+    shape = image_shape(shape)  # (h, w), as stored before channels, is one channel
     out = levels if levels and config.predict == "levels" else 1
     if config.network == "conv":
         if shape is None:
