@@ -194,15 +194,32 @@ def test_the_autoregressive_convolution_refuses_colour_by_name():
 
 
 @pytest.mark.slow
-def test_a_colour_model_states_its_shape_and_draws_rgb_grids_over_http(server):
+def test_a_colour_model_states_its_shape_and_draws_rgb_grids_over_http(train_model, tmp_path):
+    """A server of its own: the shared one's fuzzers meet the models they were written for."""
+    import httpx
+    from servers import running_server
+
+    np.save(tmp_path / "rgb.npy", _stack(n=300, shape=(4, 4, 3)))
+    train_model("categorical", str(tmp_path / "rgb.npy"), name="categorical-rgb")
+    train_model("categorical", "digits", name="gray-digits")
+    env = {"GENREG_MODELS": "categorical-rgb,gray-digits", "GENREG_POLL_SECONDS": "0"}
+    with (
+        running_server(tmp_path / "server.log", **env) as srv,
+        httpx.Client(base_url=srv.base, timeout=30) as client,
+    ):
+        _colour_checks(client)
+
+
+def _colour_checks(client) -> None:
     import base64
 
-    client, _ = server
     info = {m["name"]: m for m in client.get("/models").json()["models"]}["categorical-rgb"]
     assert info["image_shape"] == [4, 4, 3] and info["data"]["dim"] == 48
-    assert {m["name"]: m for m in client.get("/models").json()["models"]}["categorical-digits"][
-        "image_shape"
-    ] == [8, 8, 1]
+    assert {m["name"]: m for m in client.get("/models").json()["models"]}["gray-digits"]["image_shape"] == [
+        8,
+        8,
+        1,
+    ]
     meta = client.get("/v2/models/categorical-rgb").json()
     assert meta["parameters"]["image_shape"] == "4,4,3"
     resp = client.post("/sample", json={"model": "categorical-rgb", "n": 4, "seed": 0, "format": "png"})
