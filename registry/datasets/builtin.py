@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -61,6 +62,14 @@ PATCH_LEVELS = 256
 PATCH_BANDS = (0.70, 0.85)
 
 
+def _bands(image: np.ndarray) -> Iterator[tuple[str, np.ndarray]]:
+    """(split, the image's column band for it): train, validation, test, by PATCH_BANDS."""
+    width = image.shape[1]
+    edges = [0, *(int(f * width) for f in PATCH_BANDS), width]
+    for split, lo, hi in zip(("train", "validation", "test"), edges[:-1], edges[1:], strict=True):
+        yield split, image[:, lo:hi]
+
+
 def load_patches() -> Dataset:
     """8x8 grayscale patches (256 levels) cut from scikit-learn's two bundled sample images.
 
@@ -74,10 +83,7 @@ def load_patches() -> Dataset:
         # ITU-R BT.601 luma, rounded back to the 8-bit lattice.
         gray = np.rint(image.astype(np.float64) @ np.array([0.299, 0.587, 0.114]))
         gray = np.clip(gray, 0, PATCH_LEVELS - 1)
-        width = gray.shape[1]
-        edges = [0, *(int(f * width) for f in PATCH_BANDS), width]
-        for split, lo, hi in zip(parts, edges[:-1], edges[1:], strict=True):
-            band = gray[:, lo:hi]
+        for split, band in _bands(gray):
             rows, cols = band.shape[0] // PATCH_SIZE, band.shape[1] // PATCH_SIZE
             tiles = band[: rows * PATCH_SIZE, : cols * PATCH_SIZE].reshape(rows, PATCH_SIZE, cols, PATCH_SIZE)
             parts[split].append(tiles.transpose(0, 2, 1, 3).reshape(-1, PATCH_SIZE * PATCH_SIZE))
@@ -109,11 +115,9 @@ def load_patches_rgb() -> Dataset:
     size = RGB_PATCH_SIZE
     parts: dict[str, list[np.ndarray]] = {"train": [], "validation": [], "test": []}
     for image in load_sample_images().images:
-        width = image.shape[1]
-        edges = [0, *(int(f * width) for f in PATCH_BANDS), width]
-        for split, lo, hi in zip(parts, edges[:-1], edges[1:], strict=True):
+        for split, band in _bands(image):
             stride = RGB_STRIDES[split]
-            windows = sliding_window_view(image[:, lo:hi], (size, size), axis=(0, 1))
+            windows = sliding_window_view(band, (size, size), axis=(0, 1))
             # (rows, cols, channels, size, size) -> patches of (size, size, channels)
             picked = windows[::stride, ::stride].transpose(0, 1, 3, 4, 2)
             parts[split].append(picked.reshape(-1, size * size * 3))
