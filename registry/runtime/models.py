@@ -248,11 +248,6 @@ class LoadedModel:
         total = len(x) * k
         rng = np.random.default_rng(seed)
         run = self._runner(spec, plan)
-        if total <= plan.chunk:  # one call (most requests): draw_noise itself, no generator
-            checkpoint()
-            feeds = draw_noise(spec.noise, total, rng)
-            feeds[spec.x_input or "x"] = x if k == 1 else np.repeat(x, k, axis=0)
-            return run(feeds)
         pieces = []
         for a, feeds in zip(
             range(0, total, plan.chunk), noise_chunks(spec.noise, total, rng, plan.chunk), strict=True
