@@ -448,9 +448,12 @@ def _exact(components: dict[str, Any], described: list[dict[str, Any]]) -> None:
     seed = components["ScoreRequest"]["properties"]["seed"]
     sample_props = components["SampleRequest"]["properties"]
     two = components["TwoSampleRequest"]["properties"]
-    score, sample, two_sample = [], [], []
+    score: list[tuple[str, dict[str, Any]]] = []
+    sample: list[tuple[str, dict[str, Any]]] = []
+    two_sample: list[tuple[str, dict[str, Any]]] = []
     for d in described:
         model = {"type": "string", "enum": _refs(d)}
+        key = d["name"] if d["newest"] else d["tag"].replace(":", ".")
         for kind in d["kinds"]:
             default = kind == d["kinds"][0]
             kind_schema = {"enum": [kind, None]} if default else {"const": kind}
@@ -468,7 +471,8 @@ def _exact(components: dict[str, Any], described: list[dict[str, Any]]) -> None:
                     # a bound's estimates; none for another kind (400 naming estimate)
                     "estimate": {"enum": [*d["estimates"], None]} if kind == "bound" else {"type": "null"},
                 }
-                score.append(_object(props, required))
+                tier = f".k{most_k}" if len(tiers) > 1 else ""
+                score.append((f"{key}.{kind}{tier}", _object(props, required)))
         if not d["sampler"]:
             continue  # 422 for every request: no branch
         # The sampler's own count (steps left out, or that count): n x its steps within the
@@ -482,21 +486,21 @@ def _exact(components: dict[str, Any], described: list[dict[str, Any]]) -> None:
             format={**sample_props["format"], "enum": ["json", "png"] if d["image"] else ["json"]},
             steps={"enum": [*([d["steps"]] if d["steps"] <= MAX_STEPS else []), None]},
         )
-        sample.append(_object(props, ["model"]))
+        sample.append((key, _object(props, ["model"])))
         if d["max_steps"] is not None:
             # A count that may be chosen: n x steps within the limit, as rectangles.
             for low, high, most in step_tiers(d["max_steps"], budget=sample_rows):  # capped at MAX_STEPS
                 chosen = {"type": "integer", "minimum": low, "maximum": high}
                 props = dict(props, n={**sample_props["n"], "maximum": most}, steps=chosen)
-                sample.append(_object(props, ["model", "steps"]))
+                sample.append((f"{key}.steps{low}-{high}", _object(props, ["model", "steps"])))
         # Without n_model, the real rows set how many samples are drawn (x steps).
         most_x = min(MAX_TWO_SAMPLE, sample_rows // draw_weight(d["steps"]))
         n_model = {"type": "integer", "minimum": 10, "maximum": most_x}
         props = dict(two)
         props.update(model=model, x=_rows(d, 10, MAX_TWO_SAMPLE), n_model=n_model)
-        two_sample.append(_object(props, ["model", "x", "n_model"]))
+        two_sample.append((f"{key}.n_model", _object(props, ["model", "x", "n_model"])))
         props = dict(props, x=_rows(d, 10, most_x), n_model={"type": "null"})
-        two_sample.append(_object(props, ["model", "x"]))
+        two_sample.append((f"{key}.rows", _object(props, ["model", "x"])))
     # Names served here, with any version: not the fallback's (their versions have branches).
     names = sorted({d["name"] for d in described})
     served = {"pattern": "^(" + "|".join(re.escape(n) for n in names) + ")(:.*)?$"}
@@ -513,7 +517,19 @@ def _exact(components: dict[str, Any], described: list[dict[str, Any]]) -> None:
             "not": served,
             "description": "a name not served here: 404",
         }
+        # Each branch is a component of its own, referenced from the union: generators expand
+        # references lazily, where the same union written inline is intersected branch by
+        # branch (schemathesis gave up on /score at about 80 inline branches, a store of ~35
+        # models, "does not support this part of it"). Names say model, kind and tier.
+        refs = []
+        for suffix, branch in [*branches, ("unserved", fallback)]:
+            # A name with dots may spell another model's name.version: numbered apart then.
+            ref, again = f"{name}.{suffix}", 1
+            while ref in components:
+                ref, again = f"{name}.{suffix}.{again}", again + 1
+            components[ref] = branch
+            refs.append({"$ref": REF.format(model=ref)})
         components[name] = {
-            "anyOf": [*branches, fallback],
+            "anyOf": refs,
             "description": components[name].get("description", ""),
         }

@@ -138,7 +138,12 @@ def server_process(trained, tmp_path_factory):
     Two-sample tests are capped at 400 rows here (the tests send at most 300), and the deadline is
     10 s, so that each model's published row limits are what it runs in 5 s: the published
     schema follows both, so the schema-driven fuzzers' boundary cases stay cheap (the largest
-    requests took 109 of schemathesis's 178 s at a 20-s deadline)."""
+    requests took 109 of schemathesis's 178 s at a 20-s deadline).
+
+    It serves the session's trained models only (GENREG_MODELS): the store also gathers what
+    other tests train, and the schema-driven fuzzers' work grows with every served model (their
+    run took 316 s with the ~40 models of a whole session, 160 s with these), so the suite's time
+    does not depend on which tests ran first."""
     from servers import running_server
 
     log_path = tmp_path_factory.mktemp("server") / "server.log"
@@ -150,6 +155,7 @@ def server_process(trained, tmp_path_factory):
             GENREG_MAX_N="2000",
             GENREG_MAX_TWO_SAMPLE="400",
             BENTOML_CONFIG_OPTIONS="services.genreg.traffic.timeout=10",
+            GENREG_MODELS=",".join(sorted({stored.name for stored in trained.values()})),
         ) as srv:
             yield srv
     except RuntimeError as exc:
