@@ -30,7 +30,7 @@ def post(client, path, body):
 @pytest.mark.parametrize(("network", "levels"), [("made", None), ("made", 5), ("conv", 5)])
 def test_outputs_depend_only_on_earlier_dimensions(network, levels):
     torch.manual_seed(0)
-    config = ARConfig(network=network, hidden=64, channels=8, dropout=0.0, conditional="softmax")
+    config = ARConfig(network=network, hidden=64, channels=8, layers=4, dropout=0.0, conditional="softmax")
     net = build(12, levels, config, (3, 4)).eval()
     x = torch.rand(4, 12) * 4
     jac = torch.autograd.functional.jacobian(lambda a: net.network(a).sum(0), x).sum(2)  # (D, P, D)

@@ -185,14 +185,6 @@ def test_colour_images_train_export_and_score_through_the_diffusion_family(train
     assert np.isfinite(bpd) and bpd > 0
 
 
-def test_the_autoregressive_convolution_refuses_colour_by_name():
-    from plugins.autoregressive.config import ARConfig
-    from plugins.autoregressive.train import build
-
-    with pytest.raises(ValueError, match="3 channels need a PixelCNN with channel-ordered masks"):
-        build(192, 4, ARConfig(network="conv", conditional="logistic"), (8, 8, 3))
-
-
 @pytest.mark.slow
 def test_a_colour_model_states_its_shape_and_draws_rgb_grids_over_http(train_model, tmp_path):
     """A server of its own: the shared one's fuzzers meet the models they were written for."""

@@ -40,3 +40,30 @@ def test_time_budget_plan_is_not_cut_short_by_a_slow_first_epoch():
     # have been 4 epochs and 1 s.
     assert result.epochs >= 10, result
     assert result.seconds >= 0.7 * budget, result
+
+
+def test_an_epoch_longer_than_the_budget_stops_at_the_deadline():
+    """patches-rgb's epoch outlasts a 10-minute budget on 2 cores: the deadline holds mid-epoch."""
+    module = torch.nn.Linear(2, 1)
+    train = torch.randn(6400, 2)  # 100 steps of 20 ms: a 2-s epoch
+
+    def loss_fn(batch: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        time.sleep(0.02)
+        return (module(batch) ** 2).mean()
+
+    start = time.monotonic()
+    result = fit(
+        module,
+        train,
+        loss_fn=loss_fn,
+        validate=lambda: 0.0,
+        control=TrainControl(seed=0, progress=False, time_budget=0.6),
+        epochs=1000,
+        batch_size=64,
+        lr=1e-3,
+        weight_decay=0.0,
+        patience=1000,
+        grad_clip=1.0,
+    )
+    assert result.stopped == "time-budget" and result.epochs == 1, result
+    assert time.monotonic() - start < 1.5  # not the 2-s epoch

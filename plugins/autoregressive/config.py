@@ -12,6 +12,10 @@ from pydantic import Field
 from registry.contract.dataset import Dataset
 from registry.contract.family import FamilyConfig
 
+# PixelCNN++ on colour images, chosen by measurement (benchmarks/colour.py --sizes).
+COLOUR_CHANNELS = 64
+COLOUR_BLOCKS = 3
+
 
 class ARConfig(FamilyConfig):
     """Options for `genreg train autoregressive -o key=value`; unset ones follow the data."""
@@ -23,12 +27,20 @@ class ARConfig(FamilyConfig):
         10, ge=1, le=64, description="mixture components (logistic, or gaussian on continuous data)"
     )
     network: Literal["made", "conv"] | None = Field(
-        None, description="made (masked MLP), or conv (masked convolutions; image data only)"
+        None,
+        description="made (masked MLP), or conv (image data only: masked convolutions on one channel, "
+        "PixelCNN++ on colour)",
     )
     hidden: int | None = Field(None, ge=8, le=8192, description="made: width of the masked hidden layers")
     depth: int = Field(2, ge=1, le=8, description="made: masked hidden layers")
-    channels: int = Field(64, ge=4, le=1024, description="conv: channels of the masked convolutions")
-    layers: int = Field(4, ge=1, le=16, description="conv: residual masked 3x3 layers after the first 7x7")
+    channels: int | None = Field(None, ge=4, le=1024, description="conv: channels of the convolutions")
+    layers: int | None = Field(
+        None,
+        ge=1,
+        le=16,
+        description="conv: residual masked 3x3 layers after the first 7x7 (one channel), or "
+        "gated residual blocks per stream (PixelCNN++, colour)",
+    )
     dropout: float | None = Field(None, ge=0, lt=1)
     lr: float = Field(1e-3, gt=0, le=1, description="peak AdamW learning rate (cosine decay)")
     weight_decay: float | None = Field(None, ge=0)
@@ -39,13 +51,30 @@ class ARConfig(FamilyConfig):
 
     def resolve(self, data: Dataset) -> ARConfig:
         """Fill unset options: small images overfit fast (dropout, weight decay, early
-        stopping); 2-D toys have unlimited data and want large batches."""
+        stopping); 2-D toys have unlimited data and want large batches. Colour images
+        (PixelCNN++) are many and large: one pass over patches-rgb is minutes on 2 cores, so
+        they train without dropout, in small batches, for as long as the budget allows."""
         image = data.dim > 2
+        colour = data.image_shape is not None and data.image_shape[2] > 1
         preset: dict[str, Any] = (
             {
+                "network": "conv",
+                "conditional": "logistic",
+                "channels": COLOUR_CHANNELS,
+                "layers": COLOUR_BLOCKS,
+                "dropout": 0.0,
+                "weight_decay": 0.0,
+                "batch_size": 32,
+                "epochs": 300,
+                "patience": 5,
+            }
+            if colour
+            else {
                 "network": "conv" if data.image_shape else "made",
                 "conditional": "logistic",
                 "hidden": 1024,
+                "channels": 64,
+                "layers": 4,
                 "dropout": 0.5,
                 "weight_decay": 1e-4,
                 "batch_size": 64,
@@ -57,6 +86,8 @@ class ARConfig(FamilyConfig):
                 "network": "made",
                 "conditional": "softmax",
                 "hidden": 256,
+                "channels": 64,
+                "layers": 4,
                 "dropout": 0.0,
                 "weight_decay": 0.0,
                 "batch_size": 1024,

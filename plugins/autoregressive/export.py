@@ -42,7 +42,9 @@ class _ContinuousStep(_DiscreteStep):
 def sampler_noise(model: ARModel) -> list[NoiseInput]:
     """Gumbel draws over the levels (discrete), or over the components plus a normal (continuous)."""
     if model.levels:
-        return [NoiseInput(name="g", dist="gumbel", dim=model.levels)]
+        # one Gumbel draw per level of each value the step fills (a colour pixel: every channel)
+        per_step = model.net.network.dim // model.net.steps
+        return [NoiseInput(name="g", dist="gumbel", dim=per_step * model.levels)]
     k = model.config.components
     return [NoiseInput(name="g", dist="gumbel", dim=k), NoiseInput(name="z", dist="normal", dim=1)]
 
@@ -69,6 +71,6 @@ def export_autoregressive(model: ARModel, directory: Path) -> list[GraphSpec]:
             x_input=None,
             noise=noise,
             output="state_next",
-            loop=StepLoop(steps=d, state_dim=d),
+            loop=StepLoop(steps=net.steps, state_dim=d),
         ),
     ]

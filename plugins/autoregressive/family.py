@@ -20,8 +20,9 @@ from registry.contract.family import Capability, GraphSpec, TrainControl
 class AutoregressiveFamily(TorchFamily):
     name = "autoregressive"
     description = (
-        "MADE: exact likelihood from softmax or discretised-logistic conditionals (Gaussian mixtures "
-        "on continuous data); samples one dimension per step"
+        "MADE or PixelCNN (PixelCNN++ on colour images): exact likelihood from softmax or "
+        "discretised-logistic conditionals (Gaussian mixtures on continuous data); samples one "
+        "dimension (a colour image: one pixel) per step"
     )
     capabilities = frozenset({Capability.SAMPLE, Capability.LOG_PROB})
     Config = ARConfig

@@ -24,6 +24,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from plugins.autoregressive.logistic import log_mass
+
 LOG_2PI = math.log(2 * math.pi)
 
 
@@ -120,20 +122,6 @@ def _gumbel_choice(log_p: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
     return torch.argmax(log_p + g, dim=-1).to(log_p.dtype)
 
 
-# ONNX has no Expm1, Log1p or LogSigmoid: the exporter spells them as exp(x) - 1, log(1 + x) and
-# log(sigmoid(x)), which lose precision (or underflow to -inf) where the reference does not, and
-# an export differed from PyTorch by 9e-3 nats. These forms are accurate in float32 as spelled.
-def _log_sigmoid(x: torch.Tensor) -> torch.Tensor:
-    return torch.minimum(x, torch.zeros_like(x)) - torch.log(1.0 + torch.exp(-torch.abs(x)))
-
-
-def _log_one_minus_exp_neg(a: torch.Tensor) -> torch.Tensor:
-    """log(1 - exp(-a)) for a > 0; a series where exp(-a) - 1 would cancel."""
-    a2 = a * a
-    series = torch.log(a) - a / 2 + a2 / 24 - a2 * a2 / 2880
-    return torch.where(a < 0.1, series, torch.log(1.0 - torch.exp(-torch.clamp(a, min=0.1))))
-
-
 class Categorical(nn.Module):
     """Softmax over ``levels`` per dimension."""
 
@@ -158,19 +146,9 @@ class DiscretizedLogistic(nn.Module):
         """(..., 3K) -> (..., L): log of each level's mass, normalised over the levels exactly."""
         k = self.components
         logits, mean, log_scale = params[..., :k], params[..., k : 2 * k], params[..., 2 * k :]
-        log_scale = log_scale.clamp(-7.0, 7.0)
-        inv = torch.exp(-log_scale)[..., None, :]  # (..., 1, K)
-        levels = torch.arange(self.levels, dtype=params.dtype, device=params.device)
-        centred = levels[:, None] - mean[..., None, :]  # (..., L, K)
-        upper = (centred + 0.5) * inv
-        lower = (centred - 0.5) * inv
-        # log(sigmoid(a) - sigmoid(b)) = logsigmoid(a) + logsigmoid(-b) + log(1 - exp(b - a)),
-        # with b - a = -1/s: stable wherever the mass is; the end levels take the tails.
-        middle = _log_sigmoid(upper) + _log_sigmoid(-lower) + _log_one_minus_exp_neg(inv)
-        first = (levels == 0)[:, None]
-        last = (levels == self.levels - 1)[:, None]
-        log_mass = torch.where(first, _log_sigmoid(upper), torch.where(last, _log_sigmoid(-lower), middle))
-        return torch.logsumexp(F.log_softmax(logits, dim=-1)[..., None, :] + log_mass, dim=-1)
+        levels = torch.arange(self.levels, dtype=params.dtype, device=params.device)[:, None]  # (L, 1)
+        masses = log_mass(levels, mean[..., None, :], log_scale.clamp(-7.0, 7.0)[..., None, :], self.levels)
+        return torch.logsumexp(F.log_softmax(logits, dim=-1)[..., None, :] + masses, dim=-1)
 
 
 class GaussianMixture(nn.Module):
@@ -204,6 +182,7 @@ class Autoregressive(nn.Module):
         self.network = network
         self.conditional = conditional
         self.levels = levels
+        self.steps = network.dim  # the sampler fills one dimension per step
 
     def log_prob(self, x: torch.Tensor) -> torch.Tensor:
         params = self.network(x)

@@ -15,6 +15,8 @@ from plugins.autoregressive.model import (
     GaussianMixture,
     PixelCNN,
 )
+from plugins.autoregressive.pixel_mixture import PixelLogisticMixture
+from plugins.autoregressive.pixelcnnpp import PixelAutoregressive, PixelCNNpp
 from plugins.common.memory import check_fits, estimate_bytes
 from plugins.common.training import fit_config, pick_device
 from registry.contract.dataset import Dataset
@@ -26,8 +28,18 @@ EVAL_ROWS = 4096  # validation rows scored at once
 
 def build(
     dim: int, levels: int | None, config: ARConfig, shape: tuple[int, ...] | None = None
-) -> Autoregressive:
+) -> Autoregressive | PixelAutoregressive:
     shape = image_shape(shape)  # (h, w), as stored before channels, is one channel
+    if config.network == "conv" and shape is not None and shape[2] > 1:
+        if not levels or config.conditional != "logistic":
+            raise ValueError(
+                f"network=conv on {shape[2]}-channel images models each pixel with a discretised "
+                "logistic mixture over its channels (PixelCNN++): it needs discrete levels and "
+                "conditional=logistic"
+            )
+        mixture = PixelLogisticMixture(levels, shape[2], config.components)
+        network = PixelCNNpp(shape, levels, mixture.params, config.channels, config.layers, config.dropout)
+        return PixelAutoregressive(network, mixture)
     if levels:
         conditional = (
             Categorical(levels)
@@ -39,12 +51,6 @@ def build(
     if config.network == "conv":
         if shape is None:
             raise ValueError("network=conv needs image data (an image shape); use network=made")
-        if shape[2] != 1:
-            # A colour pixel's channels need masks that order them (R, G, then B) within the pixel.
-            raise ValueError(
-                f"network=conv orders the pixels of one channel; images of {shape[2]} channels "
-                "need a PixelCNN with channel-ordered masks, which this family does not have yet"
-            )
         network = PixelCNN(shape[:2], conditional.params, config.channels, config.layers, config.dropout)
     else:
         network = MADE(dim, conditional.params, config.hidden, config.depth, config.dropout)
@@ -67,8 +73,9 @@ def train_autoregressive(data: Dataset, config: ARConfig, control: TrainControl)
     torch.manual_seed(control.seed)
     net = build(data.dim, data.levels, config, data.image_shape)
     train = torch.as_tensor(data.train, dtype=torch.float32)
-    net.network.mean.copy_(train.mean(0))
-    net.network.std.copy_(train.std(0) + (0.5 if data.levels else 1e-3))
+    if isinstance(net, Autoregressive):  # PixelCNN++ scales its input to [-1, 1] itself
+        net.network.mean.copy_(train.mean(0))
+        net.network.std.copy_(train.std(0) + (0.5 if data.levels else 1e-3))
     net.to(device)
     train = train.to(device)
     val = torch.as_tensor(data.validation, dtype=torch.float32, device=device)

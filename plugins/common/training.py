@@ -71,6 +71,9 @@ def _agree(values: list[float], src: int = 0) -> list[float]:
     return t.cpu().tolist()
 
 
+WARM_STEPS = 5  # steps left out of the rate that plans a time budget (allocator growth, first calls)
+
+
 def fit(
     module: torch.nn.Module,
     train: torch.Tensor,
@@ -136,11 +139,20 @@ def fit(
         range(1, epochs + 1), disable=not control.progress or rank > 0, unit="epoch", dynamic_ncols=True
     )
     epoch = 0
+    # One process under a time budget plans by steps, not epochs: an epoch of a large data set
+    # (patches-rgb: 20,790 colour patches) can outlast the whole budget, so the rate is measured
+    # every few steps after a warm-up, the cosine plan re-cut to the steps that fit, and the
+    # deadline honoured mid-epoch. A data-parallel group keeps epoch granularity (its ranks
+    # agree on stopping once per epoch).
+    by_steps = math.isfinite(deadline) and world == 1
+    done, warm, out_of_time = 0, None, False
     for epoch in bar:
         module.train()
         perm = torch.randperm(len(train), generator=generator).to(device)
         total, count = 0.0, 0
         for i in range(0, len(train), batch_size):
+            if by_steps and done >= plan[0]:
+                break  # the plan's last step: the learning rate has decayed
             if world > 1:
                 share = perm[i : i + batch_size][rank::world]
                 if len(perm[i : i + batch_size]) < world:
@@ -163,6 +175,19 @@ def fit(
             schedule.step()
             total += float(loss.detach()) * len(batch)
             count += len(batch)
+            done += 1
+            if by_steps:
+                now = time.monotonic()
+                if done == WARM_STEPS:
+                    warm = (now, done)
+                elif warm is not None and done % 10 == 0:
+                    per_step = (now - warm[0]) / (done - warm[1])
+                    plan[0] = max(
+                        min(requested * steps_per_epoch, done + int((deadline - now) / per_step)), done
+                    )
+                if now > deadline:
+                    out_of_time = True
+                    break
         now = time.monotonic()
         if epoch == 1:
             first_epoch_end = now
@@ -172,11 +197,14 @@ def fit(
             epochs = max(min(fits, requested), epoch)
         module.eval()
         val = validate()
-        out_of_time = time.monotonic() > deadline
+        out_of_time = out_of_time or time.monotonic() > deadline
         if world > 1:
             val, epochs, out_of_time = _agree([val, float(epochs), float(out_of_time)])
             epochs, out_of_time = int(epochs), bool(out_of_time)
-        plan[0] = epochs * steps_per_epoch
+        if by_steps:
+            epochs = max(-(-plan[0] // steps_per_epoch), epoch)
+        else:
+            plan[0] = epochs * steps_per_epoch
         if val < best[0]:
             best = (val, epoch)
             best_state = copy.deepcopy(module.state_dict())
