@@ -118,3 +118,33 @@ def test_colour_images_train_export_and_sample_a_pixel_per_step(train_model, tmp
     assert np.array_equal(rows, served.sample(8, seed=3))
     bpd = stored.metrics["test"]["bits_per_dim"]
     assert 0.5 < bpd < 1.0  # between the rows' entropy (0.5) and the uniform log2(4) = 2
+
+
+@pytest.mark.parametrize("blocks", [1, 2])
+def test_a_step_sees_only_a_window_of_rows_and_gets_the_whole_images_parameters(blocks):
+    """The sampler's step runs the network on `reach` rows ending at the pixel's: the reach is
+    the receptive field (gradients), and the window's parameters are the whole image's."""
+    torch.manual_seed(3)
+    config = ARConfig(
+        network="conv", conditional="logistic", components=2, channels=8, layers=blocks, dropout=0.0
+    )
+    net = build(10 * 3 * 3, 4, config, (10, 3, 3)).eval()
+    with torch.no_grad():
+        for p in net.parameters():
+            p.add_(torch.randn_like(p) * 0.3)
+    reach = net.network.reach
+    assert reach < 10
+    x = torch.randint(0, 4, (1, 90)).float().requires_grad_(True)
+    params = net.network(x)  # (1, 30 pixels, P)
+    (grad,) = torch.autograd.grad(params[0, 29].sum(), x)  # row 9, column 2
+    seen_rows = (grad.reshape(10, 9).abs().sum(1) > 0).nonzero().reshape(-1)
+    assert seen_rows.min().item() == 10 - reach  # the reach is the receptive field, exactly
+    x = x.detach().repeat(2, 1)
+    mix = net.mixture
+    for pixel in range(30):
+        step = torch.full((2, 1), pixel, dtype=torch.int64)
+        g = torch.zeros(2, 3 * 4)
+        g[1] = torch.linspace(-2, 2, 12)
+        whole = mix.sample(net.network(x)[:, pixel], g)
+        stepped = net.step(x, step, g).reshape(2, 30, 3)[:, pixel]
+        assert torch.equal(whole, stepped), pixel

@@ -55,8 +55,20 @@ class PixelCNNpp(nn.Module):
         )
         self.head = nn.Conv2d(channels, params, 1)
 
+    @property
+    def reach(self) -> int:
+        """Rows a pixel's parameters depend on, its own included: the stream above starts two
+        rows up (the shift and a 2-row kernel), each block's two 2-row convolutions reach a row
+        further each, and the last block's second convolution on the row-and-left stream,
+        which takes the stream above in, one more (tests/test_pixelcnnpp.py measures it)."""
+        return 4 + 2 * len(self.up_blocks)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        p = planes(x, self.shape) * (2.0 / (self.levels - 1)) - 1.0
+        """Rows of images, or of windows of whole image rows (fewer rows, the same width):
+        causal convolutions pad only above and beside, so a window's last row has exactly
+        the parameters it has in the whole image when the window spans ``reach`` rows."""
+        _, w, c = self.shape
+        p = planes(x, (x.shape[1] // (w * c), w, c)) * (2.0 / (self.levels - 1)) - 1.0
         p = torch.cat([p, torch.ones_like(p[:, :1])], 1)
         up = down_shift(self.up_in(p))
         left = down_shift(self.left_in_up(p)) + right_shift(self.left_in(p))
@@ -64,7 +76,7 @@ class PixelCNNpp(nn.Module):
             up = up_block(up)
             left = left_block(left, up)
         out = self.head(F.elu(left))
-        return out.permute(0, 2, 3, 1).reshape(-1, self.pixels, self.params)
+        return out.permute(0, 2, 3, 1).reshape(x.shape[0], -1, self.params)
 
 
 class PixelAutoregressive(nn.Module):
@@ -85,9 +97,18 @@ class PixelAutoregressive(nn.Module):
 
     def step(self, state: torch.Tensor, step: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
         """Fill pixel ``step`` (all its channels) of ``state`` (levels) from its conditional."""
-        n, c = state.shape[0], self.network.shape[2]
-        index = step.reshape(-1, 1, 1).expand(n, 1, self.mixture.params)
-        params = torch.gather(self.network(state), 1, index)[:, 0]  # (n, P): this pixel's
+        n, (h, w, c) = state.shape[0], self.network.shape
+        # Only the rows the pixel can see: a window of `reach` whole rows ending at its own (or
+        # the image's first rows), the same parameters as the whole image for a fraction of it.
+        rows = min(h, self.network.reach)
+        row = torch.div(step, w, rounding_mode="floor")  # (n, 1)
+        start = torch.clamp(row - (rows - 1), min=0)
+        window_rows = start + torch.arange(rows, device=state.device)[None, :]  # (n, rows)
+        index = window_rows[:, :, None].expand(n, rows, w * c)
+        window = torch.gather(state.reshape(n, h, w * c), 1, index).reshape(n, rows * w * c)
+        local = (row - start) * w + (step - row * w)  # the pixel's index in the window
+        index = local.reshape(-1, 1, 1).expand(n, 1, self.mixture.params)
+        params = torch.gather(self.network(window), 1, index)[:, 0]  # (n, P): this pixel's
         pixel = self.mixture.sample(params, g)  # (n, C)
         current = torch.arange(self.network.pixels, device=state.device)[None, :, None] == step.reshape(
             -1, 1, 1
