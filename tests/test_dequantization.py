@@ -170,12 +170,12 @@ def test_variational_score_over_http_matches_onnx_in_process(trained, server):
 @pytest.mark.parametrize("coupling", ["affine", "spline"])
 def test_toy_flows_score_finite_everywhere(trained, train_model, coupling):
     """Far outside the data, too: no NaN or infinite score on a wide grid, for both couplings
-    (the spline one stored through the normal path, so its export passed the parity check)."""
-    if coupling == "affine":
-        stored = trained["flow-8gaussians"]
+    (each stored through the normal path, so its export passed the parity check)."""
+    if coupling == "spline":
+        stored = trained["flow-8gaussians"]  # the default couplings on 2-D data
     else:
-        stored = train_model("flow", "8gaussians", 6, name="flowspline-8gaussians", coupling="spline")
-        assert stored.meta["config"]["coupling"] == "spline"
+        stored = train_model("flow", "8gaussians", 6, name="flowaffine-8gaussians", coupling="affine")
+    assert stored.meta["config"]["coupling"] == coupling
     loaded = LoadedModel(stored)
 
     def grid(g: np.ndarray) -> np.ndarray:
