@@ -152,7 +152,7 @@ def main() -> None:
 
     name, wall, rss = train(args.budget, args.option)
     stored = get_model(name)
-    fit = stored.meta.get("fit", {})
+    fit = stored.meta.get("train", {})
     print(f"trained {stored.tag} ({stored.meta['config']}): {wall:.0f} s wall, peak RSS {rss:.2f} GiB")
     print(f"fit: { ({k: v for k, v in fit.items() if k != 'history'}) }")
     png, webp = anchors()
