@@ -214,3 +214,19 @@ def test_sample_cost_counts_the_steps_and_is_capped(trained):
         and refused.value.field == "n"
         and "64 sampling steps" in refused.value.message
     )
+
+
+def test_every_option_is_set_once_resolved_for_each_kind_of_data(tmp_path):
+    """The presets fill every option for 2-D toys, grayscale and colour images, whichever
+    network is asked for (a MADE on colour needs its width too)."""
+    from registry.datasets import load_dataset
+
+    colour = tmp_path / "rgb.npy"
+    np.save(colour, np.random.default_rng(0).integers(0, 4, (60, 4, 4, 3)))
+    for name in ("8gaussians", "digits", str(colour)):
+        data = load_dataset(name)
+        for network in (None, "made"):
+            resolved = ARConfig(network=network).resolve(data)
+            unset = [k for k, v in resolved.model_dump().items() if v is None]
+            assert not unset, (name, network, unset)
+            build(data.dim, data.levels, resolved, data.image_shape)

@@ -63,6 +63,7 @@ class ARConfig(FamilyConfig):
             {
                 "network": "conv",
                 "conditional": "logistic",
+                "hidden": 1024,  # network=made, on request
                 "channels": COLOUR_CHANNELS,
                 "layers": COLOUR_BLOCKS,
                 "dropout": 0.0,
