@@ -201,9 +201,12 @@ def _not_found_message(name: str, version: str | None) -> str:
 
 
 def _store_root() -> Path:
+    """The folder of the store BentoML uses now: the store object's own (tests and the plugin
+    fixture swap the object, registry.pipeline.fixtures), else the configured folder."""
     from bentoml._internal.configuration.containers import BentoMLContainer
 
-    return Path(BentoMLContainer.model_store_dir.get())
+    path = getattr(BentoMLContainer.model_store.get(), "_path", None)
+    return Path(path) if path is not None else Path(BentoMLContainer.model_store_dir.get())
 
 
 def stored_versions(name: str) -> list[str]:
