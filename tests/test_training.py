@@ -10,6 +10,22 @@ from plugins.common.training import fit
 from registry.contract.family import TrainControl
 
 
+def _fit(module, train, loss_fn, validate, budget: float):
+    return fit(
+        module,
+        train,
+        loss_fn=loss_fn,
+        validate=validate,
+        control=TrainControl(seed=0, progress=False, time_budget=budget),
+        epochs=1000,
+        batch_size=64,
+        lr=1e-3,
+        weight_decay=0.0,
+        patience=1000,
+        grad_clip=1.0,
+    )
+
+
 def test_time_budget_plan_is_not_cut_short_by_a_slow_first_epoch():
     module = torch.nn.Linear(2, 1)
     train = torch.randn(640, 2)
@@ -22,19 +38,8 @@ def test_time_budget_plan_is_not_cut_short_by_a_slow_first_epoch():
         return (module(batch) ** 2).mean()
 
     budget = 2.0
-    result = fit(
-        module,
-        train,
-        loss_fn=loss_fn,
-        validate=lambda: float(calls[0] and -calls[0]),  # always improving: no early stop
-        control=TrainControl(seed=0, progress=False, time_budget=budget),
-        epochs=1000,
-        batch_size=64,
-        lr=1e-3,
-        weight_decay=0.0,
-        patience=1000,
-        grad_clip=1.0,
-    )
+    # always improving: no early stop
+    result = _fit(module, train, loss_fn, lambda: float(calls[0] and -calls[0]), budget)
     assert result.stopped == "time-budget"
     # One epoch is ~0.1 s after the first (0.5 s): judged by the first alone, the plan would
     # have been 4 epochs and 1 s.
@@ -52,18 +57,6 @@ def test_an_epoch_longer_than_the_budget_stops_at_the_deadline():
         return (module(batch) ** 2).mean()
 
     start = time.monotonic()
-    result = fit(
-        module,
-        train,
-        loss_fn=loss_fn,
-        validate=lambda: 0.0,
-        control=TrainControl(seed=0, progress=False, time_budget=0.6),
-        epochs=1000,
-        batch_size=64,
-        lr=1e-3,
-        weight_decay=0.0,
-        patience=1000,
-        grad_clip=1.0,
-    )
+    result = _fit(module, train, loss_fn, lambda: 0.0, 0.6)
     assert result.stopped == "time-budget" and result.epochs == 1, result
     assert time.monotonic() - start < 1.5  # not the 2-s epoch

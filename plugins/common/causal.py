@@ -1,7 +1,7 @@
 """Causal image convolutions (PixelCNN++'s shifted convolutions) and the one row <-> plane helper.
 
 Rows are flat and channels-last (a pixel's channels adjacent); a network works on planes
-(n, c, h, w). :func:`planes` and :func:`rows` are the only places that convert.
+(n, c, h, w). :func:`planes` converts.
 
 A *down-shifted* convolution sees, at (i, j), input rows i - kh + 1 .. i and the columns around j;
 a *down-right-shifted* one sees rows i - kh + 1 .. i and columns j - kw + 1 .. j. Stacked after an
@@ -21,11 +21,6 @@ def planes(x: torch.Tensor, shape: tuple[int, int, int]) -> torch.Tensor:
     """(n, h*w*c) channels-last rows -> (n, c, h, w)."""
     h, w, c = shape
     return x.reshape(-1, h, w, c).permute(0, 3, 1, 2)
-
-
-def rows(p: torch.Tensor) -> torch.Tensor:
-    """(n, c, h, w) -> (n, h*w*c) channels-last rows (the inverse of :func:`planes`)."""
-    return p.permute(0, 2, 3, 1).reshape(p.shape[0], -1)
 
 
 def down_shift(x: torch.Tensor) -> torch.Tensor:

@@ -191,7 +191,7 @@ def fit(
         now = time.monotonic()
         if epoch == 1:
             first_epoch_end = now
-        if math.isfinite(deadline):
+        if math.isfinite(deadline) and not by_steps:  # by steps: the plan was re-cut as it ran
             per_epoch = (now - first_epoch_end) / (epoch - 1) if epoch > 1 else now - start
             fits = epoch + int(max(deadline - now, 0.0) / max(per_epoch, 1e-6))
             epochs = max(min(fits, requested), epoch)
