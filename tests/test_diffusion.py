@@ -16,7 +16,7 @@ import pytest
 import torch
 from torch import nn
 
-from plugins.diffusion.model import Diffusion
+from plugins.diffusion.process import Diffusion
 from registry.runtime.models import CapabilityError, LoadedModel
 from registry.runtime.rows import InputError
 from registry.runtime.scoring import score
@@ -140,6 +140,75 @@ def test_exp_bound_sums_to_at_most_one_over_a_discrete_space():
         samples = model.sample(noise, steps).numpy().astype(int)
     freq = np.stack([np.bincount(samples[:, i], minlength=levels) / n for i in range(dim)])
     assert np.abs(freq - probs.numpy()).max() < 0.02, (freq, probs)
+
+
+class LatticeGuess(nn.Module):
+    """predict="gaussian"'s outputs for data whose levels are a discretised N(mean, 1 / precision)
+    per dimension: the exact posterior over the lattice is Gaussian in the level (precision
+    SNR + precision, mean m*), given as the noise prediction whose estimate is m* and the log of
+    that precision relative to SNR; exact wherever the window holds the posterior's mass."""
+
+    def __init__(self, mean: float, precision: float) -> None:
+        super().__init__()
+        self.mean, self.precision = mean, precision
+
+    def forward(self, z: torch.Tensor, features: torch.Tensor, gamma: torch.Tensor) -> torch.Tensor:
+        snr = torch.exp(-gamma)
+        alpha, sigma = torch.rsqrt(1.0 + torch.exp(gamma)), torch.rsqrt(1.0 + torch.exp(-gamma))
+        m = (snr * z / alpha + self.precision * self.mean) / (snr + self.precision)
+        eps_hat = (z - alpha * m) / sigma
+        return torch.stack([eps_hat, torch.log1p(self.precision / snr).expand_as(z)], -1)
+
+
+def _lattice_prior(levels: int, mean: float, precision: float) -> torch.Tensor:
+    c = torch.linspace(-1.0, 1.0, levels, dtype=torch.float64)
+    return torch.softmax(-0.5 * precision * (c - mean) ** 2, 0)
+
+
+@pytest.mark.parametrize("levels", [12, 40])
+def test_the_gaussian_guess_on_a_lattice_keeps_a_true_bound(levels):
+    """At 12 levels the 16-level window is the whole lattice and the denoiser is exact; at 40 it
+    is a window, the decoder a mixture: exp(bound) must still sum to at most 1 over the space."""
+    model = Diffusion(LatticeGuess(0.2, 6.0), 1, levels, GAMMA_MIN, GAMMA_MAX, T, "gaussian").double()
+    assert model.window == min(16, levels)
+    grid = torch.arange(levels, dtype=torch.float64)[:, None]
+    total = float(np.exp(_draws(model, grid, 200, 50, seed=4).numpy().mean(1)).sum())
+    assert 0.9 < total <= 1.0 + 0.02, total
+
+
+def test_the_windowed_decoder_is_normalised_and_sampled_as_scored():
+    """p(x | z_0) summed over all levels is 1 for any z_0 (the window's categorical plus the
+    uniform share), and decode() draws from it: frequencies match within sampling error."""
+    levels = 40
+    # gamma_min = -4: sigma_0 spans several levels, so the window (16) leaves mass to the mixture
+    model = Diffusion(LatticeGuess(0.0, 1.0), 1, levels, -4.0, GAMMA_MAX, T, "gaussian").double()
+    x = torch.arange(levels, dtype=torch.float64)[:, None]
+    xs = model.scale(x)
+    g0 = torch.full((levels, 1), -4.0, dtype=torch.float64)
+    alpha, sigma = model.alpha_sigma(g0)
+    for z0 in (-0.97, 0.0, 0.31, 1.2):
+        eps0 = (z0 - alpha * xs) / sigma  # the same z_0 for every x
+        p = torch.exp(model.reconstruction(xs, eps0))
+        assert abs(float(p.sum()) - 1.0) < 1e-9
+        n = 200000
+        e = torch.randn(n, 1, generator=torch.Generator().manual_seed(5), dtype=torch.float64)
+        z = torch.full((n, 1), z0, dtype=torch.float64)
+        drawn = model.decode(z, torch.full((n, 1), -4.0, dtype=torch.float64), e).numpy().astype(int)
+        freq = np.bincount(drawn[:, 0], minlength=levels) / n
+        assert np.abs(freq - p.numpy()).sum() / 2 < 0.01
+
+
+def test_the_gaussian_guess_samples_its_model():
+    """With the exact denoiser (12 levels: the window is the lattice) the T-step sampler's
+    frequencies are the prior's within sampling error."""
+    levels, steps, n = 12, 200, 20000
+    model = Diffusion(LatticeGuess(-0.3, 8.0), 1, levels, GAMMA_MIN, GAMMA_MAX, T, "gaussian").double()
+    g = torch.Generator().manual_seed(8)
+    noise = {k: torch.randn(steps, n, 1, dtype=torch.float64, generator=g) for k in ("eps", "z1", "dec")}
+    with torch.no_grad():
+        samples = model.sample(noise, steps).numpy().astype(int)
+    freq = np.bincount(samples[:, 0], minlength=levels) / n
+    assert np.abs(freq - _lattice_prior(levels, -0.3, 8.0).numpy()).max() < 0.02
 
 
 @pytest.fixture(scope="module")

@@ -128,7 +128,8 @@ def test_the_conv_denoiser_on_one_channel_is_the_map_it_was():
     import torch
     import torch.nn.functional as F
 
-    from plugins.diffusion.model import ConvDenoiser, fourier
+    from plugins.common.blocks import fourier
+    from plugins.diffusion.model import ConvDenoiser
 
     torch.manual_seed(0)
     net = ConvDenoiser((4, 5, 1), out=3, channels=16, blocks=1, dropout=0.0).eval()
@@ -173,14 +174,32 @@ def test_the_conv_denoiser_keeps_each_colour_value_at_its_place():
             assert changed.nonzero().reshape(-1).tolist() == [d]
 
 
-def test_colour_images_train_export_and_score_through_the_diffusion_family(train_model, tmp_path):
-    stack = _stack(n=200, shape=(8, 8, 3))
+def test_the_unet_uses_the_resolutions_an_image_halves_to():
+    import torch
+
+    from plugins.diffusion.model import UNetDenoiser, unet_levels
+
+    assert unet_levels((32, 32, 3), 3) == 3
+    assert unet_levels((12, 8, 3), 4) == 3  # 12x8 -> 6x4 -> 3x2, then 3 is odd
+    assert unet_levels((5, 5, 1), 3) == 1
+    for shape, patch in (((12, 8, 3), 1), ((5, 5, 1), 1), ((8, 8, 3), 2)):
+        net = UNetDenoiser(shape, out=2, channels=8, mults=(1, 2, 2), blocks=1, dropout=0.0, patch=patch)
+        dim = shape[0] * shape[1] * shape[2]
+        out = net(torch.randn(3, dim), torch.randn(3, dim), torch.rand(3, 1))
+        assert out.shape == (3, dim, 2)
+
+
+def test_colour_images_at_256_levels_train_export_and_score_through_the_diffusion_unet(train_model, tmp_path):
+    """16x16x3 at 256 levels takes the image-scale defaults: the U-Net and the Gaussian guess on
+    the lattice (a categorical a value over 256 levels would not fit); its graphs match torch."""
+    stack = _stack(n=120, shape=(16, 16, 3), levels=256)
     np.save(tmp_path / "rgb.npy", stack)
-    stored = train_model(
-        "diffusion", str(tmp_path / "rgb.npy"), 1, channels=16, blocks=1, name="diffusion-rgb"
-    )
-    assert stored.data["image_shape"] == [8, 8, 3]
-    assert stored.meta["parity"]["scorer:bound"] < 1e-3  # the ONNX graphs are the torch model
+    stored = train_model("diffusion", str(tmp_path / "rgb.npy"), 1, channels=8, name="diffusion-rgb")
+    assert stored.data["image_shape"] == [16, 16, 3]
+    config = stored.meta["config"]
+    assert (config["network"], config["predict"], config["mults"]) == ("unet", "gaussian", [1, 2, 2])
+    assert stored.meta["parity"]["scorer:bound"] < 1e-2  # the ONNX graphs are the torch model
+    assert stored.meta["parity"]["sampler_far_share"] <= 1e-3  # none more than a level apart
     bpd = stored.metrics["test"]["bits_per_dim"]
     assert np.isfinite(bpd) and bpd > 0
 
