@@ -15,6 +15,11 @@ import numpy as np
 from registry.contract.family import Family, GraphSpec
 
 PARITY_ROWS = 1000
+# ...and at most this many input values per graph (rows x (x's width + its noise)): a 32x32x3
+# diffusion scorer takes 20 strata of noise a row (64,515 values), and 1,000 rows were 20,000
+# U-Net passes a side, minutes of the export. Digits' graphs keep their 1,000 rows.
+PARITY_VALUES = 2**21
+MIN_PARITY_ROWS = 16
 # A step-loop sampler runs its step graph once per step: 32 rows x 64 steps of a PixelCNN are
 # 2,048 step calls per side (a few seconds), where 1,000 rows took 94 s of the export; 32 x 64
 # sampled values still resolve the 0.1% mismatch allowance.
@@ -28,6 +33,12 @@ PARITY_RELATIVE = 1e-5
 # Sampling on discrete data floors to a level; a value within float error of a bin edge may
 # land in the neighbouring level, so discrete samples are compared by the share that differ.
 DISCRETE_MISMATCH_TOLERANCE = 1e-3
+# A step loop carries a continuous state through many steps: float differences accumulate, and
+# at the end a value near the middle of two levels rounds to the other one. Measured on a 32x32x3
+# diffusion model at 256 levels (100 steps, 32 rows): 1.7% of values one level apart, none
+# further (0.2% with a random network). A loop's values may differ by one level in this share;
+# any further apart count against DISCRETE_MISMATCH_TOLERANCE, as a one-call sampler's do.
+LOOP_NEIGHBOUR_SHARE = 0.05
 
 
 log = logging.getLogger("genreg.export")
@@ -146,9 +157,10 @@ def check_parity(
     from registry.runtime.graphs import draw_noise, run_sampler, sample_noise
     from registry.runtime.sessions import open_session
 
-    rows = parity_rows(x)
     report: dict[str, float] = {}
     for spec in graphs:
+        width = x.shape[1] + sum(noise.dim for noise in spec.noise)
+        rows = parity_rows(x, max(MIN_PARITY_ROWS, min(PARITY_ROWS, PARITY_VALUES // width)))
         if spec.loop is not None and spec.loop.state_dim != rows.shape[1]:
             raise ExportError(
                 f"{spec.file}: the step loop's state has {spec.loop.state_dim} values, the data {rows.shape[1]}"
@@ -189,8 +201,17 @@ def check_parity(
         if spec.role == "sampler" and discrete:
             share = float(np.mean(got != expected))
             report[f"{label}_mismatch_share"] = share
-            if share > DISCRETE_MISMATCH_TOLERANCE:
-                raise ExportError(f"{label}: {share:.2%} of sampled values differ from PyTorch")
+            far = share
+            if spec.loop is not None:
+                far = float(np.mean(np.abs(got - expected) > 1.0))
+                report[f"{label}_far_share"] = far
+                if share > LOOP_NEIGHBOUR_SHARE:
+                    raise ExportError(
+                        f"{label}: {share:.2%} of sampled values differ from PyTorch (a step loop "
+                        f"may differ by one level in {LOOP_NEIGHBOUR_SHARE:.0%})"
+                    )
+            if far > DISCRETE_MISMATCH_TOLERANCE:
+                raise ExportError(f"{label}: {far:.2%} of sampled values differ from PyTorch")
             continue
         finite = np.isfinite(expected)
         if not np.array_equal(finite, np.isfinite(got)) or not np.array_equal(
