@@ -34,8 +34,9 @@ browser:
 		else echo "note: chromium missing and apt-get unavailable (not root?); the browser tests will be skipped"; fi; \
 	fi
 
+# --durations: every run (CI's included) ends with where its time went.
 test: lint browser
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q --durations=25
 
 demo: venv
 	$(BIN)/python -m registry.packaging.demo
