@@ -14,6 +14,7 @@ from sklearn.metrics import roc_auc_score
 from registry.datasets import load_dataset
 from registry.datasets.toys import TOYS
 from registry.pipeline.classifier import critic_logits, train_critic, value
+from registry.pipeline.evaluate import held_out_rows
 from registry.pipeline.export import ExportError
 from registry.runtime.models import CapabilityError, LoadedModel
 from registry.runtime.scoring import score
@@ -165,7 +166,8 @@ def test_gan_samples_discriminates_and_has_no_likelihood(trained):
     assert auc(np.r_[result.scores, fake], labels) > 0.8
     # The stored JSD bound is this discriminator's, on the 1,000 held-out rows and as many
     # samples (seed 0) that evaluation used, and that discriminator is informative.
-    again = jsd_lower_bound(loaded.logits(real[:1000]), loaded.logits(loaded.sample(1000, seed=0)))
+    held = held_out_rows(real, 1000, seed=0)
+    again = jsd_lower_bound(loaded.logits(held), loaded.logits(loaded.sample(1000, seed=0)))
     assert two["jsd"]["jsd_lower_bound"] == pytest.approx(again["jsd_lower_bound"], abs=1e-6)
     assert 0.1 < two["jsd"]["jsd_lower_bound"] < math.log(2)
     assert stored.meta["train"]["history"], "training logs losses and quality"

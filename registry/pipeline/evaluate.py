@@ -46,14 +46,18 @@ def bound_draws(loaded: LoadedModel, rows: int) -> int:
     return max(1, min(EVAL_DRAWS, int(SCORE_SECONDS / max(per_draw, 1e-9))))
 
 
+def held_out_rows(real: np.ndarray, rows: int, seed: int = 0) -> np.ndarray:
+    """The two-sample tests' ``rows`` held-out rows (float64): a seeded random subset, in order,
+    where fewer than all are tested. A split's rows may be in scan order (patches-rgb's first 100
+    test rows are neighbouring patches of one photograph)."""
+    pick = np.sort(np.random.default_rng(seed).choice(len(real), rows, replace=False))
+    return real[pick].astype(np.float64)
+
+
 def likelihood_free(loaded: LoadedModel, real: np.ndarray, seed: int = 0) -> dict[str, Any]:
     """Two-sample tests (MMD, k-NN C2ST) of held-out rows against as many model samples, and
     the JSD lower bound from the model's own discriminator when it has one."""
-    rows = two_sample_rows(loaded, len(real))
-    # A seeded random subset where fewer rows are tested: a split's rows may be in scan order
-    # (patches-rgb's first 100 test rows are neighbouring patches of one photograph).
-    pick = np.sort(np.random.default_rng(seed).choice(len(real), rows, replace=False))
-    real = real[pick].astype(np.float64)
+    real = held_out_rows(real, two_sample_rows(loaded, len(real)), seed)
     fake = loaded.sample(len(real), seed=seed).astype(np.float64)
     out: dict[str, Any] = {
         "rows": len(real),
