@@ -154,13 +154,21 @@ class Diffusion(nn.Module):
         var = sigma**2
         return 0.5 * ((alpha * x) ** 2 + var - 1.0 - torch.log(var)).sum(-1)
 
+    def decoder_window(self, z0: torch.Tensor, g0: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """predict="gaussian"'s decoder p(x | z_0) outside its uniform share: the window of levels
+        around z_0 / alpha_0 and their logits (the evidence), as (index, logits), each (n, D, K).
+        The one definition that :meth:`reconstruction` scores and :meth:`decode` draws."""
+        alpha, _ = self.alpha_sigma(g0)
+        index, _, logits = self.lattice(z0 / alpha, torch.exp(-g0))
+        return index, logits
+
     def reconstruction(self, x: torch.Tensor, eps0: torch.Tensor) -> torch.Tensor:
         """log p(x | z_0) per row for one draw z_0 = alpha_0 x + sigma_0 eps0 (scaled units)."""
         g = torch.full_like(x[:, :1], self.gamma_min)
         alpha, sigma = self.alpha_sigma(g)
         z0 = alpha * x + sigma * eps0
         if self.predict == "gaussian":
-            index, _, logits = self.lattice(z0 / alpha, torch.exp(-g))
+            index, logits = self.decoder_window(z0, g)
             target = torch.round((x + 1.0) * (self.levels - 1) / 2.0)
             inside = (F.softmax(logits, -1) * (index == target[..., None]).to(x.dtype)).sum(-1)
             return torch.log((1.0 - MIX) * inside + MIX / self.levels).sum(-1)
@@ -262,7 +270,7 @@ class Diffusion(nn.Module):
         if self.predict == "gaussian":
             # The mixture of the reconstruction's decoder from one uniform u: u < MIX picks the
             # uniform part (its level from u / MIX), otherwise the window's inverse CDF at the rest.
-            index, _, logits = self.lattice(z0 / alpha, torch.exp(-g0))
+            index, logits = self.decoder_window(z0, g0)
             v = (u - MIX) / (1.0 - MIX)
             below = (torch.cumsum(F.softmax(logits, -1), -1) < v[..., None]).to(z0.dtype).sum(-1)
             windowed = index[..., 0] + torch.clamp(below, 0.0, float(self.window - 1))
