@@ -11,10 +11,11 @@ their parsed bodies in memory while they wait). So a worker's memory stays below
 
 from __future__ import annotations
 
+import asyncio
 import os
 import threading
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
 
 from services.errors import ApiError
 
@@ -48,6 +49,20 @@ class HeavyGate:
                 "busy",
                 headers={"retry-after": str(RETRY_AFTER_SECONDS)},
             )
+        try:
+            yield
+        finally:
+            self._free.release()
+
+    @asynccontextmanager
+    async def waiting(self, poll: float = 0.05) -> AsyncIterator[None]:
+        """Hold a slot for the block, waiting for one (a task's way in: it has nobody to answer
+        a 429 to; the wait is at most a running request's time, polled off the event loop's back)."""
+        if self._free is None:
+            yield
+            return
+        while not self._free.acquire(blocking=False):
+            await asyncio.sleep(poll)
         try:
             yield
         finally:

@@ -1,5 +1,8 @@
 """Optional bearer-token auth: GENREG_API_TOKEN set means every API call must carry it.
 
+GENREG_API_TOKEN may hold several tokens, separated by commas, one per client: each is accepted,
+and a task (services.tasks) is seen only with the token that submitted it.
+
 Health probes and /metrics stay open (orchestrators and Prometheus scrape them without
 credentials), and so does the gallery's static page and assets: a browser cannot attach a
 header to a page navigation, and the page holds no data; its API calls send the token.
@@ -21,10 +24,9 @@ OPEN_PATHS = frozenset(
 OPEN_PREFIXES = ("/static/",)
 
 
-def configured_token() -> bytes | None:
-    """The token from the environment, or None when auth is off (unset or blank)."""
-    token = os.environ.get(TOKEN_ENV, "").strip()
-    return token.encode() if token else None
+def configured_tokens() -> tuple[bytes, ...]:
+    """The tokens from the environment (comma-separated); none when auth is off (unset or blank)."""
+    return tuple(t.strip().encode() for t in os.environ.get(TOKEN_ENV, "").split(",") if t.strip())
 
 
 def is_open(path: str) -> bool:
@@ -42,16 +44,17 @@ def bearer(headers: list[tuple[bytes, bytes]]) -> bytes | None:
     return None
 
 
-def check(token: bytes, headers: list[tuple[bytes, bytes]]) -> str | None:
-    """None when the request carries ``token``; otherwise the reason, for the 401 body.
+def check(tokens: tuple[bytes, ...], headers: list[tuple[bytes, bytes]]) -> str | None:
+    """None when the request carries one of ``tokens``; otherwise the reason, for the 401 body.
 
     compare_digest takes time independent of where the strings differ, so the answer's
-    timing does not reveal how much of a guessed token was right.
+    timing does not reveal how much of a guessed token was right; every token is compared.
     """
     given = bearer(headers)
     if given is None:
         return "missing bearer token: send 'Authorization: Bearer <token>'"
-    if not hmac.compare_digest(given, token):
+    matches = [hmac.compare_digest(given, token) for token in tokens]
+    if not any(matches):
         return "invalid bearer token"
     return None
 
@@ -71,23 +74,23 @@ class BearerAuth:
         self.app = app
         self.endpoints = endpoints
         self.endpoint_of = endpoint_of or (lambda path: None)
-        self.token = configured_token()
+        self.tokens = configured_tokens()
 
     @staticmethod
     def enabled() -> bool:
-        return configured_token() is not None
+        return bool(configured_tokens())
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
-        if self.token is not None and scope["type"] == "websocket":
+        if self.tokens and scope["type"] == "websocket":
             # Every scope that carries a request is checked; BentoML serves no websocket of
             # ours, but a route added later (or by BentoML) must not open a way around the token.
-            if check(self.token, scope["headers"]) is not None:
+            if check(self.tokens, scope["headers"]) is not None:
                 await receive()  # websocket.connect
                 await send({"type": "websocket.close", "code": 1008, "reason": "unauthorized"})
                 return
-        if self.token is not None and scope["type"] == "http":
+        if self.tokens and scope["type"] == "http":
             path = scope["path"].rstrip("/") or "/"
-            problem = None if is_open(path) else check(self.token, scope["headers"])
+            problem = None if is_open(path) else check(self.tokens, scope["headers"])
             if problem is not None:
                 err = ApiError(401, "authorization", problem, "unauthorized")
                 v2_endpoint = self.endpoint_of(path)

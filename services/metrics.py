@@ -80,3 +80,22 @@ REQUEST_SECONDS = Histogram(
         60.0,
     ),
 )
+
+# Tasks (services.tasks): what waits and runs in each worker, how they end, how long they wait.
+TASKS = Gauge(
+    "genreg_tasks",
+    "Tasks queued or running, by endpoint and state (queued, running)",
+    ["endpoint", "state"],
+    multiprocess_mode="livesum",
+)
+TASKS_FINISHED = Counter(
+    "genreg_tasks_finished",
+    "Tasks finished, by endpoint and outcome (completed, failed, canceled)",
+    ["endpoint", "outcome"],
+)
+TASK_QUEUE_SECONDS = Histogram(
+    "genreg_task_queue_seconds",
+    "Time from a task's submission to the start of its work, by endpoint",
+    ["endpoint"],
+    buckets=(0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 10.0, 30.0, 60.0, 300.0, 1800.0),
+)

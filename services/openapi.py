@@ -36,6 +36,8 @@ from services.schemas import (
     SampleResponse,
     ScoreRequest,
     ScoreResponse,
+    TaskStatus,
+    TaskSubmitted,
     TwoSampleRequest,
     TwoSampleResponse,
     V2Error,
@@ -62,8 +64,55 @@ ERRORS = {
     "409": "the model's stored files failed their checksum (named) and it is not served",
     "413": "body over the size limit",
     "422": "the model lacks the capability; the message lists what it has",
+    "429": (
+        "busy (Retry-After says when to retry): the worker's requests in flight are at their cap, the "
+        "heavy-request slots are taken, or the work is planned past the deadline (submit it as a task)"
+    ),
     "503": "the service is starting or stopping",
+    "504": "the answer did not start before the deadline (the work is stopped)",
 }
+# What every route of genreg's may answer, whatever it is: the worker's cap on requests in flight.
+BUSY = {"429": "busy: the worker's requests in flight are at their cap; Retry-After says when to retry"}
+TASK_ERRORS = {
+    "400": "no task_id, or (get, retry) the task is not finished or was canceled",
+    "404": "no such task: unknown, expired, another API's, or submitted with another token",
+}
+
+
+def client_schema() -> dict[str, Any]:
+    """The service as BentoML's own clients read it (GET /schema.json): each API's route, its
+    input (the request model: its properties are the client method's keyword arguments) and
+    whether it has task paths. genreg's routes are not BentoML API methods, so BentoML's
+    generated description would list none (its client then has no methods at all). Outputs are
+    described without their properties: BentoML's client keeps only the listed keys of an
+    object, and an answer must reach it whole, as over HTTP."""
+    routes = [
+        {
+            "name": path.strip("/"),
+            "route": path,
+            "description": summary,
+            "input": request.model_json_schema(),
+            "output": {"type": "object", "title": response.__name__},
+            "is_task": True,
+        }
+        for path, (request, response, summary) in POSTS.items()
+    ]
+    routes.append(
+        {
+            "name": "models",
+            "route": "/models",
+            "description": "The served models",
+            "input": {"type": "object", "properties": {}},
+            "output": {"type": "object", "title": ModelsResponse.__name__},
+            "is_task": False,
+        }
+    )
+    return {
+        "name": "genreg",
+        "type": "service",
+        "routes": routes,
+        "description": "Generative models served by ONNX Runtime",
+    }
 
 
 V2_MODELS = [
@@ -152,7 +201,7 @@ def build(served: list[str], auth: bool, described: list[dict[str, Any]] | None 
     makes the request schemas exact (:func:`_exact`)."""
     models = [SampleRequest, ScoreRequest, TwoSampleRequest, SampleResponse, ScoreResponse]
     models += [TwoSampleResponse, ModelsResponse, ErrorBody, *V2_MODELS, RepositoryIndexRequest]
-    models += [RepositoryLoadRequest, RepositoryEntry, RepositoryAnswer]
+    models += [RepositoryLoadRequest, RepositoryEntry, RepositoryAnswer, TaskSubmitted, TaskStatus]
     _, top = models_json_schema([(m, "validation") for m in models], ref_template=REF)
     components = top["$defs"]
     if served:
@@ -164,23 +213,28 @@ def build(served: list[str], auth: bool, described: list[dict[str, Any]] | None 
             prop.pop("type", None)
             prop["anyOf"] = [{"type": "string", "enum": served}, {"type": "string", "pattern": MODEL_REF}]
             prop["description"] = "name (newest version) or name:version"
+    # A task's body is the synchronous call's, with the limits of a task's time (services.tasks).
+    for request in (SampleRequest, ScoreRequest, TwoSampleRequest):
+        components[f"Task{request.__name__}"] = dict(components[request.__name__])
     if described:
         _exact(components, described)
+        _exact(components, described, task=True)
     error = _ref(ErrorBody)
     denied = {"401": _json(error, "missing or wrong bearer token")} if auth else {}
     paths: dict[str, Any] = {}
     for path, (request, response, summary) in POSTS.items():
+        refused = {code: _json(error, why) for code, why in ERRORS.items()}
         paths[path] = {
             "post": {
                 "summary": summary,
                 "operationId": path.strip("/"),
                 "requestBody": {"required": True, "content": {"application/json": {"schema": _ref(request)}}},
-                "responses": {"200": _json(_ref(response), "the result")}
-                | {code: _json(error, why) for code, why in ERRORS.items()}
-                | denied,
+                "responses": {"200": _json(_ref(response), "the result")} | refused | denied,
             }
         }
-    listing = {"200": _json(_ref(ModelsResponse), "the served models")} | denied
+        paths.update(_task_paths(path, request, response, summary, refused, denied))
+    busy = {code: _json(error, why) for code, why in BUSY.items()}
+    listing = {"200": _json(_ref(ModelsResponse), "the served models")} | busy | denied
     paths["/models"] = {
         "get": {"summary": "The served models", "operationId": "models_get", "responses": listing},
         "post": {
@@ -194,7 +248,7 @@ def build(served: list[str], auth: bool, described: list[dict[str, Any]] | None 
             | {"400": _json(error, "the body is not a JSON object"), "413": _json(error, ERRORS["413"])},
         },
     }
-    paths.update(_repository(error, denied))
+    paths.update(_repository(error, denied | busy))
     for path, summary in (("/livez", "alive"), ("/readyz", "models loaded"), ("/healthz", "alive")):
         paths[path] = {
             "get": {
@@ -221,12 +275,99 @@ def build(served: list[str], auth: bool, described: list[dict[str, Any]] | None 
         "components": {"schemas": components},
     }
     paths.update(_v2_paths(components, served, denied))
+    for path, item in paths.items():
+        # Every route of genreg's passes the worker's cap on requests in flight (services.traffic),
+        # health probes excepted; BentoML's own routes (/livez, /readyz, /healthz, /metrics) too.
+        for operation in item.values():
+            if path not in (
+                "/v2/health/live",
+                "/v2/health/ready",
+                "/livez",
+                "/readyz",
+                "/healthz",
+                "/metrics",
+            ):
+                operation["responses"].setdefault("429", _json(error, BUSY["429"]))
     if auth:
         doc["components"]["securitySchemes"] = {"bearer": {"type": "http", "scheme": "bearer"}}
         doc["security"] = [{"bearer": []}]
         for path in ("/livez", "/readyz", "/healthz", "/metrics", "/v2/health/live", "/v2/health/ready"):
             paths[path]["get"]["security"] = []
     return doc
+
+
+def _task_paths(
+    path: str,
+    request: type[BaseModel],
+    response: type[BaseModel],
+    summary: str,
+    refused: dict[str, Any],
+    denied: dict[str, Any],
+) -> dict[str, Any]:
+    """BentoML's task paths of an API (services.tasks): submit, status, get, cancel, retry."""
+    error = _ref(ErrorBody)
+    name = path.strip("/")
+    task_id = {
+        "name": "task_id",
+        "in": "query",
+        "required": True,
+        "schema": {"type": "string"},
+        "description": "the id submit answered",
+    }
+    lookup = {code: _json(error, why) for code, why in TASK_ERRORS.items()} | denied
+    submitted = {"200": _json(_ref(TaskSubmitted), "the new task")}
+    # A finished task's answer is the synchronous call's, its error status codes included.
+    failed = {code: refused[code] for code in ("409", "422", "429", "503", "504")}
+    submit_refused = {code: body for code, body in refused.items() if code != "504"}
+    return {
+        f"{path}/submit": {
+            "post": {
+                "summary": f"{summary}, as a task: every check now, the work later",
+                "operationId": f"{name}_submit",
+                "requestBody": {
+                    "required": True,
+                    "content": {"application/json": {"schema": _ref_name(f"Task{request.__name__}")}},
+                },
+                "responses": submitted | submit_refused | denied,
+            }
+        },
+        f"{path}/status": {
+            "get": {
+                "summary": "The task's state, progress and times",
+                "operationId": f"{name}_status",
+                "parameters": [task_id],
+                "responses": {"200": _json(_ref(TaskStatus), "the task")} | lookup,
+            }
+        },
+        f"{path}/get": {
+            "get": {
+                "summary": f"The finished task's answer: the synchronous {path}'s, byte for byte",
+                "operationId": f"{name}_get",
+                "parameters": [task_id],
+                "responses": {"200": _json(_ref(response), "the result")} | failed | lookup,
+            }
+        },
+        f"{path}/cancel": {
+            "put": {
+                "summary": "Cancel the task: its worker stops at the next step",
+                "operationId": f"{name}_cancel",
+                "parameters": [task_id],
+                "responses": {"200": _json(_ref(TaskStatus), "the task, as it is now")} | lookup,
+            }
+        },
+        f"{path}/retry": {
+            "post": {
+                "summary": "Submit a finished task's body again, as a new task",
+                "operationId": f"{name}_retry",
+                "parameters": [task_id],
+                "responses": submitted | submit_refused | lookup,
+            }
+        },
+    }
+
+
+def _ref_name(name: str) -> dict[str, str]:
+    return {"$ref": REF.format(model=name)}
 
 
 def _not_null(prop: dict[str, Any]) -> dict[str, Any]:
@@ -444,10 +585,13 @@ def step_tiers(
     return tiers
 
 
-def _exact(components: dict[str, Any], described: list[dict[str, Any]]) -> None:
-    seed = components["ScoreRequest"]["properties"]["seed"]
-    sample_props = components["SampleRequest"]["properties"]
-    two = components["TwoSampleRequest"]["properties"]
+def _exact(components: dict[str, Any], described: list[dict[str, Any]], task: bool = False) -> None:
+    """Each request schema as a union of exact branches (``task``: a task's, TaskSampleRequest and
+    so on, by the limits of a task's time)."""
+    prefix, limits = ("Task", "task_") if task else ("", "")
+    seed = components[f"{prefix}ScoreRequest"]["properties"]["seed"]
+    sample_props = components[f"{prefix}SampleRequest"]["properties"]
+    two = components[f"{prefix}TwoSampleRequest"]["properties"]
     score: list[tuple[str, dict[str, Any]]] = []
     sample: list[tuple[str, dict[str, Any]]] = []
     two_sample: list[tuple[str, dict[str, Any]]] = []
@@ -459,7 +603,7 @@ def _exact(components: dict[str, Any], described: list[dict[str, Any]]) -> None:
             kind_schema = {"enum": [kind, None]} if default else {"const": kind}
             required = ["model", "x"] if default else ["model", "x", "kind"]
             # rows x k within the draw budget for every kind (k = 1 but for a bound)
-            limit = d.get("score_rows", {}).get(kind, MAX_DRAW_ROWS)  # this model's (measured) limit
+            limit = d.get(f"{limits}score_rows", {}).get(kind, MAX_DRAW_ROWS)  # this model's (measured) limit
             tiers = draw_tiers(budget=limit) if kind == "bound" else [(1, min(MAX_ROWS, limit))]
             for most_k, most_rows in tiers:
                 props = {
@@ -477,7 +621,7 @@ def _exact(components: dict[str, Any], described: list[dict[str, Any]]) -> None:
             continue  # 422 for every request: no branch
         # The sampler's own count (steps left out, or that count): n x its steps within the
         # draw-row limit. A count it cannot run is refused (400 naming steps).
-        sample_rows = d.get("sample_rows", MAX_DRAW_ROWS)
+        sample_rows = d.get(f"{limits}sample_rows", MAX_DRAW_ROWS)
         most_n = min(MAX_N, sample_rows // draw_weight(d["steps"]))
         props = dict(sample_props)
         props.update(
@@ -505,9 +649,9 @@ def _exact(components: dict[str, Any], described: list[dict[str, Any]]) -> None:
     names = sorted({d["name"] for d in described})
     served = {"pattern": "^(" + "|".join(re.escape(n) for n in names) + ")(:.*)?$"}
     for name, branches in (
-        ("ScoreRequest", score),
-        ("SampleRequest", sample),
-        ("TwoSampleRequest", two_sample),
+        (f"{prefix}ScoreRequest", score),
+        (f"{prefix}SampleRequest", sample),
+        (f"{prefix}TwoSampleRequest", two_sample),
     ):
         fallback = dict(components[name])
         fallback["properties"] = dict(fallback["properties"])

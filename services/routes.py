@@ -3,9 +3,11 @@
 Each API route reads the body once (413 over the limit), parses it once with orjson (400
 unless a JSON object) and hands the dict to the service's handler: BentoML's own API routes
 would parse and convert the body a second time, which at batch 1,024 cost more than the model.
-The routes also answer GET /models (BentoML's API routes are POST only), the Open Inference
-Protocol (services.v2), the gallery page and its assets, and /docs.json (the OpenAPI document
-built from services.schemas). Every other request goes on to BentoML's app as it is.
+The routes also answer GET /models (BentoML's API routes are POST only), the task paths of
+/sample, /score and /two_sample_test (services.tasks), the Open Inference Protocol
+(services.v2), the gallery page and its assets, /docs.json (the OpenAPI document built from
+services.schemas) and /schema.json (the description BentoML's own clients read, from the same
+schemas). Every other request goes on to BentoML's app as it is.
 
 services.service.GenregService puts these routes outside BentoML's app, so its per-request
 middlewares (tracing, access log, timeout, metrics, Starlette's error middleware) do not run
@@ -26,12 +28,15 @@ import re
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Protocol
+from urllib.parse import parse_qs
 
 from starlette.responses import Response
 
 from services import openapi, v2
+from services.auth import bearer
 from services.errors import NOT_RUNNING, ApiError, error_response, json_response
 from services.jsonbody import loads, may_hold_bools
+from services.taskstore import owner_of
 from services.traffic import Traffic
 
 # Path -> endpoint name (the label of genreg_errors_total and the handler's switch).
@@ -46,6 +51,9 @@ API_PATHS = {
 REPOSITORY = re.compile(
     r"^/v2/repository/(?:(?P<index>index)|models/(?P<name>[^/]+)/(?P<action>load|unload))$"
 )
+# BentoML's task paths (services.tasks): /NAME/submit, status, get, cancel and retry.
+TASK_PATH = re.compile(r"^/(?P<api>sample|score|two_sample_test)/(?P<action>submit|status|get|cancel|retry)$")
+TASK_METHODS = {"submit": "POST", "status": "GET", "get": "GET", "cancel": "PUT", "retry": "POST"}
 STATIC = Path(__file__).resolve().parent / "static"
 MEDIA_TYPES = {".html": "text/html; charset=utf-8", ".js": "text/javascript", ".css": "text/css"}
 
@@ -61,6 +69,8 @@ class Api(v2.V2Api, Protocol):
         may_hold_bools: bool,
         params: dict[str, str] | None = None,
     ) -> Response: ...
+
+    async def task(self, api: str, action: str, raw: bytes, task_id: str | None, owner: str) -> Response: ...
 
     def served(self) -> list[str]: ...
 
@@ -239,7 +249,47 @@ class ApiRoutes:
             return "gallery", "genreg", functools.partial(_static, name)
         if method == "GET" and path == "/docs.json":
             return "docs", "genreg", self._document
+        if method == "GET" and path == "/schema.json":
+            return "schema", "genreg", self._client_schema
+        if (match := TASK_PATH.match(path)) is not None and method not in ("OPTIONS", "HEAD"):
+            name = f"{match['api']}_{match['action']}"
+            return name, "genreg", functools.partial(self._task, match["api"], match["action"])
         return None
+
+    async def _client_schema(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        await json_response(openapi.client_schema())(scope, receive, send)
+
+    async def _task(self, api: str, action: str, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        """A task path (services.tasks): same body limit, token and service instance as the API's."""
+        label, allowed = f"{api}_{action}", TASK_METHODS[action]
+        if scope["method"] != allowed:
+            err = ApiError(
+                405,
+                "method",
+                f"{scope['method']} {scope['path']} is not allowed; use {allowed}",
+                "method_not_allowed",
+            )
+            await error_response(label, err, headers={"allow": allowed})(scope, receive, send)
+            return
+        raw = b""
+        if allowed == "POST":
+            read = await read_body(scope, receive, self.max_body_bytes)
+            if read is None:
+                return
+            if isinstance(read, ApiError):
+                await error_response(label, read)(scope, receive, send)
+                return
+            raw = read
+        query = parse_qs(scope.get("query_string", b"").decode("latin-1"))
+        task_id = (query.get("task_id") or [None])[0]
+        # Who may see the task: the token it was submitted with (services.taskstore.owner_of).
+        owner = owner_of(bearer(scope["headers"])) if self.auth else ""
+        service = _instance(self.service)
+        if service is None:
+            await error_response(label, NOT_RUNNING)(scope, receive, send)
+            return
+        answer = await service.task(api, action, raw, task_id, owner)
+        await answer(scope, receive, send)
 
     async def _document(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         service = _instance(self.service)

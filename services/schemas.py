@@ -231,10 +231,42 @@ class ModelInfo(BaseModel):
     score_rows: dict[str, int] = Field(
         {}, description="per score kind, the most graph rows one /score may take (rows x k, as above)"
     )
+    task_sample_rows: int | None = Field(
+        None,
+        description="as sample_rows, for a task (POST /sample/submit): judged by the task's time limit",
+    )
+    task_score_rows: dict[str, int] = Field({}, description="as score_rows, for a task (POST /score/submit)")
 
 
 class ModelsResponse(BaseModel):
     models: list[ModelInfo]
+
+
+class TaskSubmitted(BaseModel):
+    task_id: str = Field(description="the task's id: pass it as ?task_id= to status, get, cancel and retry")
+    status: Literal["pending"] = Field(description="a new task waits for its worker")
+
+
+class TaskProgress(BaseModel):
+    unit: Literal["steps", "draws", "rows"] = Field(
+        description="steps of a step sampler (a two-sample test's sampling), draws of a bound's k-draw score, else rows"
+    )
+    done: int = Field(description="how many are done")
+    total: int = Field(description="how many there are")
+
+
+class TaskStatus(BaseModel):
+    """BentoML's task status, with when it finished, its progress and why it failed."""
+
+    task_id: str
+    status: Literal["pending", "in_progress", "completed", "failed", "canceled"] = Field(
+        description="BentoML's task states (its clients parse these)"
+    )
+    created_at: str = Field(description="submitted (ISO 8601, UTC)")
+    executed_at: str | None = Field(description="started")
+    completed_at: str | None = Field(description="finished, failed or canceled")
+    progress: TaskProgress
+    error: str | None = Field(description="why it failed (failed only)")
 
 
 class ErrorBody(BaseModel):

@@ -18,8 +18,9 @@ import logging
 import os
 import re
 import time
-from collections.abc import Callable
-from contextlib import AbstractContextManager, nullcontext
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from typing import Any
 
 import anyio
@@ -69,7 +70,8 @@ from services.schemas import (
     sampling,
     validate,
 )
-from services.traffic import MAX_CONCURRENCY, TIMEOUT_SECONDS, Traffic, watching
+from services.tasks import Tasks
+from services.traffic import IN_TASK, MAX_CONCURRENCY, TASK_SECONDS, TIMEOUT_SECONDS, Traffic, watching
 from services.v2 import endpoint_of
 
 log = logging.getLogger("genreg.service")
@@ -101,6 +103,25 @@ POLL_SECONDS = float(os.environ.get("GENREG_POLL_SECONDS", "2"))
 REMOTE_POLL_SECONDS = float(os.environ.get("GENREG_REMOTE_POLL_SECONDS", "10"))
 # This worker's requests in flight and their accounting (one per process, as the routes are).
 TRAFFIC = Traffic()
+
+
+def work_seconds(task: bool | None = None) -> float | None:
+    """The seconds a request's work may take: a task's (GENREG_TASK_SECONDS) when ``task`` (None:
+    when one runs or is being submitted in this context), else the synchronous deadline."""
+    if task is None:
+        task = IN_TASK.get()
+    return TASK_SECONDS if task else TRAFFIC.timeout
+
+
+@dataclass(frozen=True)
+class Work:
+    """What a request that passed every check will run: its model version, and the count its
+    progress is reported in (``total`` ``unit``, each ``per`` graph rows)."""
+
+    tag: str
+    total: int
+    unit: str
+    per: int = 1
 
 
 def _can_sample(loaded: LoadedModel) -> None:
@@ -144,9 +165,15 @@ def _sample_count(loaded: LoadedModel, n: int, steps: int | None, field: str = "
 def _limit_source(limit: int) -> str:
     if limit >= MAX_DRAW_ROWS:
         return ""
+    if IN_TASK.get():
+        return (
+            f", this model's limit for a task: the rows it runs in half of {TASK_SECONDS:g} s at "
+            "its measured rate (GET /models: task_sample_rows, task_score_rows)"
+        )
     return (
         f", this model's limit: the rows it runs in half of the {TRAFFIC.timeout:g}-s "
-        "deadline at its measured rate (GET /models: sample_rows, score_rows)"
+        "deadline at its measured rate (GET /models: sample_rows, score_rows); a task "
+        "(POST /NAME/submit) may run more"
     )
 
 
@@ -159,25 +186,25 @@ def _costs(model: LoadedModel | StoredModel) -> tuple[StoredModel, CostOf]:
     return model, lambda spec: spec.cost
 
 
-def sample_limit(model: LoadedModel | StoredModel) -> int:
+def sample_limit(model: LoadedModel | StoredModel, task: bool | None = None) -> int:
     """The most graph rows (n x steps, steps weighed by draw_weight) a request may ask of the
     model's sampler: GENREG_MAX_DRAW_ROWS, or fewer where its measured rate says they would not
-    run in half the deadline (registry.runtime.budget.row_limit). A stored version that is not
-    loaded is judged by the costs stored with it."""
+    run in half the deadline (registry.runtime.budget.row_limit; a task's: work_seconds). A
+    stored version that is not loaded is judged by the costs stored with it."""
     stored, cost_of = _costs(model)
     spec = stored.graph("sampler")
     if spec is None:
         return MAX_DRAW_ROWS
     info = sampling(stored)
     most = info["max_steps"] or info["steps"] or 1
-    return row_limit(cost_of(spec), MAX_DRAW_ROWS, TRAFFIC.timeout, calls=most)
+    return row_limit(cost_of(spec), MAX_DRAW_ROWS, work_seconds(task), calls=most)
 
 
-def score_limit(model: LoadedModel | StoredModel, kind: str) -> int:
+def score_limit(model: LoadedModel | StoredModel, kind: str, task: bool | None = None) -> int:
     """The most graph rows (rows x k, k weighed by draw_weight) a request may score as ``kind``."""
     stored, cost_of = _costs(model)
     spec = stored.graph("discriminator") if kind == "discriminator" else stored.graph("scorer", kind)
-    return row_limit(cost_of(spec) if spec is not None else None, MAX_DRAW_ROWS, TRAFFIC.timeout)
+    return row_limit(cost_of(spec) if spec is not None else None, MAX_DRAW_ROWS, work_seconds(task))
 
 
 async def _call(fn: Callable[[], Any], loaded: LoadedModel, role: str, rows: int, calls: int = 1) -> Any:
@@ -200,16 +227,18 @@ async def _call(fn: Callable[[], Any], loaded: LoadedModel, role: str, rows: int
 
 def _in_time(plan: Plan, field: str, what: str) -> None:
     """429 naming ``field`` when this worker's measured rate says ``plan`` cannot finish before
-    the deadline: refused at once, never started and then abandoned."""
-    if TRAFFIC.timeout is not None and plan.seconds > TRAFFIC.timeout:
+    the deadline (a task's, for a task): refused at once, never started and then abandoned."""
+    seconds = work_seconds()
+    if seconds is not None and plan.seconds > seconds:
+        task = "" if IN_TASK.get() else ", submit it as a task (POST /NAME/submit)"
         raise ApiError(
             429,
             field,
             f"{field}: {what} is planned to take {plan.seconds:.0f} s at this worker's measured rate "
-            f"({plan.rows} graph rows), past the {TRAFFIC.timeout:g}-s deadline; retry when it is "
-            "less busy, or make it smaller",
+            f"({plan.rows} graph rows), past the {seconds:g}-s deadline; retry when it is "
+            f"less busy{task}, or make it smaller",
             "too_slow",
-            headers={"retry-after": str(max(1, round(plan.seconds - TRAFFIC.timeout)))},
+            headers={"retry-after": str(max(1, round(plan.seconds - seconds)))},
         )
 
 
@@ -226,9 +255,12 @@ def model_info(loaded: LoadedModel) -> dict[str, Any]:
     info = {**loaded.stored.summary(), **sampling(loaded.stored)}
     shape = image_shape(loaded.stored.data.get("image_shape"))
     info["image_shape"] = list(shape) if shape else None
+    sampler = loaded.stored.graph("sampler") is not None
     limits = {
-        "sample_rows": sample_limit(loaded) if loaded.stored.graph("sampler") is not None else None,
-        "score_rows": {k: score_limit(loaded, k) for k in loaded.kinds},
+        "sample_rows": sample_limit(loaded, task=False) if sampler else None,
+        "score_rows": {k: score_limit(loaded, k, task=False) for k in loaded.kinds},
+        "task_sample_rows": sample_limit(loaded, task=True) if sampler else None,
+        "task_score_rows": {k: score_limit(loaded, k, task=True) for k in loaded.kinds},
     }
     return ModelInfo(**info, **limits, kinds=loaded.kinds, provider=loaded.provider).model_dump()
 
@@ -291,6 +323,7 @@ class Genreg:
 
     def __init__(self) -> None:
         self.heavy = HeavyGate(MAX_HEAVY)
+        self.tasks = Tasks()
         self.cache = ModelCache(threads=ORT_THREADS, on_load=self._instrument, on_retire=self._retire)
         start = time.perf_counter()
         remote = os.environ.get("GENREG_MODELS_FROM") or None
@@ -317,23 +350,31 @@ class Genreg:
         if self.watcher is not None:
             self.watcher.start()
 
-    def _admit(self, plan: Plan, field: str, what: str) -> AbstractContextManager[None]:
+    @asynccontextmanager
+    async def _admit(self, plan: Plan, field: str, what: str) -> AsyncIterator[None]:
         """Admission by the request's planned work: refused at once (429 naming ``field``) when
         this worker's measured rate says it cannot finish before the deadline; a heavy-request
-        slot when what it allocates (its plan's size) is over HEAVY_BYTES."""
+        slot when what it allocates (its plan's size) is over HEAVY_BYTES: taken at once or
+        refused (429), where a task waits for one."""
         _in_time(plan, field, what)
         if plan.size <= HEAVY_BYTES:
-            return nullcontext()
+            yield
+            return
         # From here on large buffers go back to the system when freed, so this request's chunks
         # cannot pile up in the allocator's heaps (registry.runtime.budget); set before its first
         # chunk, and never for a worker that only answers light requests.
         return_large_frees()
-        return self.heavy.admit(field, what)
+        if IN_TASK.get():
+            async with self.heavy.waiting():
+                yield
+        else:
+            with self.heavy.admit(field, what):
+                yield
 
     @staticmethod
-    async def _release(plan: Plan) -> None:
+    async def _release(plan: Plan, always: bool = False) -> None:
         """After a heavy request, give the memory it freed back to the system (off the loop)."""
-        if plan.size > HEAVY_BYTES:
+        if always or plan.size > HEAVY_BYTES:
             await anyio.to_thread.run_sync(release_memory)
 
     def __is_ready__(self) -> bool:
@@ -366,6 +407,10 @@ class Genreg:
             raise ApiError(409, "model", str(exc), "store_error") from None
         return loaded
 
+    async def task(self, api: str, action: str, raw: bytes, task_id: str | None, owner: str) -> Response:
+        """The answer to a task path of ``api`` (services.tasks)."""
+        return await self.tasks.answer(self, api, action, raw, task_id, owner)
+
     def served(self) -> list[str]:
         """The names this instance serves (their newest versions)."""
         return sorted(self.cache.newest)
@@ -393,9 +438,14 @@ class Genreg:
                     "image": bool(stored.data.get("image_shape")),
                     "kinds": model_kinds(stored.capabilities),
                     "sampler": sampler is not None,
-                    "sample_rows": sample_limit(model),
+                    "sample_rows": sample_limit(model, task=False),
                     "score_rows": {
-                        kind: score_limit(model, kind) for kind in model_kinds(stored.capabilities)
+                        kind: score_limit(model, kind, task=False)
+                        for kind in model_kinds(stored.capabilities)
+                    },
+                    "task_sample_rows": sample_limit(model, task=True),
+                    "task_score_rows": {
+                        kind: score_limit(model, kind, task=True) for kind in model_kinds(stored.capabilities)
                     },
                     **sampling(stored),
                 }
@@ -405,6 +455,17 @@ class Genreg:
     def versions(self, name: str) -> list[str]:
         """The stored versions of a served name, newest first (each may be asked for by version)."""
         return [m.version for m in list_models() if m.name == name]
+
+    def _parsed(self, endpoint: str, body: dict[str, Any], may_hold_bools: bool) -> tuple[Any, LoadedModel]:
+        """The validated request of an API endpoint and its model; ApiError otherwise."""
+        ref = body.get("model")
+        if isinstance(ref, str) and MODEL_PATTERN.fullmatch(ref):
+            # The model is the resource: an unknown one is 404 whatever else the body holds
+            # (a body's other faults are the model's to judge), as the document states.
+            self.resolve(ref)
+        schema = {"sample": SampleRequest, "score": ScoreRequest, "two_sample_test": TwoSampleRequest}
+        req = validate(schema[endpoint], body, may_hold_bools)
+        return req, self.resolve(req.model)
 
     async def handle(
         self,
@@ -418,14 +479,10 @@ class Genreg:
         try:
             if endpoint.startswith("repository_"):
                 return json_response(await self._repository(endpoint, body, (params or {}).get("model")))
-            ref = body.get("model")
-            if endpoint != "models" and isinstance(ref, str) and MODEL_PATTERN.fullmatch(ref):
-                # The model is the resource: an unknown one is 404 whatever else the body holds
-                # (a body's other faults are the model's to judge), as the document states.
-                self.resolve(ref)
+            if endpoint == "models":
+                return json_response({"models": [model_info(m) for m in self.cache.models()]})
+            req, loaded = self._parsed(endpoint, body, may_hold_bools)
             if endpoint == "sample":
-                req = validate(SampleRequest, body, may_hold_bools)
-                loaded = self.resolve(req.model)
                 answer = await self.sample(
                     loaded,
                     req.n,
@@ -436,31 +493,60 @@ class Genreg:
                 )
                 return json_response(answer)
             if endpoint == "score":
-                req = validate(ScoreRequest, body, may_hold_bools)
-                loaded = self.resolve(req.model)
                 result = await self.score(
                     loaded, req.x, req.kind, k=req.k, seed=req.seed, estimate=req.estimate
                 )
                 return json_response(result.as_dict())
-            if endpoint == "two_sample_test":
-                req = validate(TwoSampleRequest, body, may_hold_bools)
-                # Always heavy: the test holds (x + model rows)^2 matrices.
-                return_large_frees()
-                with self.heavy.admit("x", "a two-sample test"):
-                    try:
-                        async with watching():
-                            answer = await anyio.to_thread.run_sync(self._two_sample, req)
-                    except Cancelled as exc:
-                        raise ApiError(
-                            504, None, f"the computation was stopped: {exc}", "cancelled"
-                        ) from None
-                await anyio.to_thread.run_sync(release_memory)
-                return json_response(answer)
-            return json_response({"models": [model_info(m) for m in self.cache.models()]})
+            # Always heavy: the test holds (x + model rows)^2 matrices.
+            real, n, count, plan = self._two_sample_check(req, loaded)
+            async with self.heavy.waiting() if IN_TASK.get() else self._heavy_now("x", "a two-sample test"):
+                try:
+                    async with watching():
+                        answer = await anyio.to_thread.run_sync(self._two_sample, req, loaded, real, n, count)
+                except Cancelled as exc:
+                    raise ApiError(504, None, f"the computation was stopped: {exc}", "cancelled") from None
+            await self._release(plan, always=True)
+            return json_response(answer)
         except ApiError as err:
             return error_response(endpoint, err)
 
+    @asynccontextmanager
+    async def _heavy_now(self, field: str, what: str) -> AsyncIterator[None]:
+        return_large_frees()
+        with self.heavy.admit(field, what):
+            yield
+
+    def check(self, endpoint: str, body: dict[str, Any], may_hold_bools: bool = True) -> Work:
+        """Every check the synchronous call makes (validation, the model, its limits and planned
+        time, judged by the deadline of the current context: a task's, when submitted as one),
+        none of its work: ApiError as that call answers. What it will run, for a task's
+        submission and progress."""
+        req, loaded = self._parsed(endpoint, body, may_hold_bools)
+        tag = loaded.stored.tag
+        if endpoint == "sample":
+            self._sample_answer(req, loaded)
+            count, plan, what = self._sample_plan(loaded, req.n, req.steps)
+            _in_time(plan, "n", what)
+            return Work(tag, count, "steps", req.n)
+        if endpoint == "score":
+            checked, plan, field, what = self._score_check(loaded, req.x, req.kind, req.k, req.estimate)
+            _in_time(plan, field, what)
+            unit = "draws" if checked.kind == "bound" else "rows"
+            return Work(tag, checked.graph_rows, unit)
+        _, n, count, _ = self._two_sample_check(req, loaded)
+        return Work(tag, count, "steps", n)
+
     # --- the one sampling and scoring path of both protocols (genreg's and V2) ----------------
+    @staticmethod
+    def _sample_plan(
+        loaded: LoadedModel, n: int, steps: int | None, field: str = "n"
+    ) -> tuple[int, Plan, str]:
+        """(step count, plan, what it is) of drawing n samples; ApiError for a request the model cannot take."""
+        count = _sample_count(loaded, n, steps, field)
+        # A step-loop sampler runs its graph once per step: its plan weighs the request by that.
+        plan = _plan(lambda: loaded.plan_sample(n, count))
+        return count, plan, f"{n} samples" + (f" x {count} steps" if count > 1 else "")
+
     async def sample(
         self,
         loaded: LoadedModel,
@@ -475,16 +561,33 @@ class Genreg:
         """n samples (float32 rows in data units), ``steps`` the sampler's count (None: its own);
         ApiError for a request the model cannot take. ``then(samples, steps run)`` makes the
         answer from them in the same call (a PNG grid is drawn off the event loop too)."""
-        count = _sample_count(loaded, n, steps)
-        # A step-loop sampler runs its graph once per step: its plan weighs the request by that.
-        plan = _plan(lambda: loaded.plan_sample(n, count))
+        count, plan, what = self._sample_plan(loaded, n, steps)
         draw = functools.partial(self._draw, loaded, n, seed, temperature, count, protocol)
         job = draw if then is None else lambda: then(draw(), count)
-        what = f"{n} samples" + (f" x {count} steps" if count > 1 else "")
-        with self._admit(plan, "n", what):
+        async with self._admit(plan, "n", what):
             answer = await _call(job, loaded, "sampler", n * count, calls=count)
         await self._release(plan)
         return answer
+
+    @staticmethod
+    def _score_check(
+        loaded: LoadedModel, x: Any, kind: str | None, k: int, estimate: str | None
+    ) -> tuple[scoring.Checked, Plan, str, str]:
+        """The checked request (registry.runtime.scoring.check, within the model's limit), its
+        plan, and the field and words that name its size; ApiError for a refusal."""
+        rows = int(x.shape[0]) if getattr(x, "ndim", 0) else 1
+        field, what = ("k", f"{rows} rows x {k} draws") if k > 1 else ("x", f"{rows} rows")
+        try:
+            resolved = scoring.resolve_kind(loaded, kind)
+            limit = score_limit(loaded, resolved)
+            checked = scoring.check(loaded, x, resolved, k=k, max_draw_rows=limit, estimate=estimate)
+        except CapabilityError as exc:
+            raise ApiError(422, exc.field, str(exc), "missing_capability") from None
+        except InputError as exc:
+            raise ApiError(400, exc.field, str(exc), f"invalid_{exc.field}") from None
+        draws = k if resolved == "bound" else 1
+        plan = _plan(lambda: loaded.plan_score(len(checked.rows), resolved, draws, loaded.dim))
+        return checked, plan, field, what
 
     async def score(
         self,
@@ -497,23 +600,12 @@ class Genreg:
         estimate: str | None = None,
         protocol: str = "genreg",
     ) -> Scores:
-        """registry.runtime.scoring.score (rows checked there), its refusals as ApiError."""
-        rows = int(x.shape[0]) if getattr(x, "ndim", 0) else 1
-        width = int(x.shape[1]) if getattr(x, "ndim", 0) == 2 else 1
-        field, what = ("k", f"{rows} rows x {k} draws") if k > 1 else ("x", f"{rows} rows")
-        try:
-            resolved = scoring.resolve_kind(loaded, kind)
-        except CapabilityError as exc:
-            raise ApiError(422, exc.field, str(exc), "missing_capability") from None
-        limit = score_limit(loaded, resolved)
-        if rows * draw_weight(k) > limit:
-            # refused by the one scoring path (rows, then k) before any graph call
-            return self._score(loaded, x, resolved, k, seed, estimate, protocol, limit, None)
-        plan = _plan(lambda: loaded.plan_score(rows, resolved, k if resolved == "bound" else 1, width))
-        run = functools.partial(self._score, loaded, x, resolved, k, seed, estimate, protocol, limit, plan)
-        with self._admit(plan, field, what):
-            role = "discriminator" if resolved == "discriminator" else "scorer"
-            result = await _call(run, loaded, role, rows * k)
+        """registry.runtime.scoring's check and compute, its refusals as ApiError."""
+        checked, plan, field, what = self._score_check(loaded, x, kind, k, estimate)
+        run = functools.partial(self._score, loaded, checked, seed, protocol, plan)
+        async with self._admit(plan, field, what):
+            role = "discriminator" if checked.kind == "discriminator" else "scorer"
+            result = await _call(run, loaded, role, checked.graph_rows)
         await self._release(plan)
         return result
 
@@ -525,25 +617,9 @@ class Genreg:
         return x
 
     def _score(
-        self,
-        loaded: LoadedModel,
-        x: Any,
-        kind: str | None,
-        k: int,
-        seed: int | None,
-        estimate: str | None,
-        protocol: str,
-        limit: int,
-        plan: Plan | None,
+        self, loaded: LoadedModel, checked: scoring.Checked, seed: int | None, protocol: str, plan: Plan
     ) -> Scores:
-        try:
-            result = scoring.score(
-                loaded, x, kind, k=k, seed=seed, max_draw_rows=limit, estimate=estimate, plan=plan
-            )
-        except CapabilityError as exc:
-            raise ApiError(422, exc.field, str(exc), "missing_capability") from None
-        except InputError as exc:
-            raise ApiError(400, exc.field, str(exc), f"invalid_{exc.field}") from None
+        result = scoring.compute(loaded, checked, seed, plan)
         ROWS.labels(model=loaded.stored.name, kind=result.kind, protocol=protocol).inc(result.rows)
         return result
 
@@ -613,8 +689,11 @@ class Genreg:
         return answer
 
     # --- /two_sample_test -------------------------------------------------------------------
-    def _two_sample(self, req: TwoSampleRequest) -> dict[str, Any]:
-        loaded = self.resolve(req.model)
+    def _two_sample_check(
+        self, req: TwoSampleRequest, loaded: LoadedModel
+    ) -> tuple[np.ndarray, int, int, Plan]:
+        """(real rows, samples to draw, their steps, the sampling plan) of a two-sample test that
+        passed every check; ApiError otherwise."""
         _can_sample(loaded)
         try:
             real = check_rows(req.x, loaded.stored.data, what="x").astype(np.float64)
@@ -639,6 +718,11 @@ class Genreg:
                 f"{REQUEST_MEMORY >> 20} MiB a request may use (GENREG_REQUEST_MEMORY)",
                 f"invalid_{field}",
             )
+        return real, n, count, plan
+
+    def _two_sample(
+        self, req: TwoSampleRequest, loaded: LoadedModel, real: np.ndarray, n: int, count: int
+    ) -> dict[str, Any]:
         fake = self._draw(loaded, n, req.seed, 1.0, count, "genreg").astype(np.float64)
         with np.errstate(all="ignore"):
             if req.test == "mmd":

@@ -46,6 +46,12 @@ ACCESS_LOG = os.environ.get("GENREG_ACCESS_LOG", "1").strip().lower() not in ("0
 PROBES = frozenset({"server_live", "server_ready"})
 
 
+# How long a task's work may take (services.tasks): the deadline its planned time and its row
+# limits are judged by, where a synchronous request's is the traffic timeout.
+TASK_SECONDS = float(os.environ.get("GENREG_TASK_SECONDS", "1800"))
+# Set while a task runs, or while its submission is checked (services.tasks).
+IN_TASK: ContextVar[bool] = ContextVar("genreg_in_task", default=False)
+
 INTERNAL = ApiError(500, None, "internal error (logged by the server)", "internal")
 
 

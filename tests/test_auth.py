@@ -15,6 +15,7 @@ from services.v2 import endpoint_of
 
 pytestmark = pytest.mark.slow
 TOKEN = "s3cret-token-for-tests"
+OTHER = "another-client-s-token"  # a second client's: GENREG_API_TOKEN may hold several
 LIMIT = 100_000
 
 
@@ -23,7 +24,7 @@ def guarded(train_model, tmp_path_factory):
     train_model("gaussian", "digits", name="auth-gaussian")
     log = tmp_path_factory.mktemp("auth") / "server.log"
     env = {
-        "GENREG_API_TOKEN": TOKEN,
+        "GENREG_API_TOKEN": f"{TOKEN}, {OTHER}",
         "GENREG_MAX_BODY_BYTES": str(LIMIT),
         "GENREG_MODELS": "auth-gaussian",
         "GENREG_MODEL_CONTROL": "1",
@@ -45,6 +46,11 @@ CALLS = [
     ("GET", "/docs.json", None),
     ("POST", "/v2/repository/index", {}),
     ("POST", "/v2/repository/models/auth-gaussian/load", {}),
+    ("POST", "/sample/submit", {"model": "auth-gaussian", "n": 2}),
+    ("GET", "/sample/status?task_id=0", None),
+    ("GET", "/score/get?task_id=0", None),
+    ("PUT", "/two_sample_test/cancel?task_id=0", None),
+    ("GET", "/schema.json", None),
 ]
 
 
@@ -154,9 +160,33 @@ def test_bearer_parsing_and_comparison():
     assert bearer([(b"Authorization", b"bearer  abc ")]) == b"abc"
     assert bearer([(b"authorization", b"Bearer ")]) is None
     assert bearer([(b"x-other", b"Bearer abc")]) is None
-    assert check(token, [(b"authorization", b"Bearer " + token)]) is None
-    assert check(token, [(b"authorization", b"Bearer " + token[:-1])]) == "invalid bearer token"
-    assert check(token, []).startswith("missing")
+    tokens = (token, OTHER.encode())
+    assert check(tokens, [(b"authorization", b"Bearer " + token)]) is None
+    assert check(tokens, [(b"authorization", b"Bearer " + OTHER.encode())]) is None
+    assert check(tokens, [(b"authorization", b"Bearer " + token[:-1])]) == "invalid bearer token"
+    assert check(tokens, []).startswith("missing")
+
+
+def test_a_task_is_seen_only_with_the_token_that_submitted_it(guarded):
+    """A task id alone reveals nothing: another client's token gets the answer an unknown id
+    gets (404) from every task path, and cannot cancel it; its own client sees it finish."""
+    body = json.dumps({"model": "auth-gaussian", "n": 3, "seed": 4})
+    submitted = guarded.post("/sample/submit", content=body, headers=_auth(TOKEN))
+    assert submitted.status_code == 200, submitted.text
+    task = submitted.json()["task_id"]
+    assert len(task) >= 32  # 128 random bits, not a counter
+    unknown = guarded.get("/sample/status?task_id=" + "0" * 32, headers=_auth(TOKEN))
+    for method, action in [("GET", "status"), ("GET", "get"), ("PUT", "cancel"), ("POST", "retry")]:
+        other = guarded.request(method, f"/sample/{action}?task_id={task}", headers=_auth(OTHER))
+        assert other.status_code == 404, (action, other.text)
+        assert other.json()["error"] == unknown.json()["error"].replace("0" * 32, task)
+    for _ in range(100):
+        status = guarded.get(f"/sample/status?task_id={task}", headers=_auth(TOKEN)).json()
+        if status["status"] == "completed":
+            break
+    assert status["status"] == "completed", status
+    own = guarded.get(f"/sample/get?task_id={task}", headers=_auth(TOKEN))
+    assert own.content == guarded.post("/sample", content=body, headers=_auth(TOKEN)).content
 
 
 def test_a_websocket_without_the_token_is_closed_before_it_reaches_the_app(monkeypatch):

@@ -178,3 +178,30 @@ def test_report_tabulates_each_model_on_the_data(trained, tmp_path):
     assert svg.count("<circle") == len(plotted) >= 4  # one point per model with both figures
     page = (out / "report.html").read_text()
     assert page.count("<tr>") == len(rows) and f"<td>{trained['flow-digits'].tag}</td>" in page
+
+
+def test_sample_shows_a_step_sampler_s_progress_on_a_terminal(trained, tmp_path):
+    """On a terminal, `genreg sample` draws a progress bar for a step sampler (its steps done,
+    as a task's status counts them) and leaves stdout to the samples."""
+    import os
+    import pty
+
+    out = tmp_path / "x.npy"
+    cmd = [sys.executable, "-m", "registry.cli", "sample", "diffusion-digits", "-n", "64"]
+    cmd += ["--steps", "400", "--seed", "1", "--out", str(out)]
+    leader, follower = pty.openpty()
+    proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=follower)
+    os.close(follower)
+    shown = b""
+    while True:
+        try:
+            chunk = os.read(leader, 4096)
+        except OSError:  # the terminal closed with the process
+            break
+        if not chunk:
+            break
+        shown += chunk
+    assert proc.wait(60) == 0, shown
+    text = shown.decode(errors="replace")
+    assert "sampling 400 steps" in text and "100%" in text, text
+    assert np.load(out).shape == (64, 64)

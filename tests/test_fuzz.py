@@ -54,6 +54,16 @@ def test_schema_driven_fuzz_of_every_endpoint(server):
         "GET /v2/models/{name}/versions/{version}",
         "GET /v2/models/{name}/versions/{version}/ready",
         "POST /v2/models/{name}/versions/{version}/infer",
+    } | {
+        f"{method} /{api}/{action}"
+        for api in ("sample", "score", "two_sample_test")
+        for method, action in (
+            ("POST", "submit"),
+            ("GET", "status"),
+            ("GET", "get"),
+            ("PUT", "cancel"),
+            ("POST", "retry"),
+        )
     }
     # the V2 routes reach served models, not only 404s for invented names
     assert sent["POST /v2/models/{name}/infer 200"] and sent["GET /v2/models/{name} 200"], sent

@@ -62,7 +62,7 @@ def browser(server, tmp_path_factory):
     driver.quit()
 
 
-def wait_for(predicate, timeout: float = 30.0, what: str = "condition"):
+def wait_for(predicate, timeout: float = 30.0, what: str = "condition", interval: float = 0.2):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         try:
@@ -71,7 +71,7 @@ def wait_for(predicate, timeout: float = 30.0, what: str = "condition"):
             value = None
         if value:
             return value
-        time.sleep(0.2)
+        time.sleep(interval)
     raise AssertionError(f"timed out waiting for {what}")
 
 
@@ -117,6 +117,35 @@ def test_sample_grid_renders_and_changes_with_the_seed(browser):
     wait_for(
         lambda: browser.find_element(By.ID, "sample-grid").get_attribute("src") != first, what="a new grid"
     )
+
+
+def test_a_step_sampler_s_grid_shows_its_progress_then_the_grid(browser):
+    """The grid is drawn from a task (/sample/submit): a progress bar moves while it runs."""
+    from selenium.webdriver.common.by import By
+
+    open_model(browser, "diffusion-digits")
+    wait_for(lambda: browser.find_element(By.ID, "sample-grid"), what="the first grid")
+    steps = browser.find_element(By.ID, "steps")
+    steps.clear()
+    steps.send_keys("1000")
+    seen: list[float] = []
+
+    def progressed():
+        bar = browser.find_element(By.ID, "sample-progress")
+        value = browser.execute_script(
+            "return arguments[0].hidden ? null : [arguments[0].value, arguments[0].max]", bar
+        )
+        if value and 0 < value[0] < value[1]:
+            seen.append(value[0] / value[1])
+        return seen
+
+    browser.execute_script("arguments[0].dispatchEvent(new Event('change'))", steps)
+    wait_for(progressed, what="the progress bar moving", interval=0.02)
+    wait_for(
+        lambda: browser.find_element(By.ID, "sample-progress").get_attribute("hidden") is not None,
+        what="the progress bar hidden once the grid is drawn",
+    )
+    assert "1000 steps" in browser.find_element(By.ID, "sample-grid").get_attribute("alt")
 
 
 def test_density_heat_map_renders_for_a_2d_model(browser):

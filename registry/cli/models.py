@@ -39,6 +39,43 @@ def list_cmd(as_json: Annotated[bool, typer.Option("--json", help="machine-reada
         )
 
 
+def _with_progress(loaded, n: int, seed: int | None, temperature: float, steps: int | None) -> np.ndarray:
+    """``loaded.sample(...)``, with a progress bar on stderr for a step sampler: the sampling runs
+    in a thread whose request token (registry.runtime.budget) counts the graph rows it has run,
+    the count a task's status reports."""
+    import contextvars
+    import threading
+
+    from registry.runtime.budget import TOKEN, Token
+
+    count = loaded.steps(steps)
+    if count <= 1:
+        return loaded.sample(n, seed=seed, temperature=temperature, steps=steps)
+    token = Token()
+    context = contextvars.copy_context()
+    context.run(TOKEN.set, token)
+    out: dict[str, object] = {}
+
+    def work() -> None:
+        try:
+            out["x"] = context.run(loaded.sample, n, seed=seed, temperature=temperature, steps=steps)
+        except BaseException as exc:  # re-raised in the caller's thread
+            out["error"] = exc
+
+    thread = threading.Thread(target=work, daemon=True)
+    thread.start()
+    with typer.progressbar(length=count, label=f"sampling {count} steps", file=sys.stderr) as bar:
+        shown = 0
+        while thread.is_alive():
+            thread.join(0.1)
+            now = min(count, token.done // n)
+            bar.update(now - shown)
+            shown = now
+    if "error" in out:
+        raise out["error"]  # type: ignore[misc]
+    return out["x"]  # type: ignore[return-value]
+
+
 def _loaded(model: str):
     from registry.runtime.models import LoadedModel
     from registry.runtime.store import get_model
@@ -65,7 +102,7 @@ def sample(
     """Draw samples from a stored model (ONNX Runtime)."""
     try:
         loaded = _loaded(model)
-        x = loaded.sample(n, seed=seed, temperature=temperature, steps=steps)
+        x = _with_progress(loaded, n, seed, temperature, steps)
     except USER_ERRORS as exc:
         fail(_option_error(exc))
         return

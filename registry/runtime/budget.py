@@ -48,7 +48,7 @@ class Cancelled(Exception):
 class Token:
     """Whether the request a computation serves still wants its answer; checked between chunks."""
 
-    __slots__ = ("cancelled", "deadline", "reason")
+    __slots__ = ("cancelled", "deadline", "done", "reason")
 
     def __init__(self, deadline: float | None = None) -> None:
         self.deadline = deadline  # time.monotonic() past which the answer is not wanted
@@ -56,6 +56,7 @@ class Token:
         # attribute store is atomic under the GIL; a threading.Event per request cost 3 us).
         self.cancelled = False
         self.reason = "cancelled"
+        self.done = 0  # graph rows run so far (a task's progress: services.tasks)
 
     def cancel(self, reason: str) -> None:
         self.reason = reason
@@ -72,6 +73,13 @@ class Token:
 # The token of the request this context serves (the service sets it; a worker thread inherits
 # it with the context). None: nothing to check (the CLI, the pipeline).
 TOKEN: ContextVar[Token | None] = ContextVar("genreg_request_token", default=None)
+
+
+def progressed(rows: int) -> None:
+    """Count ``rows`` graph rows run for the current request (its progress)."""
+    token = TOKEN.get()
+    if token is not None:
+        token.done += rows
 
 
 def checkpoint() -> None:

@@ -22,6 +22,7 @@ from registry.runtime.budget import (
     Plan,
     checkpoint,
     chunk_rows,
+    progressed,
 )
 from registry.runtime.graphs import GraphCost, GraphSpec, draw_noise, noise_chunks, run_loop
 from registry.runtime.rows import InputError
@@ -234,12 +235,15 @@ class LoadedModel:
         checkpoint()
         run = self._runner(spec, plan)
         if rows <= plan.chunk:
-            return run(feeds)
+            out = run(feeds)
+            progressed(rows)
+            return out
         pieces = []
         for a in range(0, rows, plan.chunk):
             if a:
                 checkpoint()
             pieces.append(run({name: value[a : a + plan.chunk] for name, value in feeds.items()}))
+            progressed(len(pieces[-1]))
         return np.concatenate(pieces)
 
     def _noisy(self, spec: GraphSpec, x: np.ndarray, k: int, seed: int | None, plan: Plan) -> np.ndarray:
@@ -256,6 +260,7 @@ class LoadedModel:
             b = min(a + plan.chunk, total)
             feeds[spec.x_input or "x"] = x[a:b] if k == 1 else x[np.arange(a, b) // k]
             pieces.append(run(feeds))
+            progressed(b - a)
         return pieces[0] if len(pieces) == 1 else np.concatenate(pieces)
 
     def sample(

@@ -120,6 +120,71 @@ def resolve_kind(loaded: LoadedModel, kind: str | None) -> str:
     return kind
 
 
+@dataclass(frozen=True)
+class Checked:
+    """A scoring request that passed every check: what :func:`compute` runs."""
+
+    kind: str
+    rows: np.ndarray
+    k: int
+    estimate: str | None
+
+    @property
+    def graph_rows(self) -> int:
+        return len(self.rows) * self.k
+
+
+def check(
+    loaded: LoadedModel,
+    x: Any,
+    kind: str | None = None,
+    *,
+    k: int = 1,
+    what: str = "x",
+    max_draw_rows: int | None = None,
+    estimate: str | None = None,
+) -> Checked:
+    """Every check of a scoring request, in this order: the kind (CapabilityError), the rows
+    against the model's data (InputError naming ``what``), then ``k`` (InputError naming ``k``):
+    draws apply to a bound only, and rows x k (k weighed by :func:`draw_weight`) may not exceed
+    ``max_draw_rows``; then ``estimate`` (a bound's only; CapabilityError naming ``estimate``
+    where the scorer's draws do not support it). Without ``estimate`` a bound is the tightest
+    the scorer supports."""
+    kind = resolve_kind(loaded, kind)
+    rows = check_rows(x, loaded.stored.data, what=what)
+    if k > 1 and kind != "bound":
+        raise InputError("k", f"k > 1 applies to kind 'bound' only, not {kind!r}")
+    if estimate is not None and kind != "bound":
+        raise InputError("estimate", f"estimate applies to kind 'bound' only, not {kind!r}")
+    if estimate is not None and estimate not in ESTIMATES:
+        raise InputError("estimate", f"estimate: {estimate!r} is not one of {', '.join(ESTIMATES)}")
+    check_draws(len(rows), k, max_draw_rows)
+    if kind == "bound":
+        estimate = bound_estimate(loaded, estimate)
+    return Checked(kind, rows, k, estimate)
+
+
+def compute(loaded: LoadedModel, checked: Checked, seed: int | None = 0, plan: Plan | None = None) -> Scores:
+    """The scores of a checked request; ``plan``: how its graph calls run, where the caller
+    planned them already (the service, for admission); else planned here."""
+    kind, rows, k, estimate = checked.kind, checked.rows, checked.k, checked.estimate
+    elbo = None
+    if kind == "discriminator":
+        logits = loaded.logits(rows, plan).astype(np.float64)
+        return Scores(loaded.stored.tag, kind, k, 1.0 / (1.0 + np.exp(-logits)), None, None, loaded.dim)
+    if kind == "bound":
+        average, weighted = bound_estimates(loaded.log_weights(rows, seed, k, plan))
+        if estimate == "importance_weighted":
+            scores, elbo = weighted, (average if k > 1 else None)
+        else:
+            scores = average
+    else:
+        scores = loaded.point_scores(rows, kind, seed, plan)
+    return Scores(
+        loaded.stored.tag, kind, k, scores, bits_per_dim(scores, loaded.dim), elbo, loaded.dim, estimate
+    )
+
+
 def score(
     loaded: LoadedModel,
     x: Any,
@@ -132,41 +197,10 @@ def score(
     estimate: str | None = None,
     plan: Plan | None = None,
 ) -> Scores:
-    """Score rows ``x`` (anything array-like) with ``loaded``; the only scoring path.
-
-    Checks, in this order: the kind (CapabilityError), the rows against the model's data
-    (InputError naming ``what``), then ``k`` (InputError naming ``k``): draws apply to a bound
-    only, and rows x k (k weighed by :func:`draw_weight`) may not exceed ``max_draw_rows``;
-    then ``estimate`` (a bound's only; CapabilityError naming ``estimate`` where the scorer's
-    draws do not support it). Without ``estimate`` a bound is the tightest the scorer supports.
-    ``plan``: how its graph calls run, where the caller planned them already (the service, for
-    admission); else planned here.
-    """
-    kind = resolve_kind(loaded, kind)
-    rows = check_rows(x, loaded.stored.data, what=what)
-    if k > 1 and kind != "bound":
-        raise InputError("k", f"k > 1 applies to kind 'bound' only, not {kind!r}")
-    if estimate is not None and kind != "bound":
-        raise InputError("estimate", f"estimate applies to kind 'bound' only, not {kind!r}")
-    if estimate is not None and estimate not in ESTIMATES:
-        raise InputError("estimate", f"estimate: {estimate!r} is not one of {', '.join(ESTIMATES)}")
-    check_draws(len(rows), k, max_draw_rows)
-    elbo = None
-    if kind == "discriminator":
-        logits = loaded.logits(rows, plan).astype(np.float64)
-        return Scores(loaded.stored.tag, kind, k, 1.0 / (1.0 + np.exp(-logits)), None, None, loaded.dim)
-    if kind == "bound":
-        estimate = bound_estimate(loaded, estimate)
-        average, weighted = bound_estimates(loaded.log_weights(rows, seed, k, plan))
-        if estimate == "importance_weighted":
-            scores, elbo = weighted, (average if k > 1 else None)
-        else:
-            scores = average
-    else:
-        scores = loaded.point_scores(rows, kind, seed, plan)
-    return Scores(
-        loaded.stored.tag, kind, k, scores, bits_per_dim(scores, loaded.dim), elbo, loaded.dim, estimate
-    )
+    """Score rows ``x`` (anything array-like) with ``loaded``: :func:`check`, then
+    :func:`compute`; the only scoring path."""
+    checked = check(loaded, x, kind, k=k, what=what, max_draw_rows=max_draw_rows, estimate=estimate)
+    return compute(loaded, checked, seed, plan)
 
 
 def bound_estimate(loaded: LoadedModel, estimate: str | None) -> str:

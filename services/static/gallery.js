@@ -1,5 +1,5 @@
 // genreg model gallery: plain JavaScript over the public API (GET /models, POST /sample,
-// POST /score). A bearer token, when the service wants one, is read from localStorage
+// POST /score, and /sample's task paths for image grids). A bearer token, when the service wants one, is read from localStorage
 // ("genreg-token") and sent with every call.
 "use strict";
 
@@ -37,6 +37,38 @@ async function api(path, body) {
     throw err;
   }
   return data;
+}
+
+// Runs an API call as a task (POST /NAME/submit, then its status until it ends), showing its
+// progress in the <progress> element given; resolves to the call's answer, or throws its error.
+async function runTask(name, body, bar) {
+  bar.hidden = false;
+  bar.removeAttribute("value");
+  try {
+    let submitted = null;
+    for (let tries = 0; submitted === null; tries++) {
+      try {
+        submitted = await api(`/${name}/submit`, body);
+      } catch (e) {
+        if (e.status !== 429 || tries >= 30) throw e;  // the queue is full: wait for a place
+        await new Promise((resolve) => setTimeout(resolve, 1000));
+      }
+    }
+    const query = `?task_id=${encodeURIComponent(submitted.task_id)}`;
+    for (;;) {
+      const status = await api(`/${name}/status${query}`);
+      if (status.progress.total > 0) {
+        bar.max = status.progress.total;
+        bar.value = status.progress.done;
+        bar.title = `${status.progress.done} of ${status.progress.total} ${status.progress.unit}`;
+      }
+      if (status.status === "completed" || status.status === "failed") return await api(`/${name}/get${query}`);
+      if (status.status === "canceled") throw new Error("the task was canceled");
+      await new Promise((resolve) => setTimeout(resolve, 200));
+    }
+  } finally {
+    bar.hidden = true;
+  }
 }
 
 function row(m) {
@@ -178,7 +210,9 @@ async function drawSamples() {
   const { seed, temperature, steps } = sampling();
   try {
     if (m.data.image_shape) {
-      const res = await api("/sample", { model: m.tag, n: 16, ...sampling(), format: "png" });
+      // A grid can take a step sampler seconds: drawn from a task, with its progress meanwhile.
+      const body = { model: m.tag, n: 16, ...sampling(), format: "png" };
+      const res = await runTask("sample", body, document.getElementById("sample-progress"));
       out.innerHTML = "";
       const img = document.createElement("img");
       img.id = "sample-grid";
