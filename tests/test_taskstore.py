@@ -52,7 +52,7 @@ def test_another_owner_sees_nothing(tmp_path):
 def test_results_expire_and_the_oldest_go_first_past_the_byte_limit(tmp_path):
     store = TaskStore(tmp_path, ttl=0.5, max_bytes=250)
     ids = []
-    for i in range(3):
+    for _ in range(3):
         task = store.submit("sample", "", b"{}", total=1, unit="steps")
         store.start(task)
         store.finish(task, 200, bytes(100))
