@@ -34,9 +34,12 @@ browser:
 		else echo "note: chromium missing and apt-get unavailable (not root?); the browser tests will be skipped"; fi; \
 	fi
 
-# --durations: every run (CI's included) ends with where its time went.
+# --durations: every run (CI's included) ends with where its time went. Two test processes
+# (pytest-xdist), a module's tests kept together (their servers are per module): the suite
+# waits on servers and subprocesses as much as it computes (tests/fixture_models.py trains
+# the shared models once for both).
 test: lint browser
-	$(BIN)/python -m pytest -q --durations=25
+	$(BIN)/python -m pytest -q -n 2 --dist loadfile --durations=25
 
 demo: venv
 	$(BIN)/python -m registry.packaging.demo

@@ -311,7 +311,7 @@ def _task_paths(
         "name": "task_id",
         "in": "query",
         "required": True,
-        "schema": {"type": "string"},
+        "schema": {"type": "string", "minLength": 1},
         "description": "the id submit answered",
     }
     lookup = {code: _json(error, why) for code, why in TASK_ERRORS.items()} | denied

@@ -7,7 +7,6 @@ import sys
 import tempfile
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 # The store lives in BentoML's home; point it at a private folder before bentoml is used.
@@ -15,19 +14,14 @@ _HOME = tempfile.mkdtemp(prefix="genreg-test-home-")
 os.environ["BENTOML_HOME"] = _HOME
 os.environ.setdefault("BENTOML_DO_NOT_TRACK", "True")
 
+# Under pytest-xdist two test processes share the two cores: one torch thread each (and in the
+# processes they start), where two each spun against each other (a 12-s test took 126 s).
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+TORCH_THREADS = 1 if os.environ.get("PYTEST_XDIST_WORKER") else 2
+
 ROOT = Path(__file__).resolve().parent.parent
 FIXTURES = Path(__file__).resolve().parent / "fixture_plugins"
-
-# Budgets small enough for CI's 2 cores, large enough for the checks the tests make.
-TEST_EPOCHS = {
-    "flow-digits": 40,
-    "flowvd-digits": 40,
-    "vae-digits": 30,
-    "flow-8gaussians": 12,
-    "gan-8gaussians": 30,
-    "autoregressive-digits": 8,
-    "autoregressive-8gaussians": 30,
-}
 
 
 @pytest.fixture(scope="session")
@@ -43,7 +37,7 @@ def _train(family: str, data: str, epochs: int | None = None, **options):
     from registry.datasets import load_dataset
     from registry.pipeline.train import train_and_store
 
-    torch.set_num_threads(2)
+    torch.set_num_threads(TORCH_THREADS)
     fam = get_plugins().get(family)
     return train_and_store(
         fam,
@@ -63,73 +57,12 @@ def train_model(bentoml_home):
 
 @pytest.fixture(scope="session")
 def trained(bentoml_home):
-    """The default models, trained once per test session into the private store."""
-    models = {}
-    for family, data in [
-        ("categorical", "digits"),
-        ("gaussian", "digits"),
-        ("flow", "digits"),
-        ("vae", "digits"),
-        ("flow", "8gaussians"),
-        ("gan", "8gaussians"),
-    ]:
-        name = f"{family}-{data}"
-        # The 2-D flow with its default spline couplings: 12 epochs reach KL 0.05 in 18 s, where
-        # affine couplings took 200 epochs and 95 s to reach 0.1 (tests/test_dequantization.py
-        # trains a small affine one).
-        models[name] = _train(family, data, TEST_EPOCHS.get(name))
-    # The same flow with variational dequantisation and the same epochs, to compare bounds.
-    models["flowvd-digits"] = _train(
-        "flow", "digits", TEST_EPOCHS["flowvd-digits"], name="flowvd-digits", dequantization="variational"
-    )
-    for data in ("digits", "8gaussians"):
-        name = f"autoregressive-{data}"
-        models[name] = _train("autoregressive", data, TEST_EPOCHS[name])
-    # A diffusion small enough to train and sample in seconds: tests check its contract and
-    # its serving (steps, estimates), benchmarks/diffusion.py its quality.
-    models["diffusion-digits"] = _train("diffusion", "digits", 1, channels=16, blocks=1)
-    # 3 dimensions with 4 levels, each depending on the one before: small enough to enumerate.
-    rng = np.random.default_rng(0)
-    first = rng.integers(0, 4, 3000)
-    second = (first + rng.integers(0, 2, 3000)) % 4
-    third = (second * rng.integers(0, 2, 3000)) % 4
-    small = Path(tempfile.mkdtemp(prefix="genreg-ar-small-")) / "ar-small.npy"
-    np.save(small, np.stack([first, second, third], 1))
-    # 12 epochs learn the structure (each impossible configuration below 1e-4): 10 s, where 40 took 29.
-    models["ar-small"] = _train("autoregressive", str(small), 12, name="ar-small")
-    # A sampler whose step count may be chosen (1..16) and a bound that supports the average
-    # only (the fixture family `counted`, stored in a fraction of a second): the fuzzers, the V2
-    # checks and the published document meet both.
-    models["counted-blob"] = _fixture_family("counted_plugin", "CountedFamily", "blob", rng, small.parent)
-    from registry.pipeline.critic import attach_critic
+    """The shared models, trained once per test run into the private store (tests/fixture_models.py)."""
+    from fixture_models import shared_store
 
-    # A newer version of flow-8gaussians with a critic: the server serves it as the newest.
-    models["flow-8gaussians+critic"] = attach_critic("flow-8gaussians", steps=1500)
-    # A poor model (independent pixels) with a critic: the likelihood-free checks must tell it
-    # from digits. A separate name keeps gaussian-digits itself without a discriminator; 300
-    # steps suffice because its samples are far from digits.
-    _train("gaussian", "digits", name="gaussian-digits-critic")
-    models["gaussian-digits-critic"] = attach_critic("gaussian-digits-critic", steps=300)
-    return models
+    from registry.runtime.store import get_model
 
-
-def _fixture_family(module: str, family: str, name: str, rng: np.random.Generator, folder: Path):
-    """Store a model of a fixture plugin's family (tests/fixture_plugins) trained on a 2-D blob."""
-    import importlib.util
-
-    from registry.contract.family import TrainControl
-    from registry.datasets import load_dataset
-    from registry.pipeline.train import train_and_store
-
-    spec = importlib.util.spec_from_file_location(f"genreg_fixture_{module}", FIXTURES / f"{module}.py")
-    plugin = sys.modules[spec.name] = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(plugin)
-    fam = getattr(plugin, family)()
-    data = folder / f"{name}.npy"
-    np.save(data, rng.normal([1.0, -2.0], [0.5, 2.0], (400, 2)))
-    return train_and_store(
-        fam, load_dataset(str(data)), fam.Config(), TrainControl(progress=False), name=f"{fam.name}-{name}"
-    )
+    return {key: get_model(tag) for key, tag in shared_store(bentoml_home).items()}
 
 
 @pytest.fixture(scope="session")

@@ -55,8 +55,10 @@ async function runTask(name, body, bar) {
       }
     }
     const query = `?task_id=${encodeURIComponent(submitted.task_id)}`;
+    bar.dataset.polls = "0";
     for (;;) {
       const status = await api(`/${name}/status${query}`);
+      bar.dataset.polls = String(Number(bar.dataset.polls || "0") + 1);
       if (status.progress.total > 0) {
         bar.max = status.progress.total;
         bar.value = status.progress.done;
