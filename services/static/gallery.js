@@ -42,6 +42,8 @@ async function api(path, body) {
 // Runs an API call as a task (POST /NAME/submit, then its status until it ends), showing its
 // progress in the <progress> element given; resolves to the call's answer, or throws its error.
 async function runTask(name, body, bar) {
+  const owner = String(Math.random());  // the bar shows the latest task's progress only
+  bar.dataset.owner = owner;
   bar.hidden = false;
   bar.removeAttribute("value");
   try {
@@ -55,21 +57,23 @@ async function runTask(name, body, bar) {
       }
     }
     const query = `?task_id=${encodeURIComponent(submitted.task_id)}`;
-    bar.dataset.polls = "0";
+    if (bar.dataset.owner === owner) bar.dataset.polls = "0";
     for (;;) {
       const status = await api(`/${name}/status${query}`);
-      bar.dataset.polls = String(Number(bar.dataset.polls || "0") + 1);
-      if (status.progress.total > 0) {
-        bar.max = status.progress.total;
-        bar.value = status.progress.done;
-        bar.title = `${status.progress.done} of ${status.progress.total} ${status.progress.unit}`;
+      if (bar.dataset.owner === owner) {
+        bar.dataset.polls = String(Number(bar.dataset.polls || "0") + 1);
+        if (status.progress.total > 0) {
+          bar.max = status.progress.total;
+          bar.value = status.progress.done;
+          bar.title = `${status.progress.done} of ${status.progress.total} ${status.progress.unit}`;
+        }
       }
       if (status.status === "completed" || status.status === "failed") return await api(`/${name}/get${query}`);
       if (status.status === "canceled") throw new Error("the task was canceled");
       await new Promise((resolve) => setTimeout(resolve, 200));
     }
   } finally {
-    bar.hidden = true;
+    if (bar.dataset.owner === owner) bar.hidden = true;
   }
 }
 
@@ -210,11 +214,15 @@ async function drawSamples() {
   const m = state.current;
   const out = document.getElementById("sample-output");
   const { seed, temperature, steps } = sampling();
+  // Draws can overlap (a field changed twice, a task finishing after a later one): only the
+  // latest request's grid is drawn.
+  const drawing = (state.drawing = (state.drawing || 0) + 1);
   try {
     if (m.data.image_shape) {
       // A grid can take a step sampler seconds: drawn from a task, with its progress meanwhile.
       const body = { model: m.tag, n: 16, ...sampling(), format: "png" };
       const res = await runTask("sample", body, document.getElementById("sample-progress"));
+      if (drawing !== state.drawing) return;
       out.innerHTML = "";
       const img = document.createElement("img");
       img.id = "sample-grid";
@@ -226,10 +234,11 @@ async function drawSamples() {
       await drawDensity();
     } else {
       const res = await api("/sample", { model: m.tag, n: 5, ...sampling() });
+      if (drawing !== state.drawing) return;
       out.textContent = res.samples.map((r) => r.map((v) => v.toFixed(3)).join(", ")).join("\n");
     }
   } catch (e) {
-    out.textContent = "Error: " + e.message;
+    if (drawing === state.drawing) out.textContent = "Error: " + e.message;
   }
 }
 
