@@ -41,16 +41,19 @@ FUZZED = "flow-8gaussians,diffusion-digits,vae-digits,counted-blob,ar-small,gan-
 
 @pytest.fixture(scope="module")
 def fuzz_server(trained, tmp_path_factory):
-    """The shared server's settings, serving FUZZED; its tasks (a queue of one) are held to the
-    synchronous deadline, so the tasks the fuzzers submit stay as cheap as their calls."""
+    """The shared server's deadline, serving FUZZED with smaller caps on rows, n and two-sample
+    rows (the document publishes them, so the boundary cases are smaller: schemathesis took 55 s
+    where the shared server's caps, 5,000 / 2,000 / 400, took 105); its tasks (a queue of one)
+    are held to the synchronous deadline, so the tasks the fuzzers submit stay as cheap as their
+    calls."""
     import httpx
     from servers import running_server
 
     log_path = tmp_path_factory.mktemp("fuzz") / "server.log"
     env = {
-        "GENREG_MAX_ROWS": "5000",
-        "GENREG_MAX_N": "2000",
-        "GENREG_MAX_TWO_SAMPLE": "400",
+        "GENREG_MAX_ROWS": "512",
+        "GENREG_MAX_N": "256",
+        "GENREG_MAX_TWO_SAMPLE": "100",
         "BENTOML_CONFIG_OPTIONS": "services.genreg.traffic.timeout=10",
         "GENREG_TASK_SECONDS": "10",
         "GENREG_TASK_QUEUE": "1",
@@ -65,7 +68,7 @@ def fuzz_server(trained, tmp_path_factory):
 
 def test_schema_driven_fuzz_of_every_endpoint(fuzz_server):
     client, log_path = fuzz_server
-    sent = fuzz(str(client.base_url), per_operation=60)
+    sent = fuzz(str(client.base_url), per_operation=30)
     operations = {key.rsplit(" ", 1)[0] for key in sent}
     assert operations == {
         "POST /sample",
@@ -100,7 +103,7 @@ def test_schema_driven_fuzz_of_every_endpoint(fuzz_server):
     }
     # the V2 routes reach served models, not only 404s for invented names
     assert sent["POST /v2/models/{name}/infer 200"] and sent["GET /v2/models/{name} 200"], sent
-    assert sum(sent.values()) >= 240
+    assert sum(sent.values()) >= 500
     assert not any(key.endswith((" 500", " 502", " 503")) for key in sent), sent
     assert "Traceback" not in log_path.read_text()
 
