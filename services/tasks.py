@@ -58,8 +58,11 @@ log = logging.getLogger("genreg.service")
 APIS = ("sample", "score", "two_sample_test")
 ACTIONS = {"submit": "POST", "status": "GET", "get": "GET", "cancel": "PUT", "retry": "POST"}
 RUNNERS = int(os.environ.get("GENREG_TASK_RUNNERS", "1"))
-# How often a running task's worker records its progress and looks for a cancellation.
-WATCH_SECONDS = 0.2
+# How often a running task's worker looks for a cancellation from another worker (a read of the
+# store), and how often it records its progress (a write). A cancellation that reaches the
+# task's own worker stops it at once.
+WATCH_SECONDS = 0.02
+PROGRESS_SECONDS = 0.2
 RETRY_AFTER_SECONDS = 5
 CANCELED_REASON = "the task was canceled"
 
@@ -104,6 +107,7 @@ class Tasks:
         self._store = store
         self._queue: asyncio.Queue[tuple[Service, str, str, str, bool, float]] | None = None
         self._runners: list[asyncio.Task[None]] = []
+        self._running: dict[str, Token] = {}  # this worker's running tasks
 
     @property
     def store(self) -> TaskStore:
@@ -136,6 +140,8 @@ class Tasks:
                 return json_response(row.as_dict())
             if action == "cancel":
                 row = await anyio.to_thread.run_sync(self.store.cancel, task_id, owner) or row
+                if row.status == CANCELED and task_id in self._running:
+                    self._running[task_id].cancel(CANCELED_REASON)  # its own worker: at once
                 return json_response(row.as_dict())
             if action == "retry":
                 if row.status in UNFINISHED:
@@ -233,6 +239,7 @@ class Tasks:
         token = Token(time.monotonic() + TASK_SECONDS)
         reset_token, reset_task = TOKEN.set(token), IN_TASK.set(True)
         watcher = asyncio.get_running_loop().create_task(self._watch(task_id, token))
+        self._running[task_id] = token
         TASKS.labels(endpoint=api, state="running").inc()
         try:
             answer = await service.handle(api, body, may_hold_bools=may_hold_bools)
@@ -241,6 +248,7 @@ class Tasks:
             answer = error_response(api, INTERNAL)
         finally:
             watcher.cancel()
+            self._running.pop(task_id, None)
             TOKEN.reset(reset_token)
             IN_TASK.reset(reset_task)
             TASKS.labels(endpoint=api, state="running").dec()
@@ -260,9 +268,14 @@ class Tasks:
 
     async def _watch(self, task_id: str, token: Token) -> None:
         """Record the running task's progress; stop it once it is canceled (from any worker)."""
+        recorded = time.monotonic()
         while True:
             await asyncio.sleep(WATCH_SECONDS)
-            wanted = await anyio.to_thread.run_sync(self.store.progress, task_id, token.done)
+            if time.monotonic() - recorded >= PROGRESS_SECONDS:
+                recorded = time.monotonic()
+                wanted = await anyio.to_thread.run_sync(self.store.progress, task_id, token.done)
+            else:
+                wanted = await anyio.to_thread.run_sync(self.store.wanted, task_id)
             if not wanted:
                 token.cancel(CANCELED_REASON)
                 return

@@ -208,6 +208,12 @@ class TaskStore:
             row = db.execute("SELECT status FROM tasks WHERE id = ?", (task_id,)).fetchone()
         return row is not None and row[0] in UNFINISHED
 
+    def wanted(self, task_id: str) -> bool:
+        """Whether the task is still wanted (not canceled, not expired): a read, for the watch."""
+        with self._db() as db:
+            row = db.execute("SELECT status FROM tasks WHERE id = ?", (task_id,)).fetchone()
+        return row is not None and row[0] in UNFINISHED
+
     def finish(self, task_id: str, code: int, result: bytes, error: str | None = None, done: int = 0) -> None:
         """Store the answer (its status code and body) and free the task's place in the queue; a
         task canceled meanwhile stays canceled."""
