@@ -580,7 +580,9 @@ class Genreg:
         try:
             resolved = scoring.resolve_kind(loaded, kind)
             limit = score_limit(loaded, resolved)
-            checked = scoring.check(loaded, x, resolved, k=k, max_draw_rows=limit, estimate=estimate)
+            checked = scoring.check(
+                loaded, x, resolved, k=k, max_draw_rows=limit, estimate=estimate, why=_limit_source(limit)
+            )
         except CapabilityError as exc:
             raise ApiError(422, exc.field, str(exc), "missing_capability") from None
         except InputError as exc:

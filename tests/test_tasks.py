@@ -213,6 +213,27 @@ def test_a_finished_task_expires(tasks_server):
         assert gone.status_code == 404 and gone.json()["field"] == "task_id", gone.text
 
 
+def test_a_task_may_run_what_the_deadline_refuses(tasks_server):
+    """Task limits come from GENREG_TASK_SECONDS, not the synchronous deadline: a score the
+    synchronous call refuses for its size is accepted as a task (then canceled here)."""
+    base = tasks_server.base
+    (model,) = [m for m in httpx.get(f"{base}/models").json()["models"] if m["name"] == "diffusion-digits"]
+    limit, task_limit = model["score_rows"]["bound"], model["task_score_rows"]["bound"]
+    k = 512
+    rows = limit // k + 1  # rows x k just past the synchronous limit
+    if rows * k > task_limit:
+        pytest.skip(f"this machine's measured rate gives tasks no more rows ({limit} vs {task_limit})")
+    body = {"model": "diffusion-digits", "x": [[3] * 64] * rows, "kind": "bound", "k": k, "seed": 0}
+    refused = httpx.post(f"{base}/score", json=body)
+    assert refused.status_code == 400 and refused.json()["field"] == "k", refused.text
+    assert "POST /NAME/submit" in refused.json()["error"]
+    submitted = httpx.post(f"{base}/score/submit", json=body)
+    assert submitted.status_code == 200, submitted.text
+    task_id = submitted.json()["task_id"]
+    assert _status(base, "score", task_id).json()["progress"]["total"] == rows * k
+    httpx.put(f"{base}/score/cancel", params={"task_id": task_id})
+
+
 def test_a_task_whose_worker_dies_fails_visibly(tasks_server):
     """Last here: it kills the server's workers (BentoML starts new ones)."""
     base = tasks_server.base

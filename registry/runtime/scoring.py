@@ -143,13 +143,14 @@ def check(
     what: str = "x",
     max_draw_rows: int | None = None,
     estimate: str | None = None,
+    why: str = "",
 ) -> Checked:
     """Every check of a scoring request, in this order: the kind (CapabilityError), the rows
     against the model's data (InputError naming ``what``), then ``k`` (InputError naming ``k``):
     draws apply to a bound only, and rows x k (k weighed by :func:`draw_weight`) may not exceed
     ``max_draw_rows``; then ``estimate`` (a bound's only; CapabilityError naming ``estimate``
     where the scorer's draws do not support it). Without ``estimate`` a bound is the tightest
-    the scorer supports."""
+    the scorer supports. ``why`` says where ``max_draw_rows`` comes from, in the refusal."""
     kind = resolve_kind(loaded, kind)
     rows = check_rows(x, loaded.stored.data, what=what)
     if k > 1 and kind != "bound":
@@ -158,7 +159,7 @@ def check(
         raise InputError("estimate", f"estimate applies to kind 'bound' only, not {kind!r}")
     if estimate is not None and estimate not in ESTIMATES:
         raise InputError("estimate", f"estimate: {estimate!r} is not one of {', '.join(ESTIMATES)}")
-    check_draws(len(rows), k, max_draw_rows)
+    check_draws(len(rows), k, max_draw_rows, why)
     if kind == "bound":
         estimate = bound_estimate(loaded, estimate)
     return Checked(kind, rows, k, estimate)
