@@ -17,6 +17,7 @@ import threading
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager, contextmanager
 
+from registry.runtime.budget import checkpoint
 from services.errors import ApiError
 
 MAX_HEAVY = int(os.environ.get("GENREG_MAX_HEAVY", "2"))
@@ -62,6 +63,7 @@ class HeavyGate:
             yield
             return
         while not self._free.acquire(blocking=False):
+            checkpoint()  # a task canceled (or past its time) while it waits stops waiting
             await asyncio.sleep(poll)
         try:
             yield

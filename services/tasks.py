@@ -148,7 +148,10 @@ class Tasks:
                     raise ApiError(
                         400, "task_id", f"task_id: task {task_id} is {row.status}, not finished", "unfinished"
                     )
-                body = await anyio.to_thread.run_sync(self.store.body, task_id)
+                try:
+                    body = await anyio.to_thread.run_sync(self.store.body, task_id)
+                except FileNotFoundError:  # expired meanwhile
+                    raise _unknown(task_id) from None
                 return await self._submit(service, api, body, owner)
             return await self._result(row)
         except ApiError as err:
@@ -168,9 +171,16 @@ class Tasks:
         finally:
             IN_TASK.reset(reset)
         try:
-            task_id = await anyio.to_thread.run_sync(
-                self.store.submit, api, owner, raw, work.total, work.unit, work.per
-            )
+            # Shielded: a task stored but never queued (the request's deadline striking between
+            # the two) would stay pending, holding its place, for ever.
+            with anyio.CancelScope(shield=True):
+                task_id = await anyio.to_thread.run_sync(
+                    self.store.submit, api, owner, raw, work.total, work.unit, work.per
+                )
+                self._start_runners()
+                assert self._queue is not None
+                TASKS.labels(endpoint=api, state="queued").inc()
+                self._queue.put_nowait((service, task_id, api, work.tag, bools, time.monotonic()))
         except QueueFull as exc:
             raise ApiError(
                 429,
@@ -179,10 +189,6 @@ class Tasks:
                 "task_queue_full",
                 headers={"retry-after": str(RETRY_AFTER_SECONDS)},
             ) from None
-        self._start_runners()
-        assert self._queue is not None
-        TASKS.labels(endpoint=api, state="queued").inc()
-        self._queue.put_nowait((service, task_id, api, work.tag, bools, time.monotonic()))
         return json_response({"task_id": task_id, "status": "pending"})
 
     async def _result(self, row: TaskRow) -> Response:
@@ -222,8 +228,12 @@ class Tasks:
             TASKS.labels(endpoint=api, state="queued").dec()
             try:
                 await self._run(service, task_id, api, tag, may_hold_bools, queued)
-            except Exception:  # a runner never dies: the task fails, with the reason, instead
+            except Exception as exc:  # a runner never dies: the task fails, with the reason, instead
                 log.exception("task %s (%s) failed", task_id, api)
+                try:
+                    await anyio.to_thread.run_sync(self.store.fail, task_id, f"the task could not run: {exc}")
+                except Exception:  # the store itself failing: the log says so
+                    log.exception("task %s: could not record its failure", task_id)
 
     async def _run(
         self, service: Service, task_id: str, api: str, tag: str, may_hold_bools: bool, queued: float

@@ -3,7 +3,9 @@
 Every worker of a server must answer status and get for any task, so a task lives where they
 all see it: BentoML's workers are processes on one host, and the folder is theirs
 (GENREG_TASK_DIR, default ``<BENTOML_HOME>/genreg-tasks``; `genreg serve` gives each server a
-home of its own). Replicas that mount one folder share their tasks too.
+home of its own). The folder is for one host's workers: a worker's liveness is judged by its pid
+and start time there, so replicas on other hosts must not share it (nor would SQLite's WAL
+mode be safe on a network filesystem); each replica answers for its own tasks.
 
 What is held, and for how long, is bounded: at most GENREG_TASK_QUEUE tasks are queued or
 running at once (429 beyond); a finished task's result is kept GENREG_TASK_TTL seconds, and
@@ -204,7 +206,9 @@ class TaskStore:
     def progress(self, task_id: str, done: int) -> bool:
         """Record progress; whether the task is still wanted (not canceled, not expired)."""
         with self._db(write=True) as db:
-            db.execute("UPDATE tasks SET done = ? WHERE id = ?", (done, task_id))
+            db.execute(
+                "UPDATE tasks SET done = ? WHERE id = ? AND status IN (?, ?)", (done, task_id, *UNFINISHED)
+            )
             row = db.execute("SELECT status FROM tasks WHERE id = ?", (task_id,)).fetchone()
         return row is not None and row[0] in UNFINISHED
 
@@ -230,6 +234,16 @@ class TaskStore:
             )
             db.execute("UPDATE tasks SET live = 0 WHERE id = ?", (task_id,))
         self.sweep()
+
+    def fail(self, task_id: str, reason: str, code: int = 500) -> None:
+        """The task failed without an answer of its own (the store or its files failed it): its
+        status says why, and its place is free."""
+        with self._db(write=True) as db:
+            db.execute(
+                "UPDATE tasks SET status = ?, completed = ?, code = ?, error = ? WHERE id = ? AND status IN (?, ?)",
+                (FAILED, time.time(), code, reason, task_id, *UNFINISHED),
+            )
+            db.execute("UPDATE tasks SET live = 0 WHERE id = ?", (task_id,))
 
     def release(self, task_id: str) -> None:
         """The worker is done with a task it did not finish (canceled): its place is free."""
@@ -260,6 +274,9 @@ class TaskStore:
         if self.get(task_id, owner) is None:
             return None
         with self._db(write=True) as db:
+            # A task still queued frees its place at once (its worker's start() then refuses it);
+            # a running one when its worker stops it.
+            db.execute("UPDATE tasks SET live = 0 WHERE id = ? AND status = ?", (task_id, PENDING))
             db.execute(
                 "UPDATE tasks SET status = ?, completed = ? WHERE id = ? AND status IN (?, ?)",
                 (CANCELED, time.time(), task_id, *UNFINISHED),

@@ -83,3 +83,16 @@ def test_process_start_tells_a_reused_pid_apart():
     import os
 
     assert process_start(os.getpid()) != "" and process_start(2**22 + 7) == ""
+
+
+def test_a_queued_task_canceled_frees_its_place_at_once_and_a_failure_frees_it_too(tmp_path):
+    store = TaskStore(tmp_path, queue=1)
+    queued = store.submit("sample", "", b"{}", total=1, unit="steps")
+    assert store.cancel(queued, "").status == "canceled"
+    assert not store.start(queued)  # its worker will not run it
+    running = store.submit("sample", "", b"{}", total=1, unit="steps")  # its place is free
+    store.start(running)
+    store.fail(running, "the task could not run: disk full")
+    row = store.get(running, "")
+    assert row.status == FAILED and row.code == 500 and "disk full" in row.error
+    store.submit("sample", "", b"{}", total=1, unit="steps")

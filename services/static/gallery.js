@@ -59,6 +59,11 @@ async function runTask(name, body, bar) {
     const query = `?task_id=${encodeURIComponent(submitted.task_id)}`;
     if (bar.dataset.owner === owner) bar.dataset.polls = "0";
     for (;;) {
+      if (bar.dataset.owner !== owner) {
+        // A newer draw took over: this one's answer will not be drawn, so free its place.
+        fetch(`/${name}/cancel${query}`, { method: "PUT", headers: headers(false) }).catch(() => {});
+        return null;
+      }
       const status = await api(`/${name}/status${query}`);
       if (bar.dataset.owner === owner) {
         bar.dataset.polls = String(Number(bar.dataset.polls || "0") + 1);
