@@ -31,6 +31,7 @@ class ApiError(Exception):
 # Between start-up and shutdown BentoML holds the service instance; outside it (a request that
 # races the shutdown) its accessor raises, and the answer is 503, not a traceback.
 NOT_RUNNING = ApiError(503, None, "the service is starting or stopping; retry", "unavailable")
+NOT_AN_OBJECT = ApiError(400, "body", "the request body must be a JSON object", "invalid_json")
 
 
 def json_response(payload: object, status: int = 200, headers: dict[str, str] | None = None) -> Response:

@@ -30,6 +30,15 @@ def loads(body: bytes) -> Any:
         raise ValueError(str(exc)) from None
 
 
+def json_object(body: bytes) -> dict[str, Any] | None:
+    """The parsed body if it is a JSON object; None for anything else (the caller's 400)."""
+    try:
+        parsed = loads(body)
+    except ValueError:
+        return None
+    return parsed if isinstance(parsed, dict) else None
+
+
 def may_hold_bools(body: bytes) -> bool:
     """Whether the raw body may hold JSON booleans, which numpy would read as 1.0 and 0.0."""
     return b"true" in body or b"false" in body

@@ -32,10 +32,10 @@ from urllib.parse import parse_qs
 
 from starlette.responses import Response
 
-from services import openapi, v2
+from services import openapi, tasks, v2
 from services.auth import bearer
-from services.errors import NOT_RUNNING, ApiError, error_response, json_response
-from services.jsonbody import loads, may_hold_bools
+from services.errors import NOT_AN_OBJECT, NOT_RUNNING, ApiError, error_response, json_response
+from services.jsonbody import json_object, may_hold_bools
 from services.taskstore import owner_of
 from services.traffic import Traffic
 
@@ -52,8 +52,7 @@ REPOSITORY = re.compile(
     r"^/v2/repository/(?:(?P<index>index)|models/(?P<name>[^/]+)/(?P<action>load|unload))$"
 )
 # BentoML's task paths (services.tasks): /NAME/submit, status, get, cancel and retry.
-TASK_PATH = re.compile(r"^/(?P<api>sample|score|two_sample_test)/(?P<action>submit|status|get|cancel|retry)$")
-TASK_METHODS = {"submit": "POST", "status": "GET", "get": "GET", "cancel": "PUT", "retry": "POST"}
+TASK_PATH = re.compile(rf"^/(?P<api>{'|'.join(tasks.APIS)})/(?P<action>{'|'.join(tasks.ACTIONS)})$")
 STATIC = Path(__file__).resolve().parent / "static"
 MEDIA_TYPES = {".html": "text/html; charset=utf-8", ".js": "text/javascript", ".css": "text/css"}
 
@@ -138,13 +137,9 @@ class _Endpoint:
             return
         if (self.endpoint == "models" or self.endpoint.startswith("repository")) and not body.strip():
             body = b"{}"
-        try:
-            parsed = loads(body)
-        except ValueError:
-            parsed = None
-        if not isinstance(parsed, dict):
-            err = ApiError(400, "body", "the request body must be a JSON object", "invalid_json")
-            await error_response(self.endpoint, err)(scope, receive, send)
+        parsed = json_object(body)
+        if parsed is None:
+            await error_response(self.endpoint, NOT_AN_OBJECT)(scope, receive, send)
             return
         service = _instance(self.service)
         if service is None:
@@ -156,12 +151,15 @@ class _Endpoint:
         await answer(scope, receive, send)
 
 
+def not_allowed(endpoint: str, method: str, path: str, allowed: str) -> Response:
+    """405 naming the methods the path takes (and an Allow header saying so)."""
+    err = ApiError(405, "method", f"{method} {path} is not allowed; use {allowed}", "method_not_allowed")
+    return error_response(endpoint, err, headers={"allow": allowed})
+
+
 async def _not_allowed(path: str, scope: dict[str, Any], receive: Any, send: Any) -> None:
     allowed = "GET, POST" if path == "/models" else "POST"
-    err = ApiError(
-        405, "method", f"{scope['method']} {path} is not allowed; use {allowed}", "method_not_allowed"
-    )
-    await error_response(API_PATHS[path], err, headers={"allow": allowed})(scope, receive, send)
+    await not_allowed(API_PATHS[path], scope["method"], path, allowed)(scope, receive, send)
 
 
 async def _static(name: str, scope: dict[str, Any], receive: Any, send: Any) -> None:
@@ -261,15 +259,9 @@ class ApiRoutes:
 
     async def _task(self, api: str, action: str, scope: dict[str, Any], receive: Any, send: Any) -> None:
         """A task path (services.tasks): same body limit, token and service instance as the API's."""
-        label, allowed = f"{api}_{action}", TASK_METHODS[action]
+        label, allowed = f"{api}_{action}", tasks.ACTIONS[action]
         if scope["method"] != allowed:
-            err = ApiError(
-                405,
-                "method",
-                f"{scope['method']} {scope['path']} is not allowed; use {allowed}",
-                "method_not_allowed",
-            )
-            await error_response(label, err, headers={"allow": allowed})(scope, receive, send)
+            await not_allowed(label, scope["method"], scope["path"], allowed)(scope, receive, send)
             return
         raw = b""
         if allowed == "POST":
@@ -301,13 +293,7 @@ class ApiRoutes:
         self, endpoint: str, match: re.Match[str], scope: dict[str, Any], receive: Any, send: Any
     ) -> None:
         if scope["method"] != "POST":
-            err = ApiError(
-                405,
-                "method",
-                f"{scope['method']} {scope['path']} is not allowed; use POST",
-                "method_not_allowed",
-            )
-            await error_response(endpoint, err, headers={"allow": "POST"})(scope, receive, send)
+            await not_allowed(endpoint, scope["method"], scope["path"], "POST")(scope, receive, send)
             return
         params = None if match["index"] else {"model": match["name"]}
         await _Endpoint(endpoint, self.service, self.max_body_bytes, params)(scope, receive, send)

@@ -20,7 +20,6 @@ import re
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
 from typing import Any
 
 import anyio
@@ -70,7 +69,7 @@ from services.schemas import (
     sampling,
     validate,
 )
-from services.tasks import Tasks
+from services.tasks import Tasks, Work
 from services.traffic import IN_TASK, MAX_CONCURRENCY, TASK_SECONDS, TIMEOUT_SECONDS, Traffic, watching
 from services.v2 import endpoint_of
 
@@ -115,17 +114,6 @@ def work_seconds(task: bool | None = None) -> float | None:
     if task is None:
         task = IN_TASK.get()
     return TASK_SECONDS if task else TRAFFIC.timeout
-
-
-@dataclass(frozen=True)
-class Work:
-    """What a request that passed every check will run: its model version, and the count its
-    progress is reported in (``total`` ``unit``, each ``per`` graph rows)."""
-
-    tag: str
-    total: int
-    unit: str
-    per: int = 1
 
 
 def _can_sample(loaded: LoadedModel) -> None:
@@ -364,9 +352,15 @@ class Genreg:
         if plan.size <= HEAVY_BYTES:
             yield
             return
-        # From here on large buffers go back to the system when freed, so this request's chunks
-        # cannot pile up in the allocator's heaps (registry.runtime.budget); set before its first
-        # chunk, and never for a worker that only answers light requests.
+        async with self._slot(field, what):
+            yield
+
+    @asynccontextmanager
+    async def _slot(self, field: str, what: str) -> AsyncIterator[None]:
+        """A heavy-request slot: taken at once or refused (429 naming ``field``); a task waits.
+        From here on large buffers go back to the system when freed, so this request's chunks
+        cannot pile up in the allocator's heaps (registry.runtime.budget); set before its first
+        chunk, and never for a worker that only answers light requests."""
         return_large_frees()
         if IN_TASK.get():
             async with self.heavy.waiting():
@@ -504,9 +498,7 @@ class Genreg:
             # Always heavy: the test holds (x + model rows)^2 matrices. Its rows are checked off
             # the event loop (thousands of values).
             real, n, count, plan = await anyio.to_thread.run_sync(self._two_sample_check, req, loaded)
-            if IN_TASK.get():
-                return_large_frees()
-            async with self.heavy.waiting() if IN_TASK.get() else self._heavy_now("x", "a two-sample test"):
+            async with self._slot("x", "a two-sample test"):
                 try:
                     async with watching():
                         answer = await anyio.to_thread.run_sync(self._two_sample, req, loaded, real, n, count)
@@ -520,12 +512,6 @@ class Genreg:
             return error_response(
                 endpoint, ApiError(504, None, f"the computation was stopped: {exc}", "cancelled")
             )
-
-    @asynccontextmanager
-    async def _heavy_now(self, field: str, what: str) -> AsyncIterator[None]:
-        return_large_frees()
-        with self.heavy.admit(field, what):
-            yield
 
     def check(self, endpoint: str, body: dict[str, Any], may_hold_bools: bool = True) -> Work:
         """Every check the synchronous call makes (validation, the model, its limits and planned

@@ -33,14 +33,15 @@ import logging
 import os
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 import anyio
 from starlette.responses import Response, StreamingResponse
 
 from registry.runtime.budget import TOKEN, Token
-from services.errors import ApiError, error_response, json_response
-from services.jsonbody import loads, may_hold_bools
+from services.errors import NOT_AN_OBJECT, ApiError, error_response, json_response
+from services.jsonbody import json_object, loads, may_hold_bools
 from services.metrics import TASK_QUEUE_SECONDS, TASKS, TASKS_FINISHED
 from services.taskstore import (
     CANCELED,
@@ -67,11 +68,16 @@ RETRY_AFTER_SECONDS = 5
 CANCELED_REASON = "the task was canceled"
 
 
-class Work(Protocol):
+@dataclass(frozen=True)
+class Work:
+    """What a request that passed every check will run (services.service.Genreg.check): its model
+    version, and the count its progress is reported in (``total`` ``unit``, each ``per`` graph
+    rows)."""
+
     tag: str
     total: int
     unit: str
-    per: int
+    per: int = 1
 
 
 class Service(Protocol):
@@ -87,10 +93,6 @@ class Service(Protocol):
         may_hold_bools: bool = True,
         params: dict[str, str] | None = None,
     ) -> Response: ...
-
-
-def _refused(label: str, err: ApiError) -> Response:
-    return error_response(label, err)
 
 
 def _unknown(task_id: str) -> ApiError:
@@ -155,15 +157,12 @@ class Tasks:
                 return await self._submit(service, api, body, owner)
             return await self._result(row)
         except ApiError as err:
-            return _refused(label, err)
+            return error_response(label, err)
 
     async def _submit(self, service: Service, api: str, raw: bytes, owner: str) -> Response:
-        try:
-            parsed = loads(raw)
-        except ValueError:
-            parsed = None
-        if not isinstance(parsed, dict):
-            raise ApiError(400, "body", "the request body must be a JSON object", "invalid_json")
+        parsed = json_object(raw)
+        if parsed is None:
+            raise NOT_AN_OBJECT
         bools = may_hold_bools(raw)
         reset = IN_TASK.set(True)
         try:

@@ -283,10 +283,6 @@ class TaskStore:
             )
         return self.get(task_id, owner)
 
-    def counts(self) -> dict[str, int]:
-        with self._db() as db:
-            return dict(db.execute("SELECT status, COUNT(*) FROM tasks GROUP BY status").fetchall())
-
     # --- upkeep -------------------------------------------------------------------------------
     def _orphaned(self, dead: list[tuple[str, int]]) -> None:
         now = time.time()

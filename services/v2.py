@@ -37,7 +37,7 @@ from registry.runtime.images import image_shape
 from registry.runtime.models import LoadedModel
 from registry.runtime.scoring import Scores
 from services.errors import NOT_RUNNING, ApiError, error_response, json_response
-from services.jsonbody import loads, may_hold_bools
+from services.jsonbody import json_object, may_hold_bools
 from services.schemas import (
     MAX_ROWS,
     V2InferRequest,
@@ -213,11 +213,8 @@ async def _infer(service: V2Api, loaded: LoadedModel, headers: dict[bytes, bytes
         head, binary = split_body(body, None if length is None else length.decode("latin-1"))
     except TensorError as exc:
         raise ApiError(400, exc.field, exc.message, "invalid_binary") from None
-    try:
-        parsed = loads(head)
-    except ValueError:
-        parsed = None
-    if not isinstance(parsed, dict):
+    parsed = json_object(head)
+    if parsed is None:
         raise ApiError(400, "body", "body: the inference request must be a JSON object", "invalid_json")
     bools = may_hold_bools(head)
     req = validate(V2InferRequest, parsed, bools)
