@@ -31,22 +31,10 @@ def bentoml_home() -> Path:
 
 def _train(family: str, data: str, epochs: int | None = None, **options):
     import torch
-
-    from registry.contract.family import TrainControl
-    from registry.contract.loading import get_plugins
-    from registry.datasets import load_dataset
-    from registry.pipeline.train import train_and_store
+    from fixture_models import train
 
     torch.set_num_threads(TORCH_THREADS)
-    fam = get_plugins().get(family)
-    return train_and_store(
-        fam,
-        load_dataset(data),
-        fam.Config(**{k: v for k, v in options.items() if k != "name"}),
-        TrainControl(seed=0, epochs=epochs, progress=False),
-        name=options.get("name"),
-        plugin={"name": "test", "distribution": "genreg"},
-    )
+    return train(family, data, epochs, options)
 
 
 @pytest.fixture(scope="session")

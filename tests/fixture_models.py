@@ -54,18 +54,15 @@ def _stored(home: str) -> None:
     torch.set_num_threads(1)
 
 
-def train_one(
-    home: str, family: str, data: str, epochs: int | None, options: dict[str, Any]
-) -> tuple[str, str]:
-    """Train one model into the store at ``home`` (in a pool process); (its key, its tag)."""
-    _stored(home)
+def train(family: str, data: str, epochs: int | None, options: dict[str, Any]) -> Any:
+    """Train ``family`` on ``data`` with the suite's seed into the current store (StoredModel)."""
     from registry.contract.family import TrainControl
     from registry.contract.loading import get_plugins
     from registry.datasets import load_dataset
     from registry.pipeline.train import train_and_store
 
     fam = get_plugins().get(family)
-    stored = train_and_store(
+    return train_and_store(
         fam,
         load_dataset(data),
         fam.Config(**{k: v for k, v in options.items() if k != "name"}),
@@ -73,7 +70,14 @@ def train_one(
         name=options.get("name"),
         plugin={"name": "test", "distribution": "genreg"},
     )
-    return options.get("name", f"{family}-{data}"), stored.tag
+
+
+def train_one(
+    home: str, family: str, data: str, epochs: int | None, options: dict[str, Any]
+) -> tuple[str, str]:
+    """Train one model into the store at ``home`` (in a pool process); (its key, its tag)."""
+    _stored(home)
+    return options.get("name", f"{family}-{data}"), train(family, data, epochs, options).tag
 
 
 def fixture_family(home: str, module: str, family: str, data: str) -> tuple[str, str]:
