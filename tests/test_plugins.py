@@ -75,7 +75,7 @@ def test_cli_plugins_lists_capabilities_and_distribution(fixture_site):
         [sys.executable, "-m", "registry.cli", "plugins"], capture_output=True, text=True, check=True
     )
     lines = {line.split()[0]: line for line in out.stdout.splitlines()}
-    assert "bound,log_prob,sample" in lines["flow"] and "genreg" in lines["flow"]
+    assert "bound,decode,encode,log_prob,sample" in lines["flow"] and "genreg" in lines["flow"]
     assert "genreg-fixtures" in lines["box"]
     assert "failed: broken (genreg-fixtures)" in out.stderr
     assert "Traceback" not in out.stderr

@@ -1,15 +1,19 @@
-"""The flow's ONNX graphs: sampler (z -> x) and scorer (x[, u] -> log-likelihood or bound)."""
+"""The flow's ONNX graphs: sampler (z -> x), scorer (x[, u] -> log-likelihood or bound), and
+the latent space's: the encoder z = f(x) (on discrete data f(x + u), u drawn as the scorer's,
+answered with x + u) and the decoder, its exact inverse."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
 from torch import nn
 
+from plugins.common.graph import Traced
 from plugins.flow.config import FlowModel
 from plugins.flow.dequantize import variational_log_weight
-from registry.contract.family import GraphSpec, NoiseInput
+from registry.contract.family import GraphSpec, LatentPart, NoiseInput
 from registry.pipeline.export import export_torch
 
 
@@ -54,6 +58,59 @@ class _LogProb(nn.Module):
         return self.flow.log_prob(x)
 
 
+def latent_functions(model: FlowModel) -> dict[tuple[str, str], Callable[..., torch.Tensor]]:
+    """(role, kind) -> the function each latent-space graph computes (export and reference).
+
+    The latent of a discrete row x is that of its dequantised value y = x + u, u from the
+    model's own dequantiser (uniform, or q(u|x) from normal eps): the encoder answers [z, y],
+    and the decoder's exact inverse gives y back, whose floor is x.
+    """
+    flow = model.flow
+    if not model.levels:
+        encode: Callable[..., torch.Tensor] = flow.transform
+    elif model.dequantizer is None:
+
+        def encode(x: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+            y = x + u
+            return torch.cat([flow.transform(y), y], -1)
+
+    else:
+        dequantizer = model.dequantizer
+
+        def encode(x: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
+            y = x + dequantizer(x, eps)[0]
+            return torch.cat([flow.transform(y), y], -1)
+
+    return {("encoder", "exact"): encode, ("decoder", "exact"): flow.invert}
+
+
+def latent_graphs(model: FlowModel, directory: Path, noise: NoiseInput | None) -> list[GraphSpec]:
+    """Export the encoder and decoder (``noise``: the scorer's dequantisation noise, if any)."""
+    d = model.dim
+    fns = latent_functions(model)
+    modules = {"flow": model.flow} | ({"dequantizer": model.dequantizer} if model.dequantizer else {})
+    example = {"x": torch.zeros(4, d)} | ({noise.name: torch.full((4, d), 0.5)} if noise else {})
+    export_torch(Traced(fns["encoder", "exact"], **modules), example, "latent", directory / "encoder.onnx")
+    export_torch(
+        Traced(fns["decoder", "exact"], flow=model.flow),
+        {"z": torch.zeros(4, d)},
+        "x",
+        directory / "decoder.onnx",
+    )
+    parts = [LatentPart(name="z", dim=d)] + ([LatentPart(name="dequantized", dim=d)] if noise else [])
+    return [
+        GraphSpec(
+            role="encoder",
+            file="encoder.onnx",
+            kind="exact",
+            noise=[noise] if noise else [],
+            output="latent",
+            parts=parts,
+        ),
+        GraphSpec(role="decoder", file="decoder.onnx", kind="exact", x_input="z", output="x"),
+    ]
+
+
 def export_flow(model: FlowModel, directory: Path) -> list[GraphSpec]:
     flow = model.flow.eval()
     d = model.dim
@@ -76,6 +133,7 @@ def export_flow(model: FlowModel, directory: Path) -> list[GraphSpec]:
             GraphSpec(role="scorer", file="scorer.onnx", kind="bound", noise=[noise], output="log_likelihood")
         )
     else:
+        noise = None
         export_torch(_LogProb(flow), {"x": example}, "log_likelihood", directory / "scorer.onnx")
         graphs.append(GraphSpec(role="scorer", file="scorer.onnx", kind="log_prob", output="log_likelihood"))
-    return graphs
+    return graphs + latent_graphs(model, directory, noise)

@@ -21,7 +21,9 @@ class FlowFamily(TorchFamily):
         "RealNVP/Glow coupling flow: affine or spline couplings, actnorm, LU-parametrised mixing; "
         "uniform or variational dequantisation"
     )
-    capabilities = frozenset({Capability.SAMPLE, Capability.LOG_PROB, Capability.BOUND})
+    capabilities = frozenset(
+        {Capability.SAMPLE, Capability.LOG_PROB, Capability.BOUND, Capability.ENCODE, Capability.DECODE}
+    )
     Config = FlowConfig
     data_parallel = True  # plugins.common.training.fit: DistributedDataParallel
 
@@ -32,7 +34,7 @@ class FlowFamily(TorchFamily):
 
     def model_capabilities(self, model: FlowModel) -> set[Capability]:
         score = Capability.BOUND if model.levels else Capability.LOG_PROB
-        return {Capability.SAMPLE, score}
+        return {Capability.SAMPLE, score, Capability.ENCODE, Capability.DECODE}
 
     def sample(self, model: FlowModel, noise: dict[str, np.ndarray]) -> np.ndarray:
         return self._run(model.flow.sample, noise["z"])
@@ -52,6 +54,12 @@ class FlowFamily(TorchFamily):
         return self._run(
             lambda a, eps: variational_log_weight(model.flow, model.dequantizer, a, eps), x, noise["eps"]
         )
+
+    def reference(self, model: FlowModel, spec: GraphSpec, feeds: dict[str, np.ndarray]) -> np.ndarray:
+        from plugins.flow.export import latent_functions
+
+        fn = latent_functions(model)[spec.role, spec.kind or ""]
+        return self._run(fn, feeds[spec.x_input or "x"], *(feeds[n.name] for n in spec.noise))
 
     def export(self, model: FlowModel, directory: Path) -> list[GraphSpec]:
         from plugins.flow.export import export_flow

@@ -205,12 +205,15 @@ class Preprocess(nn.Module):
         log_det = math.log(1 - 2 * a) - math.log(self.levels) - torch.log(s) - torch.log1p(-s)
         return h, log_det.sum(1)
 
-    def inverse(self, h: torch.Tensor) -> torch.Tensor:
+    def inverse(self, h: torch.Tensor, lattice: bool = True) -> torch.Tensor:
+        """Data units from h: for discrete data the level whose unit bin holds y (``lattice``),
+        or y itself, the dequantised value x + u (the exact inverse)."""
         if self.levels is None:
             return h * self.std + self.mean
         s = torch.sigmoid(h)
         y = (s - self.alpha) / (1 - 2 * self.alpha) * self.levels
-        # Samples land on the data's own lattice: the level whose unit bin holds y.
+        if not lattice:
+            return y
         return torch.clamp(torch.floor(y), 0, self.levels - 1)
 
 
@@ -248,14 +251,29 @@ class Flow(nn.Module):
             ]
         self.steps = nn.ModuleList(steps)
 
-    def log_prob(self, y: torch.Tensor) -> torch.Tensor:
-        """Log-density of y (dequantised x for discrete data), in nats per row."""
+    def _forward(self, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         h, log_det = self.pre(y)
         for step in self.steps:
             h, ld = step(h)
             log_det = log_det + ld
+        return h, log_det
+
+    def log_prob(self, y: torch.Tensor) -> torch.Tensor:
+        """Log-density of y (dequantised x for discrete data), in nats per row."""
+        h, log_det = self._forward(y)
         log_base = -0.5 * (h * h).sum(1) - 0.5 * self.dim * LOG_2PI
         return log_base + log_det
+
+    def transform(self, y: torch.Tensor) -> torch.Tensor:
+        """z = f(y), the latent of y (dequantised x for discrete data)."""
+        return self._forward(y)[0]
+
+    def invert(self, z: torch.Tensor) -> torch.Tensor:
+        """y = f^-1(z) exactly (no rounding to the lattice); :meth:`freeze_inverse` first."""
+        h = z
+        for step in reversed(self.steps):
+            h = step.inverse(h)
+        return self.pre.inverse(h, lattice=False)
 
     def freeze_inverse(self) -> None:
         for step in self.steps:

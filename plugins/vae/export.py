@@ -1,14 +1,18 @@
-"""The VAE's ONNX graphs: sampler, scorer (one importance draw), encoder and decoder."""
+"""The VAE's ONNX graphs: sampler, scorer (one importance draw), and the latent space's: the
+encoder q(z|x), the decoder's mean E[x|z], its draw (the sampler, fed a chosen z) and its
+distribution parameters (ELBO surgery reads them)."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
 from torch import nn
 
+from plugins.common.graph import Traced
 from plugins.vae.config import VAEModel
-from registry.contract.family import GraphSpec, NoiseInput
+from registry.contract.family import GraphSpec, LatentPart, NoiseInput
 from registry.pipeline.export import export_torch
 
 
@@ -31,23 +35,19 @@ class _Scorer(nn.Module):
         return rec + prior - post
 
 
-class _Encoder(nn.Module):
-    def __init__(self, vae: nn.Module) -> None:
-        super().__init__()
-        self.vae = vae
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        mean, log_var = self.vae.encode(x)
-        return torch.cat([mean, log_var], -1)
+def encoder_stats(vae: nn.Module) -> Callable[[torch.Tensor], torch.Tensor]:
+    """x -> [mean, log_var] of q(z|x): the encoder graph, and its parity reference."""
+    return lambda x: torch.cat(vae.encode(x), -1)
 
 
-class _Decoder(nn.Module):
-    def __init__(self, vae: nn.Module) -> None:
-        super().__init__()
-        self.vae = vae
-
-    def forward(self, z: torch.Tensor) -> torch.Tensor:
-        return self.vae.decode(z)
+def latent_functions(vae: nn.Module) -> dict[tuple[str, str], Callable[..., torch.Tensor]]:
+    """(role, kind) -> the function each latent-space graph computes (export and reference)."""
+    return {
+        ("encoder", "gaussian"): encoder_stats(vae),
+        ("decoder", "mean"): vae.decode_mean,
+        ("decoder", "sample"): vae.sample,
+        ("decoder", "params"): vae.decode,
+    }
 
 
 def export_vae(model: VAEModel, directory: Path) -> list[GraphSpec]:
@@ -58,14 +58,23 @@ def export_vae(model: VAEModel, directory: Path) -> list[GraphSpec]:
     u_dist = "uniform" if model.levels else "normal"
     export_torch(_Sampler(vae), {"z": z, "u": torch.rand(4, d)}, "x", directory / "sampler.onnx")
     export_torch(_Scorer(vae), {"x": x, "eps": z + 0.1}, "log_weight", directory / "scorer.onnx")
-    export_torch(_Encoder(vae), {"x": x + 1}, "stats", directory / "encoder.onnx")
-    export_torch(_Decoder(vae), {"z": z - 0.1}, "params", directory / "decoder.onnx")
+    latent = latent_functions(vae)
+    export_torch(
+        Traced(latent["encoder", "gaussian"], vae=vae), {"x": x + 1}, "stats", directory / "encoder.onnx"
+    )
+    export_torch(
+        Traced(latent["decoder", "params"], vae=vae), {"z": z - 0.1}, "params", directory / "decoder.onnx"
+    )
+    export_torch(
+        Traced(latent["decoder", "mean"], vae=vae), {"z": z + 0.2}, "x", directory / "decoder_mean.onnx"
+    )
+    u = NoiseInput(name="u", dist=u_dist, dim=d)
     return [
         GraphSpec(
             role="sampler",
             file="sampler.onnx",
             x_input=None,
-            noise=[NoiseInput(name="z", dist="normal", dim=k), NoiseInput(name="u", dist=u_dist, dim=d)],
+            noise=[NoiseInput(name="z", dist="normal", dim=k), u],
             output="x",
         ),
         GraphSpec(
@@ -75,6 +84,15 @@ def export_vae(model: VAEModel, directory: Path) -> list[GraphSpec]:
             noise=[NoiseInput(name="eps", dist="normal", dim=k)],
             output="log_weight",
         ),
-        GraphSpec(role="encoder", file="encoder.onnx", output="stats"),
-        GraphSpec(role="decoder", file="decoder.onnx", x_input="z", output="params"),
+        GraphSpec(
+            role="encoder",
+            file="encoder.onnx",
+            kind="gaussian",
+            output="stats",
+            parts=[LatentPart(name="mean", dim=k), LatentPart(name="log_var", dim=k)],
+        ),
+        GraphSpec(role="decoder", file="decoder_mean.onnx", kind="mean", x_input="z", output="x"),
+        # A draw of x|z is the sampler's with z chosen: the same graph, its z fed, not drawn.
+        GraphSpec(role="decoder", file="sampler.onnx", kind="sample", x_input="z", noise=[u], output="x"),
+        GraphSpec(role="decoder", file="decoder.onnx", kind="params", x_input="z", output="params"),
     ]

@@ -20,7 +20,7 @@ from registry.contract.family import Capability, GraphSpec, TrainControl
 class VAEFamily(TorchFamily):
     name = "vae"
     description = "VAE / beta-VAE: Gaussian encoder, categorical or Gaussian decoder; ELBO and IWAE bounds"
-    capabilities = frozenset({Capability.SAMPLE, Capability.BOUND})
+    capabilities = frozenset({Capability.SAMPLE, Capability.BOUND, Capability.ENCODE, Capability.DECODE})
     Config = VAEConfig
     data_parallel = True  # plugins.common.training.fit: DistributedDataParallel
 
@@ -41,13 +41,11 @@ class VAEFamily(TorchFamily):
         return self._run(log_w, x, noise["eps"])
 
     def reference(self, model: VAEModel, spec: GraphSpec, feeds: dict[str, np.ndarray]) -> np.ndarray:
-        import torch
+        from plugins.vae.export import latent_functions
 
-        if spec.role == "encoder":
-            return self._run(lambda a: torch.cat(model.vae.encode(a), -1), feeds["x"])
-        if spec.role == "decoder":
-            return self._run(model.vae.decode, feeds["z"])
-        raise KeyError(spec.role)
+        fn = latent_functions(model.vae)[spec.role, spec.kind or ""]
+        inputs = [feeds[spec.x_input or "x"], *(feeds[n.name] for n in spec.noise)]
+        return self._run(fn, *inputs)
 
     def export(self, model: VAEModel, directory: Path) -> list[GraphSpec]:
         from plugins.vae.export import export_vae

@@ -54,6 +54,14 @@ class VAE(nn.Module):
             [mean * self.std + self.mean, torch.clamp(log_var, -10.0, 6.0) + 2 * torch.log(self.std)], -1
         )
 
+    def decode_mean(self, z: torch.Tensor) -> torch.Tensor:
+        """E[x|z] in data units: the expected level (discrete data) or the Gaussian's mean."""
+        params = self.decode(z)
+        if self.levels:
+            levels = torch.arange(self.levels, dtype=params.dtype, device=params.device)
+            return (torch.exp(params) * levels).sum(-1)
+        return params.chunk(2, dim=-1)[0]
+
     def log_likelihood(self, x: torch.Tensor, params: torch.Tensor) -> torch.Tensor:
         """log p(x|z) summed over dimensions."""
         if self.levels:

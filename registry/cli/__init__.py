@@ -4,10 +4,10 @@ Each module registers its commands on the one Typer app (registry.cli.app); impo
 here, in help order, makes the app whole.
 """
 
-from registry.cli import models, packaging, quality, remote, serving, training
+from registry.cli import latent, models, packaging, quality, remote, serving, training
 from registry.cli.app import app
 
-__all__ = ["app", "main", "models", "packaging", "quality", "remote", "serving", "training"]
+__all__ = ["app", "latent", "main", "models", "packaging", "quality", "remote", "serving", "training"]
 
 
 def main() -> None:

@@ -11,12 +11,21 @@ from typing import TYPE_CHECKING, Any, ClassVar, Self
 import numpy as np
 from pydantic import BaseModel, ConfigDict
 
-from registry.runtime.graphs import GraphSpec, NoiseInput, StepLoop
+from registry.runtime.graphs import GraphSpec, LatentPart, NoiseInput, StepLoop
 
 if TYPE_CHECKING:
     from registry.contract.dataset import Dataset
 
-__all__ = ["Capability", "Family", "FamilyConfig", "GraphSpec", "NoiseInput", "StepLoop", "TrainControl"]
+__all__ = [
+    "Capability",
+    "Family",
+    "FamilyConfig",
+    "GraphSpec",
+    "LatentPart",
+    "NoiseInput",
+    "StepLoop",
+    "TrainControl",
+]
 
 
 class Capability(enum.StrEnum):
@@ -26,6 +35,8 @@ class Capability(enum.StrEnum):
     LOG_PROB = "log_prob"  # exact, normalised log-likelihood
     BOUND = "bound"  # a lower bound on the log-likelihood (ELBO, dequantisation bound)
     DISCRIMINATE = "discriminate"  # probability that a row is real
+    ENCODE = "encode"  # rows to latents: an encoder graph (GraphSpec kinds gaussian or exact)
+    DECODE = "decode"  # latents to rows: decoder graphs (kinds mean and sample, or exact)
 
 
 # Which Family method each capability obliges the family to implement.
@@ -34,6 +45,9 @@ CAPABILITY_METHODS: dict[Capability, str] = {
     Capability.LOG_PROB: "log_prob",
     Capability.BOUND: "bound",
     Capability.DISCRIMINATE: "discriminate",
+    # The latent-space graphs are checked against the family's reference for each of them.
+    Capability.ENCODE: "reference",
+    Capability.DECODE: "reference",
 }
 
 
@@ -106,7 +120,8 @@ class Family:
         raise NotImplementedError
 
     def reference(self, model: Any, spec: GraphSpec, feeds: dict[str, np.ndarray]) -> np.ndarray:
-        """Reference output of an auxiliary graph (encoder, decoder) for the parity check."""
+        """Reference output of an auxiliary graph (encoder, decoder) for the parity check: ``feeds``
+        are the graph's inputs (its ``x_input`` and noise), the answer its output."""
         raise NotImplementedError
 
     def export(self, model: Any, directory: Path) -> list[GraphSpec]:

@@ -77,7 +77,11 @@ def validate_family(family: object) -> type[Family]:
         raise FamilyError(f"family {name!r}: capabilities must be a set of Capability values")
     if not caps & {Capability.SAMPLE, Capability.LOG_PROB, Capability.BOUND}:
         raise FamilyError(f"family {name!r}: claims none of sample, log_prob, bound")
-    missing = [CAPABILITY_METHODS[c] for c in sorted(caps) if not implements(family, CAPABILITY_METHODS[c])]
+    missing = list(
+        dict.fromkeys(
+            CAPABILITY_METHODS[c] for c in sorted(caps) if not implements(family, CAPABILITY_METHODS[c])
+        )
+    )
     for method in ("train", "export"):
         if not implements(family, method):
             missing.append(method)

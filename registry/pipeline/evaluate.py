@@ -14,6 +14,7 @@ import numpy as np
 
 from registry.contract.dataset import Dataset
 from registry.pipeline.surgery import elbo_surgery, encode, mig
+from registry.runtime import latent
 from registry.runtime.models import LoadedModel
 from registry.runtime.scoring import score
 from registry.runtime.two_sample import c2st, jsd_lower_bound, mmd_test
@@ -92,9 +93,16 @@ def evaluate(loaded: LoadedModel, data: Dataset, split: str = "test", seed: int 
         iwae = score(loaded, x[:1000], "bound", k=IWAE_K, seed=seed, estimate="importance_weighted").scores
         metrics[f"iwae{IWAE_K}_nats"] = float(iwae.mean())
         metrics[f"iwae{IWAE_K}_bits_per_dim"] = float(bits_per_dim(iwae.mean(), data.dim))
-    if loaded.stored.graph("encoder") is not None:
+    encoder = loaded.stored.graph("encoder")
+    if encoder is not None and encoder.kind in (None, "gaussian"):  # q(z|x), a latent-variable model
         # The aggregate posterior costs N^2 per draw: 2,000 points keep it to seconds.
         metrics["surgery"] = elbo_surgery(loaded, x[:SURGERY_ROWS], seed=seed)
+        if latent.encoder(loaded.stored) is not None:
+            # Per-dimension KL and active units on the validation split (traversals order by it).
+            metrics["latent"] = {
+                "split": "validation",
+                **latent.latent_report(loaded, data.validation[:SURGERY_ROWS]),
+            }
         if data.factors is not None:
             splits = ("train", "validation", "test")
             codes, _ = encode(loaded, np.concatenate([getattr(data, s) for s in splits]))

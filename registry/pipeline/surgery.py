@@ -23,6 +23,7 @@ from typing import Any
 
 import numpy as np
 
+from registry.runtime import latent
 from registry.runtime.models import LoadedModel
 
 LOG_2PI = math.log(2 * math.pi)
@@ -37,14 +38,19 @@ def encode(loaded: LoadedModel, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     spec = loaded.stored.graph("encoder")
     if spec is None:
         raise ValueError(f"{loaded.stored.tag} has no encoder graph (only latent-variable models do)")
+    if spec.kind == "gaussian":  # the served encoder: the one latent path
+        encoded = latent.encode(loaded, latent.check_encode(loaded, x, None), seed=0)
+        return encoded.mean.astype(np.float64), encoded.log_var.astype(np.float64)
+    # Stored before the latent space was served: the same graph, its output not yet described.
     stats = loaded.run(spec, {"x": np.ascontiguousarray(x, dtype=np.float32)}).astype(np.float64)
-    latent = stats.shape[1] // 2
-    return stats[:, :latent], stats[:, latent:]
+    width = stats.shape[1] // 2
+    return stats[:, :width], stats[:, width:]
 
 
 def _log_lik(loaded: LoadedModel, x: np.ndarray, z: np.ndarray) -> np.ndarray:
     """log p(x|z) per row from the decoder graph's distribution parameters."""
-    spec = loaded.stored.graph("decoder")
+    # Stored before the decoders had kinds, the one decoder graph is the parameters'.
+    spec = loaded.stored.graph("decoder", "params") or loaded.stored.graph("decoder", None)
     params = loaded.run(spec, {"z": z.astype(np.float32)}).astype(np.float64)
     if loaded.stored.data.get("levels"):
         idx = x.astype(np.int64)[..., None]

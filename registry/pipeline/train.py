@@ -18,7 +18,7 @@ from registry.contract.dataset import Dataset
 from registry.contract.family import Family, FamilyConfig, TrainControl
 from registry.pipeline.distributed import is_main_process
 from registry.pipeline.evaluate import evaluate
-from registry.pipeline.export import check_parity
+from registry.pipeline.export import check_claims, check_parity
 from registry.runtime.cost import measured
 from registry.runtime.models import LoadedModel
 from registry.runtime.store import StoredModel, get_model, save_model
@@ -63,6 +63,7 @@ def train_and_store(
         directory = Path(tmp)
         with stages("export"):
             graphs = family.export(model, directory)
+            check_claims({c.value for c in caps}, graphs)
         with stages("parity"):
             parity = check_parity(family, model, graphs, directory, data.test, discrete=data.discrete)
         with stages("cost"):

@@ -151,7 +151,8 @@ def measure(path: Path, spec: GraphSpec, threads: int = 1) -> GraphCost:
 
 def measured(directory: Path, graphs: list[GraphSpec] | tuple[GraphSpec, ...]) -> list[GraphSpec]:
     """``graphs`` (files in ``directory``) with their cost measured where it is missing."""
-    todo = [g for g in graphs if g.cost is None]
+    # One measurement per file: two specs may call one graph (a VAE's sampler is its decoder's draw).
+    todo = list({g.file: g for g in reversed(graphs) if g.cost is None}.values())
     found = dict(
         zip((g.file for g in todo), measure_all([(directory / g.file, g) for g in todo]), strict=True)
     )

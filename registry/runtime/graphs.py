@@ -78,6 +78,13 @@ class StepLoop(BaseModel):
         return requested
 
 
+class LatentPart(BaseModel):
+    """A block of columns of an encoder's output: ``name`` over ``dim`` columns, in order."""
+
+    name: Literal["z", "mean", "log_var", "dequantized"]
+    dim: int = Field(ge=1)
+
+
 class GraphCost(BaseModel):
     """What one call of a graph costs on the CPU, measured (registry.runtime.cost): its peak
     resident memory is about ``call_bytes`` + ``row_bytes`` x rows, its time ``call_seconds`` +
@@ -96,7 +103,16 @@ class GraphSpec(BaseModel):
     ``role`` is ``sampler`` (noise -> x in data units), ``scorer`` (x, noise -> per-row
     log-likelihood or bound in nats), ``discriminator`` (x -> logit), or an auxiliary graph a
     family adds (``encoder``, ``decoder``). ``kind`` names the score a scorer returns
-    (``log_prob`` or ``bound``).
+    (``log_prob`` or ``bound``), and what a latent-space graph computes:
+
+    - an ``encoder`` of kind ``gaussian`` answers q(z|x)'s ``mean`` and ``log_var`` (its
+      ``parts``), from which the runtime takes z (the mean, or a seeded draw); one of kind
+      ``exact`` answers z = f(x) itself, and for discrete data also the ``dequantized`` row
+      x + u that z is the image of, u drawn from its noise inputs;
+    - a ``decoder`` (``x_input`` the latent, ``z``) of kind ``mean`` answers E[x|z] in data
+      units, ``sample`` a draw of x|z from its noise, ``exact`` the inverse f^-1(z) (for
+      discrete data the dequantized row, whose floor is x), ``params`` the family's own
+      distribution parameters (its evaluations read them; never served).
 
     A ``bound`` scorer with noise returns one log importance weight log w per row, with
     E[w] <= P(x) over its noise: its mean over draws is a lower bound (an ELBO, or the uniform
@@ -109,12 +125,13 @@ class GraphSpec(BaseModel):
 
     role: Literal["sampler", "scorer", "discriminator", "encoder", "decoder"]
     file: str
-    kind: Literal["log_prob", "bound"] | None = None
+    kind: Literal["log_prob", "bound", "gaussian", "exact", "mean", "sample", "params"] | None = None
     x_input: str | None = "x"
     noise: list[NoiseInput] = []
     output: str
     loop: StepLoop | None = None  # a sampler applied step by step (autoregressive, diffusion)
     estimates: list[Estimate] = ["average", "importance_weighted"]  # a bound scorer's k-draw summaries
+    parts: list[LatentPart] = []  # an encoder's output columns, in order
     # Measured when the model is stored (registry.pipeline.train), or when it is loaded for a
     # version stored without it: what the runtime sizes its chunks of rows by.
     cost: GraphCost | None = None
@@ -133,6 +150,17 @@ class GraphSpec(BaseModel):
             raise ValueError(
                 f"loop: the state, step and noise inputs need distinct names (clash: {sorted(clash)})"
             )
+        return self
+
+    @model_validator(mode="after")
+    def _latent(self) -> GraphSpec:
+        names = [p.name for p in self.parts]
+        if self.parts and self.role != "encoder":
+            raise ValueError("parts: only an encoder's output is split into parts")
+        if self.role == "encoder" and self.kind == "gaussian" and names != ["mean", "log_var"]:
+            raise ValueError("parts: a gaussian encoder answers mean and log_var, in that order")
+        if self.role == "encoder" and self.kind == "exact" and names[:1] != ["z"]:
+            raise ValueError("parts: an exact encoder answers z first")
         return self
 
     @model_validator(mode="after")

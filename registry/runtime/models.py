@@ -69,9 +69,10 @@ class LoadedModel:
         self.costs: dict[str, GraphCost | None] = {spec.file: spec.cost for spec in stored.graphs}
         # Per-row seconds of this process's large calls of each graph (BULK_ROWS and up).
         self.bulk_row_seconds: dict[str, float] = {}
+        # One session per file: two specs may call one graph (a VAE's sampler is its decoder's draw).
         self.sessions = {
-            spec.file: open_session(stored.read_verified(spec.file), providers, threads)
-            for spec in stored.graphs
+            file: open_session(stored.read_verified(file), providers, threads)
+            for file in dict.fromkeys(spec.file for spec in stored.graphs)
         }
         # Called with (graph role, seconds) after each run: the service's latency metric.
         self.on_run: Callable[[str, float], None] | None = None
@@ -81,10 +82,12 @@ class LoadedModel:
         self.call_seconds: dict[str, float] = {}
         # How each graph is run; the service may wrap these (e.g. to batch concurrent calls).
         self.runners: dict[str, Callable[[dict[str, np.ndarray]], np.ndarray]] = {
-            spec.file: self._direct(spec) for spec in stored.graphs
-        }
+            spec.file: self._direct(spec) for spec in reversed(stored.graphs)
+        }  # reversed: a file's first spec names its role in the metrics
         # Large calls bypass the runners (batching them gains nothing) and give their arena back.
-        self._shrinking = {spec.file: self._direct(spec, shrink_options()) for spec in stored.graphs}
+        self._shrinking = {
+            spec.file: self._direct(spec, shrink_options()) for spec in reversed(stored.graphs)
+        }
 
     def _direct(
         self, spec: GraphSpec, options: object = None
@@ -155,7 +158,9 @@ class LoadedModel:
 
     def measure_costs(self) -> None:
         """Measure every graph stored without its cost (the service does it when it loads)."""
-        todo = [spec for spec in self.stored.graphs if self.costs.get(spec.file) is None]
+        todo = list(
+            {s.file: s for s in reversed(self.stored.graphs) if self.costs.get(s.file) is None}.values()
+        )
         found = costs.measure_all([(self.stored.file(spec.file), spec) for spec in todo])
         self.costs.update({spec.file: cost for spec, cost in zip(todo, found, strict=True)})
 
@@ -246,7 +251,7 @@ class LoadedModel:
             progressed(len(pieces[-1]))
         return np.concatenate(pieces)
 
-    def _noisy(self, spec: GraphSpec, x: np.ndarray, k: int, seed: int | None, plan: Plan) -> np.ndarray:
+    def noisy(self, spec: GraphSpec, x: np.ndarray, k: int, seed: int | None, plan: Plan) -> np.ndarray:
         """The scorer ``spec`` over ``k`` draws of each row of ``x`` (row i's draw j: noise row
         i * k + j of one seeded stream), drawn and run a chunk at a time."""
         total = len(x) * k
@@ -314,7 +319,7 @@ class LoadedModel:
             raise CapabilityError(f"{self.stored.tag} has no bound scorer; it has: {', '.join(self.kinds)}")
         x = np.ascontiguousarray(x, dtype=np.float32)
         plan = plan or self.plan_score(len(x), "bound", k, width=x.shape[1] if x.ndim == 2 else None)
-        return self._noisy(spec, x, k, seed, plan).reshape(len(x), k).astype(np.float64)
+        return self.noisy(spec, x, k, seed, plan).reshape(len(x), k).astype(np.float64)
 
     def logits(self, x: np.ndarray, plan: Plan | None = None) -> np.ndarray:
         """The discriminator's logit that each row is real."""
@@ -334,7 +339,7 @@ class LoadedModel:
             raise CapabilityError(f"{self.stored.tag} has no {kind} scorer; it has: {', '.join(self.kinds)}")
         x = np.ascontiguousarray(x, dtype=np.float32)
         plan = plan or self.plan_score(len(x), kind, width=x.shape[1] if x.ndim == 2 else None)
-        return self._noisy(spec, x, 1, seed, plan).reshape(-1).astype(np.float64)
+        return self.noisy(spec, x, 1, seed, plan).reshape(-1).astype(np.float64)
 
 
 def _mib(n: int) -> str:

@@ -11,14 +11,17 @@ import numpy as np
 from registry.runtime.images import image_shape
 
 
-def png_grid(x: np.ndarray, shape: Sequence[int], high: float, scale: int = 4, pad: int = 1) -> bytes:
-    """A near-square grid of images (rows channels-last, ``shape`` (h, w) or (h, w, c)):
-    grayscale for one channel, RGB for three; each value v maps to 255 * v / high."""
+def png_grid(
+    x: np.ndarray, shape: Sequence[int], high: float, scale: int = 4, pad: int = 1, cols: int | None = None
+) -> bytes:
+    """A grid of images (rows channels-last, ``shape`` (h, w) or (h, w, c)), ``cols`` wide
+    (default: near-square): grayscale for one channel, RGB for three; each value v maps to
+    255 * v / high."""
     from PIL import Image
 
     h, w, c = image_shape(shape) or (1, len(x[0]), 1)
     n = len(x)
-    cols = math.ceil(math.sqrt(n))
+    cols = cols or math.ceil(math.sqrt(n))
     rows = math.ceil(n / cols)
     canvas = np.full((rows * (h + pad) + pad, cols * (w + pad) + pad, c), 64, dtype=np.uint8)
     pixels = np.clip(np.asarray(x, dtype=np.float64) / max(high, 1e-12), 0, 1) * 255
