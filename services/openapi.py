@@ -26,6 +26,10 @@ from services.schemas import (
     MODEL_NAME,
     MODEL_REF,
     V2_PROTOCOL_PARAMETERS,
+    DecodeRequest,
+    DecodeResponse,
+    EncodeRequest,
+    EncodeResponse,
     ErrorBody,
     ModelsResponse,
     RepositoryAnswer,
@@ -51,13 +55,24 @@ from services.schemas import (
     V2ScoreParameters,
     V2ServerMetadata,
 )
+from services.tasks import APIS as TASK_APIS
 
 REF = "#/components/schemas/{model}"
 POSTS: dict[str, tuple[type[BaseModel], type[BaseModel], str]] = {
     "/sample": (SampleRequest, SampleResponse, "Draw n samples (seeded)"),
     "/score": (ScoreRequest, ScoreResponse, "Score rows: nats per row, bits/dim, or P(real)"),
     "/two_sample_test": (TwoSampleRequest, TwoSampleResponse, "MMD or C2ST of real rows against samples"),
+    "/encode": (EncodeRequest, EncodeResponse, "Encode rows to latents z (a VAE: q(z|x); a flow: f(x))"),
+    "/decode": (
+        DecodeRequest,
+        DecodeResponse,
+        "Decode latents z to rows (a VAE: E[x|z] or a draw; a flow: f^-1)",
+    ),
 }
+# The APIs whose work may also run as a task (services.tasks), with BentoML's task paths.
+TASKED = {f"/{api}" for api in TASK_APIS}
+# The request bodies that name a model: the served names are listed in each.
+REQUESTS = (SampleRequest, ScoreRequest, TwoSampleRequest, EncodeRequest, DecodeRequest)
 ERRORS = {
     "400": "invalid body: the field and the problem are named",
     "404": "unknown model",
@@ -93,7 +108,7 @@ def client_schema() -> dict[str, Any]:
             "description": summary,
             "input": request.model_json_schema(),
             "output": {"type": "object", "title": response.__name__},
-            "is_task": True,
+            "is_task": path in TASKED,
         }
         for path, (request, response, summary) in POSTS.items()
     ]
@@ -199,7 +214,7 @@ def build(served: list[str], auth: bool, described: list[dict[str, Any]] | None 
     """The document; ``served`` names the models this instance serves, ``auth`` adds 401s, and
     ``described`` (Genreg.described: each stored version's width, levels, kinds, sampler)
     makes the request schemas exact (:func:`_exact`)."""
-    models = [SampleRequest, ScoreRequest, TwoSampleRequest, SampleResponse, ScoreResponse]
+    models = [*REQUESTS, SampleResponse, ScoreResponse, EncodeResponse, DecodeResponse]
     models += [TwoSampleResponse, ModelsResponse, ErrorBody, *V2_MODELS, RepositoryIndexRequest]
     models += [RepositoryLoadRequest, RepositoryEntry, RepositoryAnswer, TaskSubmitted, TaskStatus]
     _, top = models_json_schema([(m, "validation") for m in models], ref_template=REF)
@@ -207,7 +222,7 @@ def build(served: list[str], auth: bool, described: list[dict[str, Any]] | None 
     if served:
         # Listing the served names (beside the general pattern, which older versions match)
         # tells clients, and the fuzzer, which references will answer.
-        for req in (SampleRequest, ScoreRequest, TwoSampleRequest):
+        for req in REQUESTS:
             prop = components[req.__name__]["properties"]["model"]
             prop.pop("pattern", None)
             prop.pop("type", None)
@@ -232,7 +247,8 @@ def build(served: list[str], auth: bool, described: list[dict[str, Any]] | None 
                 "responses": {"200": _json(_ref(response), "the result")} | refused | denied,
             }
         }
-        paths.update(_task_paths(path, request, response, summary, refused, denied))
+        if path in TASKED:
+            paths.update(_task_paths(path, request, response, summary, refused, denied))
     busy = {code: _json(error, why) for code, why in BUSY.items()}
     listing = {"200": _json(_ref(ModelsResponse), "the served models")} | busy | denied
     paths["/models"] = {
@@ -595,9 +611,20 @@ def _exact(components: dict[str, Any], described: list[dict[str, Any]], task: bo
     score: list[tuple[str, dict[str, Any]]] = []
     sample: list[tuple[str, dict[str, Any]]] = []
     two_sample: list[tuple[str, dict[str, Any]]] = []
+    encode: list[tuple[str, dict[str, Any]]] = []
+    decode: list[tuple[str, dict[str, Any]]] = []
     for d in described:
         model = {"type": "string", "enum": _refs(d)}
         key = d["name"] if d["newest"] else d["tag"].replace(":", ".")
+        if not task and d["latent_dim"] is not None:
+            # A gaussian encoder may draw z; an exact one, and a decoder without a draw, may not.
+            draws = {"type": ["boolean", "null"]} if d["latent"] == "gaussian" else {"enum": [False, None]}
+            decode_draws = {"type": ["boolean", "null"]} if d["decode_sample"] else {"enum": [False, None]}
+            props = {"model": model, "x": _rows(d, 1, MAX_ROWS), "seed": seed, "sample": draws}
+            encode.append((key, _object(props, ["model", "x"])))
+            latents = _rows({"levels": None, "dim": d["latent_dim"]}, 1, MAX_ROWS)
+            props = {"model": model, "z": latents, "seed": seed, "sample": decode_draws}
+            decode.append((key, _object(props, ["model", "z"])))
         for kind in d["kinds"]:
             default = kind == d["kinds"][0]
             kind_schema = {"enum": [kind, None]} if default else {"const": kind}
@@ -648,11 +675,14 @@ def _exact(components: dict[str, Any], described: list[dict[str, Any]], task: bo
     # Names served here, with any version: not the fallback's (their versions have branches).
     names = sorted({d["name"] for d in described})
     served = {"pattern": "^(" + "|".join(re.escape(n) for n in names) + ")(:.*)?$"}
-    for name, branches in (
+    unions = [
         (f"{prefix}ScoreRequest", score),
         (f"{prefix}SampleRequest", sample),
         (f"{prefix}TwoSampleRequest", two_sample),
-    ):
+    ]
+    if not task:  # encode and decode are never tasks
+        unions += [("EncodeRequest", encode), ("DecodeRequest", decode)]
+    for name, branches in unions:
         fallback = dict(components[name])
         fallback["properties"] = dict(fallback["properties"])
         fallback["properties"]["model"] = {

@@ -45,6 +45,8 @@ API_PATHS = {
     "/score": "score",
     "/models": "models",
     "/two_sample_test": "two_sample_test",
+    "/encode": "encode",
+    "/decode": "decode",
 }
 # The Open Inference Protocol's model repository extension: the live registry's explicit
 # control (services.cache), POST only, as the protocol defines it.

@@ -134,6 +134,34 @@ class ScoreRequest(_Strict):
     )
 
 
+class EncodeRequest(_Strict):
+    model: str = Field(pattern=MODEL_REF)
+    x: Rows(1, MAX_ROWS, f"rows to encode, at most {MAX_ROWS}, each as wide as the model's data")
+    seed: Seed | None = Field(
+        0, description="seed of the encoder's noise: z's draw (sample), a flow's dequantisation noise"
+    )
+    sample: bool | None = Field(
+        None,
+        description=(
+            "true: z drawn from q(z|x) (a VAE); default: the posterior mean (a VAE), or the exact "
+            "z = f(x) (a flow, which refuses true)"
+        ),
+    )
+
+
+class DecodeRequest(_Strict):
+    model: str = Field(pattern=MODEL_REF)
+    z: Rows(1, MAX_ROWS, f"latents to decode, at most {MAX_ROWS}, each as wide as the model's latent_dim")
+    seed: Seed | None = Field(0, description="seed of the decoder's draw (sample)")
+    sample: bool | None = Field(
+        None,
+        description=(
+            "true: x drawn from p(x|z) (where the model's decode_sample is true); default: E[x|z] (a "
+            "VAE), or the exact inverse f^-1(z) (a flow: on discrete data the dequantized row)"
+        ),
+    )
+
+
 class TwoSampleRequest(_Strict):
     model: str = Field(pattern=MODEL_REF)
     x: Rows(10, MAX_TWO_SAMPLE, "real rows")
@@ -179,6 +207,21 @@ class ScoreResponse(BaseModel):
     elbo_stderr: Number | None = None
     elbo_mean_bits_per_dim: Number | None = None
     elbo_stderr_bits_per_dim: Number | None = None
+
+
+class EncodeResponse(BaseModel):
+    model: str
+    z: list[list[Number]] = Field(description="the latent of each row (latent_dim values)")
+    mean: list[list[Number]] | None = Field(None, description="q(z|x)'s mean (a VAE)")
+    log_var: list[list[Number]] | None = Field(None, description="q(z|x)'s log-variance (a VAE)")
+    dequantized: list[list[Number]] | None = Field(
+        None, description="x + u, the dequantised row z is the latent of (a flow on discrete data)"
+    )
+
+
+class DecodeResponse(BaseModel):
+    model: str
+    x: list[list[Number]] = Field(description="rows in data units (a flow on discrete data: x + u; floor it)")
 
 
 class TwoSampleResponse(BaseModel):
@@ -236,6 +279,14 @@ class ModelInfo(BaseModel):
         description="as sample_rows, for a task (POST /sample/submit): judged by the task's time limit",
     )
     task_score_rows: dict[str, int] = Field({}, description="as score_rows, for a task (POST /score/submit)")
+    latent_dim: int | None = Field(
+        None, description="the width of the latents /encode answers and /decode takes; null: neither"
+    )
+    latent: Literal["gaussian", "exact"] | None = Field(
+        None,
+        description="gaussian: z from q(z|x) (a VAE: mean, or a draw); exact: z = f(x), invertible (a flow)",
+    )
+    decode_sample: bool = Field(False, description="whether /decode may draw (sample true)")
 
 
 class ModelsResponse(BaseModel):
@@ -342,6 +393,18 @@ def _fields(model: type[BaseModel], *names: str) -> dict[str, Any]:
 # The V2 parameters of each operation: the very fields of ScoreRequest and SampleRequest.
 V2ScoreParameters = create_model(
     "V2ScoreParameters", __base__=_Strict, **_fields(ScoreRequest, "kind", "seed", "k", "estimate")
+)
+V2EncodeParameters = create_model(
+    "V2EncodeParameters",
+    __base__=_Strict,
+    operation=(Literal["encode"], Field(description="encode the rows of input x (without it, x is scored)")),
+    **_fields(EncodeRequest, "seed", "sample"),
+)
+V2DecodeParameters = create_model(
+    "V2DecodeParameters",
+    __base__=_Strict,
+    operation=(Literal["decode"] | None, Field(None, description="input z is always decoded")),
+    **_fields(DecodeRequest, "seed", "sample"),
 )
 V2SampleParameters = create_model(
     "V2SampleParameters", __base__=_Strict, **_fields(SampleRequest, "n", "seed", "temperature", "steps")

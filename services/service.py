@@ -28,7 +28,7 @@ import numpy as np
 from bentoml._internal.configuration.containers import BentoMLContainer
 from starlette.responses import Response
 
-from registry.runtime import scoring
+from registry.runtime import latent, scoring
 from registry.runtime.budget import (
     REQUEST_MEMORY,
     BudgetError,
@@ -58,6 +58,8 @@ from services.schemas import (
     MAX_DRAW_ROWS,
     MODEL_NAME,
     MODEL_REF,
+    DecodeRequest,
+    EncodeRequest,
     ModelInfo,
     RepositoryAnswer,
     RepositoryEntry,
@@ -244,7 +246,7 @@ def _plan(make: Callable[[], Plan]) -> Plan:
 
 
 def model_info(loaded: LoadedModel) -> dict[str, Any]:
-    info = {**loaded.stored.summary(), **sampling(loaded.stored)}
+    info = {**loaded.stored.summary(), **sampling(loaded.stored), **latent.latent_info(loaded.stored)}
     shape = image_shape(loaded.stored.data.get("image_shape"))
     info["image_shape"] = list(shape) if shape else None
     sampler = loaded.stored.graph("sampler") is not None
@@ -446,6 +448,7 @@ class Genreg:
                         kind: score_limit(model, kind, task=True) for kind in model_kinds(stored.capabilities)
                     },
                     **sampling(stored),
+                    **latent.latent_info(stored),
                 }
             )
         return out
@@ -461,7 +464,13 @@ class Genreg:
             # The model is the resource: an unknown one is 404 whatever else the body holds
             # (a body's other faults are the model's to judge), as the document states.
             self.resolve(ref)
-        schema = {"sample": SampleRequest, "score": ScoreRequest, "two_sample_test": TwoSampleRequest}
+        schema = {
+            "sample": SampleRequest,
+            "score": ScoreRequest,
+            "two_sample_test": TwoSampleRequest,
+            "encode": EncodeRequest,
+            "decode": DecodeRequest,
+        }
         req = validate(schema[endpoint], body, may_hold_bools)
         return req, self.resolve(req.model)
 
@@ -495,6 +504,12 @@ class Genreg:
                     loaded, req.x, req.kind, k=req.k, seed=req.seed, estimate=req.estimate
                 )
                 return json_response(result.as_dict())
+            if endpoint == "encode":
+                encoded = await self.encode(loaded, req.x, seed=req.seed, sample=req.sample)
+                return json_response(encoded.as_dict())
+            if endpoint == "decode":
+                x = await self.decode(loaded, req.z, seed=req.seed, sample=req.sample)
+                return json_response({"model": loaded.stored.tag, "x": x})
             # Always heavy: the test holds (x + model rows)^2 matrices. Its rows are checked off
             # the event loop (thousands of values).
             real, n, count, plan = await anyio.to_thread.run_sync(self._two_sample_check, req, loaded)
@@ -612,6 +627,57 @@ class Genreg:
             result = await _call(run, loaded, role, checked.graph_rows)
         await self._release(plan)
         return result
+
+    # --- the latent space: /encode, /decode (and V2's encode and decode) ----------------------
+    @staticmethod
+    def _latent_check(
+        loaded: LoadedModel, operation: str, rows: Any, sample: bool | None
+    ) -> tuple[latent.LatentRequest, Plan]:
+        """registry.runtime.latent's check and plan of an encode or decode; ApiError for a refusal."""
+        check = latent.check_encode if operation == "encode" else latent.check_decode
+        try:
+            checked = check(loaded, rows, sample)
+        except CapabilityError as exc:
+            raise ApiError(422, exc.field, str(exc), "missing_capability") from None
+        except InputError as exc:
+            raise ApiError(400, exc.field, str(exc), f"invalid_{exc.field}") from None
+        return checked, _plan(lambda: latent.plan(loaded, checked))
+
+    async def _latent(
+        self,
+        loaded: LoadedModel,
+        operation: str,
+        rows: Any,
+        seed: int | None,
+        sample: bool | None,
+        protocol: str,
+    ) -> Any:
+        if getattr(rows, "size", 0) > CHECK_INLINE_VALUES:  # a large body's check, off the event loop
+            checked, plan = await anyio.to_thread.run_sync(
+                self._latent_check, loaded, operation, rows, sample
+            )
+        else:
+            checked, plan = self._latent_check(loaded, operation, rows, sample)
+        field = checked.spec.x_input or "x"
+        run = latent.encode if operation == "encode" else latent.decode
+        job = functools.partial(run, loaded, checked, seed, plan)
+        async with self._admit(plan, field, f"{operation} of {len(checked.rows)} rows"):
+            answer = await _call(job, loaded, checked.spec.role, len(checked.rows))
+        await self._release(plan)
+        ROWS.labels(model=loaded.stored.name, kind=operation, protocol=protocol).inc(len(checked.rows))
+        return answer
+
+    async def encode(
+        self, loaded: LoadedModel, x: Any, *, seed: int | None, sample: bool | None, protocol: str = "genreg"
+    ) -> latent.Encoded:
+        """The latents of rows ``x`` (registry.runtime.latent.encode); ApiError for a refusal."""
+        return await self._latent(loaded, "encode", x, seed, sample, protocol)
+
+    async def decode(
+        self, loaded: LoadedModel, z: Any, *, seed: int | None, sample: bool | None, protocol: str = "genreg"
+    ) -> np.ndarray:
+        """Rows in data units from latents ``z`` (registry.runtime.latent.decode); ApiError for a refusal."""
+        return await self._latent(loaded, "decode", z, seed, sample, protocol)
 
     def _draw(
         self, loaded: LoadedModel, n: int, seed: int | None, temperature: float, steps: int, protocol: str

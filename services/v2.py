@@ -10,13 +10,20 @@ Inference Protocol", states the mapping in full):
   ``bits_per_dim`` (FP64, likelihood kinds) and, for k > 1 with the importance-weighted
   estimate, ``elbo`` (FP64: the plain average, beside ``scores``). The response's parameters
   give the kind, k and, for kind bound, the ``estimate`` that ``scores`` are.
+- **encode**: one input ``x`` as for score, with the parameter ``operation`` = ``encode``;
+  parameters ``seed`` and ``sample`` as on /encode. Outputs ``z`` (FP32), and what the model's
+  encoder answers besides: ``mean`` and ``log_var`` (a VAE), ``dequantized`` (a flow on
+  discrete data).
+- **decode**: one input ``z`` (rows of the model's ``latent_dim``); parameters ``seed`` and
+  ``sample`` as on /decode. Output ``x`` (FP32, rows in data units).
 - **sample**: no inputs; parameters ``n``, ``seed``, ``temperature`` and ``steps`` as on
   /sample (``steps``: 1 to the model's ``max_steps`` where its sampler's count may be chosen,
   else its own count only). Output ``samples`` (FP32, n rows in data units); the response's
   parameters give n and, for a step sampler, the steps run.
 
 The model's metadata parameters state ``steps`` (a step sampler's own count), ``max_steps``
-(where the count may be chosen) and ``estimates`` (a bound scorer's, comma-separated).
+(where the count may be chosen), ``estimates`` (a bound scorer's, comma-separated) and
+``latent_dim`` (a model that encodes and decodes).
 
 Both run through the service's own ``score`` and ``sample`` (the same row check, limits and
 metrics as /score and /sample, labelled protocol="v2"); errors are the protocol's
@@ -33,6 +40,7 @@ from typing import Any, NamedTuple, Protocol
 import numpy as np
 from starlette.responses import Response
 
+from registry.runtime import latent
 from registry.runtime.images import image_shape
 from registry.runtime.models import LoadedModel
 from registry.runtime.scoring import Scores
@@ -40,6 +48,8 @@ from services.errors import NOT_RUNNING, ApiError, error_response, json_response
 from services.jsonbody import json_object, may_hold_bools
 from services.schemas import (
     MAX_ROWS,
+    V2DecodeParameters,
+    V2EncodeParameters,
     V2InferRequest,
     V2SampleParameters,
     V2ScoreParameters,
@@ -127,6 +137,14 @@ class V2Api(Protocol):
         then: Callable[[np.ndarray, int], Any] | None = ...,
     ) -> Any: ...
 
+    async def encode(
+        self, loaded: LoadedModel, x: Any, *, seed: int | None, sample: bool | None, protocol: str = ...
+    ) -> latent.Encoded: ...
+
+    async def decode(
+        self, loaded: LoadedModel, z: Any, *, seed: int | None, sample: bool | None, protocol: str = ...
+    ) -> np.ndarray: ...
+
 
 def method_not_allowed(found: Route, method: str, path: str) -> Response:
     err = ApiError(405, "method", f"{method} {path} is not allowed; use {found.method}", "method_not_allowed")
@@ -192,6 +210,19 @@ def metadata(loaded: LoadedModel, versions: list[str]) -> dict[str, Any]:
                 parameters["max_steps"] = limits["max_steps"]
     else:
         parameters["operations"] = "score: input x"
+    width = latent.latent_dim(loaded.stored)
+    if width is not None:
+        if not kinds:
+            inputs.append({"name": "x", "datatype": "FP32", "shape": [-1, dim]})
+        inputs.append({"name": "z", "datatype": "FP32", "shape": [-1, width]})
+        outputs.append({"name": "z", "datatype": "FP32", "shape": [-1, width]})
+        if latent.encoder(loaded.stored).kind == "gaussian":
+            outputs += [{"name": n, "datatype": "FP32", "shape": [-1, width]} for n in ("mean", "log_var")]
+        elif any(p.name == "dequantized" for p in latent.encoder(loaded.stored).parts):
+            outputs.append({"name": "dequantized", "datatype": "FP32", "shape": [-1, dim]})
+        outputs.append({"name": "x", "datatype": "FP32", "shape": [-1, dim]})
+        parameters["operations"] += "; encode: input x, parameter operation=encode; decode: input z"
+        parameters["latent_dim"] = width
     if "bound" in kinds:
         parameters["estimates"] = ",".join(limits["estimates"])
     shape = image_shape(loaded.stored.data.get("image_shape"))
@@ -228,7 +259,9 @@ async def _infer(service: V2Api, loaded: LoadedModel, headers: dict[bytes, bytes
         tensors = decode_inputs(req.inputs, binary, may_hold_bools=bools)
     except TensorError as exc:
         raise ApiError(400, exc.field, exc.message, "invalid_tensor") from None
-    if tensors:
+    if "z" in tensors or params.get("operation") == "encode":
+        outputs, out_params = await _latent(service, loaded, tensors, params, bools)
+    elif tensors:
         outputs, out_params = await _score(service, loaded, tensors, params, bools)
     else:
         outputs, out_params = await _sample(service, loaded, params, bools)
@@ -293,6 +326,37 @@ async def _score(
     if result.estimate is not None:
         out_params["estimate"] = result.estimate
     return outputs, out_params
+
+
+async def _latent(
+    service: V2Api, loaded: LoadedModel, tensors: dict[str, np.ndarray], params: dict[str, Any], bools: bool
+) -> tuple[list[Output], dict[str, Any]]:
+    """encode (input x, operation=encode) or decode (input z): /encode's and /decode's path."""
+    operation = "decode" if "z" in tensors else "encode"
+    name = "z" if operation == "decode" else "x"
+    unknown = sorted(set(tensors) - {name})
+    if unknown:
+        raise ApiError(
+            400,
+            "inputs",
+            f"inputs: unknown input {unknown[0][:100]!r}; {operation} takes one input, {name!r}",
+            "invalid_inputs",
+        )
+    schema = V2DecodeParameters if operation == "decode" else V2EncodeParameters
+    opts = validate(schema, params, bools, prefix="parameters")
+    rows = tensors[name]
+    if rows.ndim == 2 and not 1 <= rows.shape[0] <= MAX_ROWS:
+        raise ApiError(
+            400, name, f"{name}: must have 1 to {MAX_ROWS} rows, got {rows.shape[0]}", f"invalid_{name}"
+        )
+    out_params: dict[str, Any] = {"operation": operation}
+    if operation == "decode":
+        x = await service.decode(loaded, rows, seed=opts.seed, sample=opts.sample, protocol=PROTOCOL)
+        return [Output("x", np.asarray(x, dtype=np.float32))], out_params
+    encoded = await service.encode(loaded, rows, seed=opts.seed, sample=opts.sample, protocol=PROTOCOL)
+    answer = encoded.as_dict()
+    names = [n for n in ("z", "mean", "log_var", "dequantized") if n in answer]
+    return [Output(n, np.asarray(answer[n], dtype=np.float32)) for n in names], out_params
 
 
 async def _sample(

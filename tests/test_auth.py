@@ -41,6 +41,8 @@ CALLS = [
     ("POST", "/sample", {"model": "auth-gaussian", "n": 2}),
     ("POST", "/score", {"model": "auth-gaussian", "x": [[1] * 64]}),
     ("POST", "/two_sample_test", {"model": "auth-gaussian", "x": [[1] * 64] * 10}),
+    ("POST", "/encode", {"model": "auth-gaussian", "x": [[1] * 64]}),
+    ("POST", "/decode", {"model": "auth-gaussian", "z": [[1]]}),
     ("POST", "/models", {}),
     ("GET", "/models", None),
     ("GET", "/docs.json", None),
@@ -68,8 +70,9 @@ def test_every_api_call_needs_the_token(guarded, method, path, body):
         assert resp.json()["field"] == "authorization" and why in resp.json()["error"]
         assert resp.headers["www-authenticate"].startswith("Bearer")
     ok = guarded.request(method, path, content=content, headers=_auth(TOKEN))
-    # past the token: an unknown task id is the task path's own 404
-    assert ok.status_code == (404 if "task_id=0" in path else 200), ok.text
+    # past the token: an unknown task id is the task path's own 404, a Gaussian has no latents
+    expected = 404 if "task_id=0" in path else 422 if path in ("/encode", "/decode") else 200
+    assert ok.status_code == expected, ok.text
 
 
 def test_health_metrics_and_the_gallery_page_stay_open(guarded):

@@ -75,6 +75,8 @@ def test_schema_driven_fuzz_of_every_endpoint(fuzz_server):
         "POST /sample",
         "POST /score",
         "POST /two_sample_test",
+        "POST /encode",
+        "POST /decode",
         "POST /models",
         "GET /models",
         "GET /livez",

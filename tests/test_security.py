@@ -15,7 +15,18 @@ UNSAFE = re.compile(
     r"|\b(pickle|dill|joblib|cloudpickle)\.loads?\b"
     r"|\btorch\.load\b|allow_pickle\s*=\s*True"
 )
-API = {"/sample", "/score", "/two_sample_test", "/models", "/livez", "/readyz", "/healthz", "/metrics"}
+API = {
+    "/sample",
+    "/score",
+    "/two_sample_test",
+    "/encode",
+    "/decode",
+    "/models",
+    "/livez",
+    "/readyz",
+    "/healthz",
+    "/metrics",
+}
 # Tasks write their own state (a body and a result, which expire), never the store.
 TASKS = {
     f"/{api}/{action}"

@@ -78,7 +78,10 @@ def test_model_metadata_comes_from_the_stored_description(client, served):
         inputs = {t["name"]: t for t in meta["inputs"]}
         outputs = {t["name"]: t for t in meta["outputs"]}
         if model["kinds"]:
-            assert inputs == {"x": {"name": "x", "datatype": "FP32", "shape": [-1, dim]}}
+            expected = {"x": {"name": "x", "datatype": "FP32", "shape": [-1, dim]}}
+            if model["latent_dim"] is not None:  # decode's input
+                expected["z"] = {"name": "z", "datatype": "FP32", "shape": [-1, model["latent_dim"]]}
+            assert inputs == expected
             assert outputs["scores"]["datatype"] == "FP64"
             assert ("elbo" in outputs) == ("importance_weighted" in model["estimates"])
             likelihood = bool({"log_prob", "bound"} & set(model["kinds"]))

@@ -154,7 +154,7 @@ def encode(
     out = loaded.noisy(spec, checked.rows, 1, seed, chunks).astype(np.float32, copy=False)
     parts, start = {}, 0
     for part in spec.parts:
-        parts[part.name] = out[:, start : start + part.dim]
+        parts[part.name] = np.ascontiguousarray(out[:, start : start + part.dim])  # writers need C order
         start += part.dim
     tag = loaded.stored.tag
     if spec.kind == "exact":
