@@ -43,7 +43,8 @@ def test_iwae_matches_exact_marginal_likelihood_on_a_1d_latent(train_model):
     loaded = LoadedModel(stored)
     x = load_dataset("moons").test[:40].astype(np.float64)
     z = np.linspace(-9, 9, 3001)
-    params = loaded.run(stored.graph("decoder"), {"z": z[:, None].astype(np.float32)}).astype(np.float64)
+    params = loaded.run(stored.graph("decoder", "params"), {"z": z[:, None].astype(np.float32)})
+    params = params.astype(np.float64)
     mean, log_var = np.split(params, 2, axis=1)
     log_lik = (
         -0.5
@@ -82,10 +83,12 @@ class _LinearGaussianVAE:
     SCALE: ClassVar[dict[float, float]] = {-1.0: 0.3, 0.0: 0.5, 2.0: 0.4}
 
     def __init__(self) -> None:
-        self.stored = SimpleNamespace(meta={"config": {"beta": 1.0}}, data={}, graph=lambda role: role)
+        # Graphs as stored before they had kinds: the encoder's output, the decoder's parameters.
+        graph = lambda role, kind=None: SimpleNamespace(role=role, kind=None)  # noqa: E731
+        self.stored = SimpleNamespace(meta={"config": {"beta": 1.0}}, data={}, graph=graph)
 
-    def run(self, role: str, feeds: dict[str, np.ndarray]) -> np.ndarray:
-        if role == "encoder":
+    def run(self, spec: SimpleNamespace, feeds: dict[str, np.ndarray]) -> np.ndarray:
+        if spec.role == "encoder":
             x = feeds["x"][:, 0].astype(np.float64)
             log_var = 2 * np.log([self.SCALE[v] for v in x])
             return np.stack([0.8 * x, log_var], 1)

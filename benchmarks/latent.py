@@ -1,0 +1,229 @@
+"""The latent space, measured: disentanglement you can see, reconstructions, round trips.
+
+1. beta = 1 and beta = 4 VAEs on `shapes` (latent 10). Factor classifiers (scikit-learn's
+   logistic regression, one per factor: shape, scale, x, y) are fitted on the real shapes'
+   train split. For each of a model's top dimensions (by KL(q(z_i|x)||p(z_i)) on the
+   validation split, as `genreg traverse` orders them), every test image's code is traversed
+   over -3..3 (9 values, the others kept), decoded (E[x|z]) and classified. A factor's change
+   along a traversal is the total variation between the classifier's class probabilities at
+   consecutive values, summed; its share is its change over all factors' changes. The
+   traversal grids (`genreg traverse`) are written to docs/latent/.
+2. The digits VAE's reconstruction through its mean decoder (mean absolute error in levels,
+   MSE, and the reconstruction term -E_q log p(x|z) in bits/dim), and the flows' round trips
+   (8gaussians: relative error on 10,000 rows; digits: decode(encode(x)) against x + u).
+
+Everything goes through the runtime's one latent path (registry.runtime.latent), on ONNX
+Runtime, as the service answers /encode and /decode.
+
+Run: .venv/bin/python benchmarks/latent.py [--betas 1 4] [--top 3] [--docs docs/latent]
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("BENTOML_HOME", tempfile.mkdtemp(prefix="genreg-bench-latent-"))
+
+import numpy as np
+import torch
+
+from registry.contract.family import TrainControl
+from registry.contract.loading import get_plugins
+from registry.datasets import load_dataset
+from registry.pipeline.train import train_and_store
+from registry.runtime import latent
+from registry.runtime.models import LoadedModel
+
+ROOT = Path(__file__).resolve().parents[1]
+VALUES = np.linspace(-3.0, 3.0, 9, dtype=np.float32)
+
+
+def features(images: np.ndarray) -> np.ndarray:
+    """What a factor classifier sees: the image moved so its centre of mass is at the middle
+    (shape and scale do not depend on where it is), that centre, the ink's total, and the ink's
+    column and row profiles (where it is). On raw pixels a linear classifier cannot tell a
+    shape apart wherever it lies (0.26 test accuracy on shape, below chance)."""
+    side = int(math.isqrt(images.shape[1]))
+    img = np.clip(images, 0, None).reshape(-1, side, side)
+    mass = img.sum((1, 2)) + 1e-9
+    yy, xx = np.mgrid[0:side, 0:side]
+    cy, cx = (img * yy).sum((1, 2)) / mass, (img * xx).sum((1, 2)) / mass
+    centred = np.stack(
+        [
+            np.roll(im, (round(side / 2 - y), round(side / 2 - x)), (0, 1))
+            for im, y, x in zip(img, cy, cx, strict=True)
+        ]
+    )
+    return np.column_stack([centred.reshape(len(img), -1), cx, cy, mass, img.sum(1), img.sum(2)])
+
+
+class FactorClassifier:
+    """Logistic regression on :func:`features`: p(factor class | image)."""
+
+    def __init__(self, images: np.ndarray, labels: np.ndarray) -> None:
+        from sklearn.linear_model import LogisticRegression
+        from sklearn.pipeline import make_pipeline
+        from sklearn.preprocessing import StandardScaler
+
+        self.model = make_pipeline(StandardScaler(), LogisticRegression(max_iter=5000, C=1.0))
+        self.model.fit(features(images), labels)
+
+    def predict_proba(self, images: np.ndarray) -> np.ndarray:
+        return self.model.predict_proba(features(images))
+
+    def score(self, images: np.ndarray, labels: np.ndarray) -> float:
+        return float(self.model.score(features(images), labels))
+
+
+def factor_classifiers(shapes) -> tuple[list, dict[str, float]]:
+    """One classifier per factor fitted on the real train split; test accuracy of each."""
+    fitted, accuracy = [], {}
+    for j, name in enumerate(shapes.factor_names):
+        clf = FactorClassifier(shapes.train, shapes.factors["train"][:, j])
+        accuracy[name] = round(clf.score(shapes.test, shapes.factors["test"][:, j]), 3)
+        fitted.append(clf)
+    return fitted, accuracy
+
+
+def changes(loaded: LoadedModel, dim: int, codes: np.ndarray, classifiers: list) -> np.ndarray:
+    """Each factor's mean change (summed total variation) along traversals of ``dim``."""
+    grid = np.concatenate([latent.traversal(z, [dim], VALUES) for z in codes])
+    decoded = latent.decode(loaded, latent.check_decode(loaded, grid, None), seed=0)
+    out = []
+    for clf in classifiers:
+        p = clf.predict_proba(decoded).reshape(len(codes), len(VALUES), -1)
+        tv = 0.5 * np.abs(np.diff(p, axis=1)).sum(-1)  # (codes, steps - 1)
+        out.append(tv.sum(1).mean())
+    return np.asarray(out)
+
+
+def disentanglement(args, plugins, shapes, classifiers) -> None:
+    vae = plugins.get("vae")
+    names = shapes.factor_names
+    print(
+        "| beta | MIG | active units | dim | KL (nats) | changes most | its share | "
+        + " | ".join(names)
+        + " |"
+    )
+    print("|---|---|---|---|---|---|---|" + "---|" * len(names))
+    docs = Path(args.docs)
+    docs.mkdir(parents=True, exist_ok=True)
+    for beta in args.betas:
+        stored = train_and_store(
+            vae,
+            shapes,
+            vae.Config(beta=beta, latent=args.latent),
+            TrainControl(seed=args.seed, progress=False),
+            name=f"vae-shapes-beta{beta:g}",
+        )
+        loaded = LoadedModel(stored)
+        report = stored.metrics["test"]["latent"]
+        order = latent.traversal_order(loaded)
+        codes = latent.encode(loaded, latent.check_encode(loaded, shapes.test, None), seed=0).z
+        for rank, dim in enumerate(order[: args.top]):
+            change = changes(loaded, dim, codes, classifiers)
+            share = change / max(change.sum(), 1e-12)
+            best = int(np.argmax(share))
+            head = (
+                f"| {beta:g} | {stored.metrics['test']['mig']['mig']:.3f} | {report['active_units']}"
+                if rank == 0
+                else "| | |"
+            )
+            print(
+                f"{head} | z{dim} | {report['kl_per_dim'][dim]:.2f} | {names[best]} | {share[best]:.0%} | "
+                + " | ".join(f"{s:.0%}" for s in share)
+                + " |",
+                flush=True,
+            )
+        out = docs / f"shapes-beta{beta:g}-traversal.png"
+        env = dict(os.environ)
+        subprocess.run(
+            [sys.executable, "-m", "registry.cli", "traverse", stored.tag, "--out", str(out), "--row", "70"],
+            check=True,
+            env=env,
+            cwd=ROOT,
+            capture_output=True,
+        )
+
+
+def reconstruction_and_round_trips(args, plugins) -> None:
+    digits = load_dataset("digits")
+    print()
+    print("| model | check | value |")
+    print("|---|---|---|")
+    vae = train_and_store(
+        plugins.get("vae"), digits, plugins.get("vae").Config(), TrainControl(seed=args.seed, progress=False)
+    )
+    loaded = LoadedModel(vae)
+    x = digits.test
+    z = latent.encode(loaded, latent.check_encode(loaded, x, None), seed=0).z
+    rec = latent.decode(loaded, latent.check_decode(loaded, z, None), seed=0)
+    recon_nats = -vae.metrics["test"]["surgery"]["reconstruction"]
+    print(
+        f"| vae-digits | mean-decoder reconstruction: mean abs error (levels 0..16) | {np.abs(rec - x).mean():.3f} |"
+    )
+    print(f"| vae-digits | mean-decoder reconstruction: MSE | {((rec - x) ** 2).mean():.3f} |")
+    print(
+        f"| vae-digits | reconstruction term -E_q log p(x|z) | {recon_nats:.2f} nats = "
+        f"{recon_nats / (digits.dim * math.log(2)):.4f} bits/dim |"
+    )
+    print(f"| vae-digits | active units (of {len(z[0])}) | {vae.metrics['test']['latent']['active_units']} |")
+    out = Path(args.docs) / "digits-interpolation.png"
+    np.save(Path(tempfile.gettempdir()) / "genreg-interp.npy", x[:2])
+    subprocess.run(
+        [sys.executable, "-m", "registry.cli", "interpolate", vae.tag, "--rows",
+         str(Path(tempfile.gettempdir()) / "genreg-interp.npy"), "--out", str(out)],
+        check=True, cwd=ROOT, capture_output=True,
+    )  # fmt: skip
+    flow = plugins.get("flow")
+    for data_name, epochs in (("8gaussians", 12), ("digits", 40)):
+        data = load_dataset(data_name)
+        stored = train_and_store(
+            flow, data, flow.Config(), TrainControl(seed=args.seed, epochs=epochs, progress=False)
+        )
+        loaded = LoadedModel(stored)
+        rows = np.concatenate([data.train, data.test])[:10_000]
+        start = time.perf_counter()
+        enc = latent.encode(loaded, latent.check_encode(loaded, rows, None), seed=0)
+        back = latent.decode(loaded, latent.check_decode(loaded, enc.z, None), seed=0)
+        seconds = time.perf_counter() - start
+        target = enc.dequantized if enc.dequantized is not None else rows
+        rel = np.abs(back - target) / np.maximum(np.abs(target), 1.0)
+        what = "decode(encode(x)) vs x + u" if enc.dequantized is not None else "decode(encode(x)) vs x"
+        print(
+            f"| flow-{data_name} | {what}, {len(rows):,} rows: max relative error | {rel.max():.2e} "
+            f"({seconds * 1000:.0f} ms both ways) |"
+        )
+        if enc.dequantized is not None:
+            print(
+                f"| flow-{data_name} | floor(decode(encode(x))) = x | {np.mean(np.floor(back) == rows):.6f} of values |"
+            )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--betas", type=float, nargs="+", default=[1.0, 4.0])
+    parser.add_argument("--latent", type=int, default=10)
+    parser.add_argument("--top", type=int, default=3)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--docs", default=str(ROOT / "docs" / "latent"))
+    args = parser.parse_args()
+    torch.set_num_threads(os.cpu_count() or 1)
+    plugins = get_plugins()
+    shapes = load_dataset("shapes")
+    classifiers, accuracy = factor_classifiers(shapes)
+    print("factor classifiers (logistic regression on real shapes), test accuracy:", accuracy)
+    print()
+    disentanglement(args, plugins, shapes, classifiers)
+    reconstruction_and_round_trips(args, plugins)
+
+
+if __name__ == "__main__":
+    main()
