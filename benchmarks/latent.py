@@ -50,7 +50,7 @@ def features(images: np.ndarray) -> np.ndarray:
     (shape and scale do not depend on where it is), that centre, the ink's total, and the ink's
     column and row profiles (where it is). On raw pixels a linear classifier cannot tell a
     shape apart wherever it lies (0.26 test accuracy on shape, below chance)."""
-    side = int(math.isqrt(images.shape[1]))
+    side = math.isqrt(images.shape[1])
     img = np.clip(images, 0, None).reshape(-1, side, side)
     mass = img.sum((1, 2)) + 1e-9
     yy, xx = np.mgrid[0:side, 0:side]
