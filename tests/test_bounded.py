@@ -192,6 +192,14 @@ def _largest_bodies(info: dict, real: list, published: dict) -> list[tuple[str, 
         x = (real * (x_rows // len(real) + 1))[:x_rows]
         if x_rows >= 10:
             bodies.append(("/two_sample_test", {"model": name, "x": x, "test": "mmd", "n_model": x_rows}))
+    if info["latent_dim"] is not None:  # the latent space: the row limit, drawing where it may
+        rows = published["max_rows"]
+        x = (real * (rows // len(real) + 1))[:rows]
+        draw = info["latent"] == "gaussian"
+        bodies.append(("/encode", {"model": name, "x": x, "seed": 0} | ({"sample": True} if draw else {})))
+        z = [[0.5] * info["latent_dim"]] * rows
+        body = {"model": name, "z": z, "seed": 0} | ({"sample": True} if info["decode_sample"] else {})
+        bodies.append(("/decode", body))
     return bodies
 
 
@@ -245,7 +253,7 @@ def test_the_largest_published_requests_stay_within_the_budget(trained, tmp_path
             answer = client.post(path, json=body)
             seconds = time.monotonic() - start
             top = peak.stop()
-            what = f"{path} {body['model']} {body.get('kind', '')} k={body.get('k')} n={body.get('n')} rows={len(body.get('x', []))}"
+            what = f"{path} {body['model']} {body.get('kind', '')} k={body.get('k')} n={body.get('n')} rows={len(body.get('x', body.get('z', [])))}"
             time.sleep(0.5)
             then = status_kib(worker, "VmRSS")
             report.append(
