@@ -166,7 +166,9 @@ def test_report_tabulates_each_model_on_the_data(trained, tmp_path):
         test = stored.metrics["test"]
         assert row[1] == stored.family and row[2] == f"{test['bits_per_dim']:.3f}" and row[3] == test["kind"]
         assert row[4] == f"{test['two_sample']['c2st']['accuracy']:.3f}"
-        assert row[8].strip(" |") == f"![](samples-{name}.png)"
+        assert row[9].strip(" |") == f"![](samples-{name}.png)"
+        units = test.get("latent")  # active units of a VAE (of its latent dimensions)
+        assert row[8] == (f"{units['active_units']}/{len(units['kl_per_dim'])}" if units else "none")
         assert (out / f"samples-{name}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     # The critic's figures appear only where there is a critic.
     critic = trained["gaussian-digits-critic"].metrics["critic"]
@@ -176,6 +178,12 @@ def test_report_tabulates_each_model_on_the_data(trained, tmp_path):
     svg = (out / "likelihood-vs-c2st.svg").read_text()
     plotted = [r for tag, r in rows.items() if tag != "model" and r[2] != "none" and r[4] != "none"]
     assert svg.count("<circle") == len(plotted) >= 4  # one point per model with both figures
+    # Each VAE's per-dimension KL, largest first (genreg traverse's order)
+    vae = trained["vae-digits"]
+    kl = vae.metrics["test"]["latent"]["kl_per_dim"]
+    line = next(x for x in md if x.startswith(f"- {vae.tag}: "))
+    top = max(range(len(kl)), key=lambda i: kl[i])
+    assert line.startswith(f"- {vae.tag}: z{top} {kl[top]:.3f}") and line.count(", z") == len(kl) - 1
     page = (out / "report.html").read_text()
     assert page.count("<tr>") == len(rows) and f"<td>{trained['flow-digits'].tag}</td>" in page
 
@@ -205,3 +213,31 @@ def test_sample_shows_a_step_sampler_s_progress_on_a_terminal(trained, tmp_path)
     text = shown.decode(errors="replace")
     assert "sampling 400 steps" in text and "100%" in text, text
     assert np.load(out).shape == (64, 64)
+
+
+@pytest.mark.slow
+def test_latent_commands_write_grids_and_round_trip(trained, tmp_path):
+    """encode then decode through the CLI is the flow's round trip; traverse and interpolate
+    write their PNG grids (one row per dimension, one column per value)."""
+    from PIL import Image
+
+    x = load_digits().test[:6]
+    rows = tmp_path / "rows.npy"
+    np.save(rows, x)
+    z, back = tmp_path / "z.npy", tmp_path / "back.npy"
+    genreg("encode", "flow-digits", "-f", str(rows), "--out", str(z), "--seed", "2")
+    genreg("decode", "flow-digits", "-f", str(z), "--out", str(back))
+    u = np.load(back) - x  # decode(encode(x)) = x + u, u in [0, 1) (within float32 error)
+    assert u.min() >= -1e-4 and u.max() < 1 + 1e-4 and u.std() > 0.1
+    grid = tmp_path / "t.png"
+    out = genreg("traverse", "vae-digits", "--out", str(grid), "--steps", "5", "--dims", "3").stdout
+    order = [int(d) for d in out.split("(dimensions [")[1].split("]")[0].split(",")]
+    kl = trained["vae-digits"].metrics["test"]["latent"]["kl_per_dim"]
+    assert order == sorted(range(len(kl)), key=lambda i: -kl[i])[:3]
+    # 8x8 images, 1-pixel padding, scaled 4x: 5 columns and 3 rows
+    assert Image.open(grid).size == (4 * (5 * 9 + 1), 4 * (3 * 9 + 1))
+    inter = tmp_path / "i.png"
+    genreg("interpolate", "vae-digits", "--rows", str(rows), "--out", str(inter), "--steps", "4")
+    assert Image.open(inter).size == (4 * (4 * 9 + 1), 4 * (1 * 9 + 1))
+    refused = genreg("encode", "gaussian-digits", "-f", str(rows), check=False)
+    assert refused.returncode == 2 and "cannot encode; it can:" in refused.stderr

@@ -31,6 +31,7 @@ def _row(stored: StoredModel) -> dict[str, Any]:
     two = test.get("two_sample", {})
     critic = stored.metrics.get("critic", {})
     jsd = critic.get("jsd_lower_bound", two.get("jsd", {}).get("jsd_lower_bound"))
+    units = test.get("latent")
     return {
         "model": stored.tag,
         "family": stored.family,
@@ -40,6 +41,8 @@ def _row(stored: StoredModel) -> dict[str, Any]:
         "mmd_p": two.get("mmd", {}).get("p_value"),
         "critic_accuracy": critic.get("c2st_accuracy"),
         "jsd": jsd,
+        "active_units": f"{units['active_units']}/{len(units['kl_per_dim'])}" if units else None,
+        "latent": units,
     }
 
 
@@ -64,7 +67,22 @@ COLUMNS = [
     ("mmd_p", "MMD p-value"),
     ("critic_accuracy", "critic accuracy"),
     ("jsd", "JSD >= (nats)"),
+    ("active_units", "active units"),
 ]
+
+
+def latent_lines(rows: list[dict[str, Any]]) -> list[str]:
+    """Each VAE's per-dimension KL(q(z_i|x)||p(z_i)), largest first, active ones starred."""
+    lines = []
+    for r in rows:
+        units = r.get("latent")
+        if not units:
+            continue
+        kl, active = units["kl_per_dim"], units["active"]
+        order = sorted(range(len(kl)), key=lambda i: -kl[i])
+        dims = ", ".join(f"z{i} {kl[i]:.3f}{'*' if active[i] else ''}" for i in order)
+        lines.append(f"{r['model']}: {dims}")
+    return lines
 
 
 def scatter_svg(rows: list[dict[str, Any]], width: int = 560, height: int = 360) -> str:
@@ -127,6 +145,17 @@ def write_report(data_name: str, out: Path, n_samples: int = 16, seed: int = 0) 
         cells = [_fmt(r[k]) for k, _ in COLUMNS]
         md.append("| " + " | ".join(cells) + f" | {'![](' + r['grid'] + ')' if 'grid' in r else ''} |")
     md += ["", "![likelihood vs C2ST](likelihood-vs-c2st.svg)", ""]
+    latent = latent_lines(rows)
+    if latent:
+        md += [
+            "## Latent dimensions",
+            "",
+            "KL(q(z_i|x) || p(z_i)) per dimension on the validation split (nats), largest first; * active "
+            "(Cov_x E[z_i|x] > 0.01, Burda et al.). `genreg traverse` orders its rows so.",
+            "",
+            *[f"- {line}" for line in latent],
+            "",
+        ]
     (out / "report.md").write_text("\n".join(md))
     head = (
         "".join(f"<th scope='col'>{html.escape(h)}</th>" for _, h in COLUMNS) + "<th scope='col'>samples</th>"
@@ -147,7 +176,16 @@ def write_report(data_name: str, out: Path, n_samples: int = 16, seed: int = 0) 
         "<style>body{font-family:sans-serif;margin:2em}td,th{border:1px solid #ccc;padding:4px 8px}"
         "table{border-collapse:collapse}</style>"
         f"<h1>genreg report: {html.escape(data_name)}</h1><table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
-        "<h2>Likelihood against C2ST accuracy</h2><img src='likelihood-vs-c2st.svg' alt='scatter plot'></html>"
+        "<h2>Likelihood against C2ST accuracy</h2><img src='likelihood-vs-c2st.svg' alt='scatter plot'>"
+        + (
+            "<h2>Latent dimensions</h2><p>KL(q(z_i|x) || p(z_i)) per dimension on the validation split "
+            "(nats), largest first; * active</p><ul>"
+            + "".join(f"<li>{html.escape(line)}</li>" for line in latent)
+            + "</ul>"
+            if latent
+            else ""
+        )
+        + "</html>"
     )
     (out / "report.html").write_text(page)
     return out / "report.md"
