@@ -4,7 +4,8 @@
    logistic regression, one per factor: shape, scale, x, y) are fitted on the real shapes'
    train split. For each of a model's top dimensions (by KL(q(z_i|x)||p(z_i)) on the
    validation split, as `genreg traverse` orders them), every test image's code is traversed
-   over -3..3 (9 values, the others kept), decoded (E[x|z]) and classified. A factor's change
+   over the data's range of that dimension (9 values from the 2.5% to the 97.5% quantile of
+   the test codes, the others kept), decoded (E[x|z]) and classified. A factor's change
    along a traversal is the total variation between the classifier's class probabilities at
    consecutive values, summed; its share is its change over all factors' changes. The
    traversal grids (`genreg traverse`) are written to docs/latent/.
@@ -42,7 +43,7 @@ from registry.runtime import latent
 from registry.runtime.models import LoadedModel
 
 ROOT = Path(__file__).resolve().parents[1]
-VALUES = np.linspace(-3.0, 3.0, 9, dtype=np.float32)
+STEPS = 9  # values per traversal
 
 
 def features(images: np.ndarray) -> np.ndarray:
@@ -93,12 +94,16 @@ def factor_classifiers(shapes) -> tuple[list, dict[str, float]]:
 
 
 def changes(loaded: LoadedModel, dim: int, codes: np.ndarray, classifiers: list) -> np.ndarray:
-    """Each factor's mean change (summed total variation) along traversals of ``dim``."""
-    grid = np.concatenate([latent.traversal(z, [dim], VALUES) for z in codes])
+    """Each factor's mean change (summed total variation) along traversals of ``dim`` over the
+    data's own range of it (the 2.5% to 97.5% quantiles of its codes): past that range the
+    decoder draws shapes no real image has (a square of half-width 7), on which the factor
+    classifiers guess, so a scale traversal over -3..3 read as 28% position."""
+    values = np.quantile(codes[:, dim], np.linspace(0.025, 0.975, STEPS)).astype(np.float32)
+    grid = np.concatenate([latent.traversal(z, [dim], values) for z in codes])
     decoded = latent.decode(loaded, latent.check_decode(loaded, grid, None), seed=0)
     out = []
     for clf in classifiers:
-        p = clf.predict_proba(decoded).reshape(len(codes), len(VALUES), -1)
+        p = clf.predict_proba(decoded).reshape(len(codes), len(values), -1)
         tv = 0.5 * np.abs(np.diff(p, axis=1)).sum(-1)  # (codes, steps - 1)
         out.append(tv.sum(1).mean())
     return np.asarray(out)

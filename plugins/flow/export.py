@@ -91,12 +91,11 @@ def latent_graphs(model: FlowModel, directory: Path, noise: NoiseInput | None) -
     modules = {"flow": model.flow} | ({"dequantizer": model.dequantizer} if model.dequantizer else {})
     example = {"x": torch.zeros(4, d)} | ({noise.name: torch.full((4, d), 0.5)} if noise else {})
     export_torch(Traced(fns["encoder", "exact"], **modules), example, "latent", directory / "encoder.onnx")
-    export_torch(
-        Traced(fns["decoder", "exact"], flow=model.flow),
-        {"z": torch.zeros(4, d)},
-        "x",
-        directory / "decoder.onnx",
-    )
+    # On continuous data f^-1 is the sampler itself (no lattice to round to): one graph, two uses.
+    decoder = "decoder.onnx" if model.levels else "sampler.onnx"
+    if model.levels:
+        inverse = Traced(fns["decoder", "exact"], flow=model.flow)
+        export_torch(inverse, {"z": torch.zeros(4, d)}, "x", directory / decoder)
     parts = [LatentPart(name="z", dim=d)] + ([LatentPart(name="dequantized", dim=d)] if noise else [])
     return [
         GraphSpec(
@@ -107,7 +106,7 @@ def latent_graphs(model: FlowModel, directory: Path, noise: NoiseInput | None) -
             output="latent",
             parts=parts,
         ),
-        GraphSpec(role="decoder", file="decoder.onnx", kind="exact", x_input="z", output="x"),
+        GraphSpec(role="decoder", file=decoder, kind="exact", x_input="z", output="x"),
     ]
 
 
