@@ -113,20 +113,21 @@ def disentanglement(args, plugins, shapes, classifiers) -> None:
     vae = plugins.get("vae")
     names = shapes.factor_names
     print(
-        "| beta | batch | MIG | active units | dim | KL (nats) | changes most | its share | "
+        "| beta | arch | batch | MIG | active units | dim | KL (nats) | changes most | its share | "
         + " | ".join(names)
         + " |"
     )
-    print("|---|---|---|---|---|---|---|---|" + "---|" * len(names))
+    print("|---|---|---|---|---|---|---|---|---|" + "---|" * len(names))
     docs = Path(args.docs)
     docs.mkdir(parents=True, exist_ok=True)
-    for beta, batch in [(b, s) for s in args.batch_sizes for b in args.betas]:
+    runs = [(b, c.split(":")[0], int(c.split(":")[1])) for c in args.configs for b in args.betas]
+    for beta, arch, batch in runs:
         stored = train_and_store(
             vae,
             shapes,
-            vae.Config(beta=beta, latent=args.latent, batch_size=batch),
+            vae.Config(beta=beta, latent=args.latent, batch_size=batch, arch=arch),
             TrainControl(seed=args.seed, progress=False),
-            name=f"vae-shapes-beta{beta:g}-batch{batch}",
+            name=f"vae-shapes-beta{beta:g}-{arch}-batch{batch}",
         )
         loaded = LoadedModel(stored)
         report = stored.metrics["test"]["latent"]
@@ -137,9 +138,10 @@ def disentanglement(args, plugins, shapes, classifiers) -> None:
             share = change / max(change.sum(), 1e-12)
             best = int(np.argmax(share))
             head = (
-                f"| {beta:g} | {batch} | {stored.metrics['test']['mig']['mig']:.3f} | {report['active_units']}"
+                f"| {beta:g} | {arch} | {batch} | {stored.metrics['test']['mig']['mig']:.3f} | "
+                f"{report['active_units']}"
                 if rank == 0
-                else "| | | |"
+                else "| | | | |"
             )
             print(
                 f"{head} | z{dim} | {report['kl_per_dim'][dim]:.2f} | {names[best]} | {share[best]:.0%} | "
@@ -147,7 +149,7 @@ def disentanglement(args, plugins, shapes, classifiers) -> None:
                 + " |",
                 flush=True,
             )
-        out = docs / f"shapes-beta{beta:g}-batch{batch}-traversal.png"
+        out = docs / f"shapes-beta{beta:g}-{arch}-batch{batch}-traversal.png"
         env = dict(os.environ)
         subprocess.run(
             [sys.executable, "-m", "registry.cli", "traverse", stored.tag, "--out", str(out), "--row", "70"],
@@ -216,7 +218,12 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--betas", type=float, nargs="+", default=[1.0, 4.0])
     parser.add_argument("--latent", type=int, default=10)
-    parser.add_argument("--batch-sizes", type=int, nargs="+", default=[64, 8], help="64: the VAE's default")
+    parser.add_argument(
+        "--configs",
+        nargs="+",
+        default=["mlp:64", "mlp:8", "conv:64"],
+        help="ARCH:BATCH per run, each at every beta (mlp:64 is the VAE's default)",
+    )
     parser.add_argument("--top", type=int, default=3)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--docs", default=str(ROOT / "docs" / "latent"))

@@ -11,6 +11,7 @@ import pytest
 
 from registry.datasets import load_dataset
 from registry.pipeline.surgery import elbo_surgery, encode, mig
+from registry.runtime import latent
 from registry.runtime.models import LoadedModel
 from registry.runtime.scoring import bound_estimates
 from registry.runtime.store import get_model
@@ -146,3 +147,20 @@ def test_mig_separates_disentangled_from_random_codes():
     assert mig(rng.standard_normal((2000, 5)), factors)["mig"] < 0.05
     mixed = np.stack([factors[:, 0] + factors[:, 1], factors[:, 0] - factors[:, 1], factors[:, 2]], 1)
     assert mig(mixed.astype(float), factors)["mig"] < mig(codes, factors)["mig"]
+
+
+def test_conv_vae_on_images_exports_its_latent_graphs(train_model):
+    """arch=conv: a convolutional encoder and decoder whose outputs are laid out as the MLP's
+    (each value's levels together, channels last): the stored graphs pass parity, and a decoded
+    traversal is an image batch of the data's shape. Data that are not images are refused."""
+    stored = train_model("vae", "shapes", arch="conv", latent=4, epochs=2, name="cvae-shapes")
+    assert {"encode", "decode"} <= set(stored.capabilities)
+    assert stored.meta["parity"]["decoder:mean"] < 1e-3 and stored.meta["parity"]["encoder:gaussian"] < 1e-3
+    loaded = LoadedModel(stored)
+    x = load_dataset("shapes").test[:5]
+    z = latent.encode(loaded, latent.check_encode(loaded, x, None), seed=0).z
+    grid = latent.traversal(z[0], [0, 1], np.linspace(-2, 2, 3, dtype=np.float32))
+    decoded = latent.decode(loaded, latent.check_decode(loaded, grid, True), seed=0)
+    assert decoded.shape == (6, 256) and set(np.unique(decoded)) <= {0.0, 1.0}
+    with pytest.raises(ValueError, match="arch=conv needs image data"):
+        train_model("vae", "8gaussians", arch="conv", epochs=1, name="cvae-toy")

@@ -6,7 +6,7 @@ Training, export and the family class all import these; this module imports none
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import Field
 
@@ -18,6 +18,10 @@ class VAEConfig(FamilyConfig):
     latent: int = Field(8, ge=1, le=512, description="latent dimensions")
     hidden: int = Field(256, ge=8, le=4096)
     depth: int = Field(2, ge=1, le=8)
+    arch: Literal["mlp", "conv"] = Field(
+        "mlp",
+        description="conv: convolutional encoder and decoder (image data, height and width multiples of 4)",
+    )
     lr: float = Field(1e-3, gt=0, le=1)
     weight_decay: float = Field(1e-4, ge=0)
     batch_size: int = Field(64, ge=1, le=65536)

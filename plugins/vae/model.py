@@ -24,18 +24,86 @@ def _mlp(inp: int, hidden: int, out: int, depth: int) -> nn.Sequential:
     return nn.Sequential(*layers)
 
 
+class ConvEncoder(nn.Module):
+    """Rows (channels last) -> 2 x latent: two stride-2 convolutions, then a linear map."""
+
+    def __init__(self, shape: tuple[int, int, int], hidden: int, out: int) -> None:
+        super().__init__()
+        h, w, c = shape
+        self.shape = shape
+        width = max(8, hidden // 8)
+        self.net = nn.Sequential(
+            nn.Conv2d(c, width, 4, 2, 1),
+            nn.GELU(),
+            nn.Conv2d(width, 2 * width, 4, 2, 1),
+            nn.GELU(),
+            nn.Flatten(),
+            nn.Linear(2 * width * (h // 4) * (w // 4), hidden),
+            nn.GELU(),
+            nn.Linear(hidden, out),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h, w, c = self.shape
+        return self.net(x.reshape(-1, h, w, c).permute(0, 3, 1, 2))
+
+
+class ConvDecoder(nn.Module):
+    """latent -> per-value outputs (``per`` each), rows channels last: the encoder mirrored."""
+
+    def __init__(
+        self, shape: tuple[int, int, int], latent: int, hidden: int, per: int, grouped: bool
+    ) -> None:
+        super().__init__()
+        h, w, c = shape
+        self.shape, self.per, self.grouped = shape, per, grouped
+        self.width = max(8, hidden // 8)
+        self.inp = nn.Sequential(
+            nn.Linear(latent, hidden),
+            nn.GELU(),
+            nn.Linear(hidden, 2 * self.width * (h // 4) * (w // 4)),
+            nn.GELU(),
+        )
+        self.net = nn.Sequential(
+            nn.ConvTranspose2d(2 * self.width, self.width, 4, 2, 1),
+            nn.GELU(),
+            nn.ConvTranspose2d(self.width, c * per, 4, 2, 1),
+        )
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        h, w, c = self.shape
+        out = self.net(self.inp(z).reshape(-1, 2 * self.width, h // 4, w // 4))  # (B, c * per, h, w)
+        out = out.reshape(-1, c, self.per, h, w)
+        # As the MLP decoder lays them out: each value's levels together (B, h * w * c * levels),
+        # or each output whole, channels last ([means, log-variances]).
+        order = (0, 3, 4, 1, 2) if self.grouped else (0, 2, 3, 4, 1)
+        return out.permute(*order).reshape(z.shape[0], -1)
+
+
 def normal_log_pdf(z: torch.Tensor, mean: torch.Tensor, log_var: torch.Tensor) -> torch.Tensor:
     """Sum over the last dimension of log N(z | mean, exp(log_var))."""
     return (-0.5 * (LOG_2PI + log_var + (z - mean) ** 2 * torch.exp(-log_var))).sum(-1)
 
 
 class VAE(nn.Module):
-    def __init__(self, dim: int, levels: int | None, latent: int, hidden: int, depth: int) -> None:
+    def __init__(
+        self,
+        dim: int,
+        levels: int | None,
+        latent: int,
+        hidden: int,
+        depth: int,
+        conv_shape: tuple[int, int, int] | None = None,
+    ) -> None:
         super().__init__()
         self.dim, self.levels, self.latent = dim, levels, latent
-        self.encoder = _mlp(dim, hidden, 2 * latent, depth)
         out = dim * levels if levels else 2 * dim
-        self.decoder = _mlp(latent, hidden, out, depth)
+        if conv_shape is None:
+            self.encoder: nn.Module = _mlp(dim, hidden, 2 * latent, depth)
+            self.decoder: nn.Module = _mlp(latent, hidden, out, depth)
+        else:
+            self.encoder = ConvEncoder(conv_shape, hidden, 2 * latent)
+            self.decoder = ConvDecoder(conv_shape, latent, hidden, out // dim, grouped=bool(levels))
         self.register_buffer("mean", torch.zeros(dim))
         self.register_buffer("std", torch.ones(dim))
 

@@ -21,7 +21,12 @@ def kl_to_prior(mean: torch.Tensor, log_var: torch.Tensor) -> torch.Tensor:
 def train_vae(data: Dataset, config: VAEConfig, control: TrainControl) -> VAEModel:
     device = pick_device(control)
     torch.manual_seed(control.seed)
-    vae = VAE(data.dim, data.levels, config.latent, config.hidden, config.depth)
+    shape = None
+    if config.arch == "conv":
+        shape = data.image_shape
+        if shape is None or shape[0] % 4 or shape[1] % 4:
+            raise ValueError("arch=conv needs image data whose height and width are multiples of 4")
+    vae = VAE(data.dim, data.levels, config.latent, config.hidden, config.depth, conv_shape=shape)
     train = torch.as_tensor(data.train, dtype=torch.float32)
     vae.mean.copy_(train.mean(0))
     vae.std.copy_(train.std(0) + 1e-3 if not data.levels else torch.full((data.dim,), data.levels / 4.0))
