@@ -620,7 +620,12 @@ def _exact(components: dict[str, Any], described: list[dict[str, Any]], task: bo
             # A gaussian encoder may draw z; an exact one, and a decoder without a draw, may not.
             draws = {"type": ["boolean", "null"]} if d["latent"] == "gaussian" else {"enum": [False, None]}
             decode_draws = {"type": ["boolean", "null"]} if d["decode_sample"] else {"enum": [False, None]}
-            props = {"model": model, "x": _rows(d, 1, MAX_ROWS), "seed": seed, "sample": draws}
+            props = {
+                "model": model,
+                "x": _rows(d, 1, min(MAX_ROWS, d["body_rows"])),
+                "seed": seed,
+                "sample": draws,
+            }
             encode.append((key, _object(props, ["model", "x"])))
             latents = _rows({"levels": None, "dim": d["latent_dim"]}, 1, MAX_ROWS)
             props = {"model": model, "z": latents, "seed": seed, "sample": decode_draws}
@@ -635,7 +640,7 @@ def _exact(components: dict[str, Any], described: list[dict[str, Any]], task: bo
             for most_k, most_rows in tiers:
                 props = {
                     "model": model,
-                    "x": _rows(d, 1, most_rows),
+                    "x": _rows(d, 1, min(most_rows, d["body_rows"])),
                     "kind": kind_schema,
                     "seed": seed,
                     "k": {"type": "integer", "minimum": 1, "maximum": most_k},
@@ -668,9 +673,9 @@ def _exact(components: dict[str, Any], described: list[dict[str, Any]], task: bo
         most_x = min(MAX_TWO_SAMPLE, sample_rows // draw_weight(d["steps"]))
         n_model = {"type": "integer", "minimum": 10, "maximum": most_x}
         props = dict(two)
-        props.update(model=model, x=_rows(d, 10, MAX_TWO_SAMPLE), n_model=n_model)
+        props.update(model=model, x=_rows(d, 10, min(MAX_TWO_SAMPLE, d["body_rows"])), n_model=n_model)
         two_sample.append((f"{key}.n_model", _object(props, ["model", "x", "n_model"])))
-        props = dict(props, x=_rows(d, 10, most_x), n_model={"type": "null"})
+        props = dict(props, x=_rows(d, 10, min(most_x, d["body_rows"])), n_model={"type": "null"})
         two_sample.append((f"{key}.rows", _object(props, ["model", "x"])))
     # Names served here, with any version: not the fallback's (their versions have branches).
     names = sorted({d["name"] for d in described})

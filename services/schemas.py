@@ -37,6 +37,25 @@ MAX_DRAW_ROWS = int(os.environ.get("GENREG_MAX_DRAW_ROWS", "262144"))  # rows x 
 # The most sampling steps a request may ask of a sampler whose count may be chosen.
 MAX_STEPS = int(os.environ.get("GENREG_MAX_STEPS", "1000"))
 MODEL_REF = r"^[a-z0-9][a-z0-9._-]*(:[a-z0-9]+)?$"
+MAX_BODY_BYTES = int(os.environ.get("GENREG_MAX_BODY_BYTES", str(64 * 1024 * 1024)))
+# A body's bytes besides its rows (the model, the other fields), counted generously.
+BODY_OVERHEAD = 4096
+
+
+def row_json_bytes(dim: int, levels: int | None) -> int:
+    """One row's JSON bytes as json.dumps writes it at the data's widest values: a level as a
+    float ("255.0, ": samples come back as floats), any other value as a float32's longest
+    repr ("-1.1754943508222875e-38, "), and the row's brackets and separator."""
+    per = len(str(levels - 1)) + 4 if levels else 26
+    return dim * per + 4
+
+
+def body_rows(dim: int, levels: int | None) -> int:
+    """The most rows of this width a JSON body carries within GENREG_MAX_BODY_BYTES, however
+    wide its values: what the document publishes and the routes take, so that no published
+    body is refused for its size (a 3,072-value row of levels takes up to 21.5 KB: 3,119 fit
+    in 64 MiB, where GENREG_MAX_ROWS is 4,096)."""
+    return max(1, (MAX_BODY_BYTES - BODY_OVERHEAD) // row_json_bytes(dim, levels))
 
 
 def Rows(min_rows: int, max_rows: int, description: str) -> Any:
@@ -279,6 +298,14 @@ class ModelInfo(BaseModel):
         description="as sample_rows, for a task (POST /sample/submit): judged by the task's time limit",
     )
     task_score_rows: dict[str, int] = Field({}, description="as score_rows, for a task (POST /score/submit)")
+    body_rows: int | None = Field(
+        None,
+        description=(
+            "the most rows of x a JSON body may carry for this model: GENREG_MAX_ROWS, or fewer where "
+            "rows this wide, at their widest JSON, would pass GENREG_MAX_BODY_BYTES (V2's binary tensors "
+            "are not bound by it)"
+        ),
+    )
     latent_dim: int | None = Field(
         None, description="the width of the latents /encode answers and /decode takes; null: neither"
     )

@@ -55,6 +55,7 @@ from services.errors import ApiError, error_response, json_response
 from services.metrics import INFERENCE_SECONDS, MODEL_INFO, ROWS
 from services.routes import API_PATHS, ApiRoutes
 from services.schemas import (
+    MAX_BODY_BYTES,
     MAX_DRAW_ROWS,
     MODEL_NAME,
     MODEL_REF,
@@ -68,6 +69,7 @@ from services.schemas import (
     SampleRequest,
     ScoreRequest,
     TwoSampleRequest,
+    body_rows,
     sampling,
     validate,
 )
@@ -88,7 +90,6 @@ ORT_THREADS = int(os.environ.get("GENREG_ORT_THREADS", "1"))
 # Adaptive batching of concurrent ONNX Runtime calls per graph (see services.batching and
 # benchmarks/RESULTS.md for when it pays off); 0 turns it off.
 BATCH_MAX_ROWS = int(os.environ.get("GENREG_BATCH_MAX_ROWS", "0"))
-MAX_BODY_BYTES = int(os.environ.get("GENREG_MAX_BODY_BYTES", str(64 * 1024 * 1024)))
 # Which model calls run on the event loop rather than a worker thread, by the time the model's
 # own calls say they take (LoadedModel.expected_seconds): always below INLINE_MS, where the
 # thread hop (0.1-0.25 ms) costs as much as the call; up to ALONE_MS when no other request is
@@ -154,6 +155,27 @@ def _sample_count(loaded: LoadedModel, n: int, steps: int | None, field: str = "
             f"invalid_{at_fault}",
         )
     return count
+
+
+def row_cap(model: LoadedModel | StoredModel) -> int:
+    """The most rows of x a JSON body may carry for the model (services.schemas.body_rows; the
+    request models' own caps, GENREG_MAX_ROWS and GENREG_MAX_TWO_SAMPLE, apply besides)."""
+    stored = model.stored if isinstance(model, LoadedModel) else model
+    return body_rows(int(stored.data["dim"]), stored.data.get("levels"))
+
+
+def _fits_a_body(loaded: LoadedModel, rows: int) -> None:
+    """400 naming x for more rows than the model's published ``body_rows``."""
+    cap = row_cap(loaded)
+    if rows > cap:
+        raise ApiError(
+            400,
+            "x",
+            f"x: at most {cap} rows of {loaded.dim} values for {loaded.stored.tag} (GET /models: body_rows, "
+            f"the rows whose widest JSON fits GENREG_MAX_BODY_BYTES, {MAX_BODY_BYTES} bytes); got {rows}: "
+            "split them, or send binary tensors over V2",
+            "invalid_x",
+        )
 
 
 def _limit_source(limit: int) -> str:
@@ -255,6 +277,7 @@ def model_info(loaded: LoadedModel) -> dict[str, Any]:
         "score_rows": {k: score_limit(loaded, k, task=False) for k in loaded.kinds},
         "task_sample_rows": sample_limit(loaded, task=True) if sampler else None,
         "task_score_rows": {k: score_limit(loaded, k, task=True) for k in loaded.kinds},
+        "body_rows": row_cap(loaded),
     }
     return ModelInfo(**info, **limits, kinds=loaded.kinds, provider=loaded.provider).model_dump()
 
@@ -447,6 +470,7 @@ class Genreg:
                     "task_score_rows": {
                         kind: score_limit(model, kind, task=True) for kind in model_kinds(stored.capabilities)
                     },
+                    "body_rows": row_cap(stored),
                     **sampling(stored),
                     **latent.latent_info(stored),
                 }
@@ -472,7 +496,11 @@ class Genreg:
             "decode": DecodeRequest,
         }
         req = validate(schema[endpoint], body, may_hold_bools)
-        return req, self.resolve(req.model)
+        loaded = self.resolve(req.model)
+        x = getattr(req, "x", None)
+        if x is not None:
+            _fits_a_body(loaded, len(x))
+        return req, loaded
 
     async def handle(
         self,

@@ -37,6 +37,7 @@ HEADERS = {"content-type": "application/json"}
 # every served model: schemathesis's coverage phase enumerates each branch's boundaries (about
 # 2,000 requests to each of /sample, /score and /two_sample_test with all 14 shared models).
 FUZZED = "flow-8gaussians,diffusion-digits,vae-digits,counted-blob,ar-small,gan-8gaussians"
+FUZZ_BODY_BYTES = 150 * 1024
 
 
 @pytest.fixture(scope="module")
@@ -58,6 +59,9 @@ def fuzz_server(trained, tmp_path_factory):
         "GENREG_TASK_SECONDS": "10",
         "GENREG_TASK_QUEUE": "1",
         "GENREG_MODELS": FUZZED,
+        # Small enough that the JSON body, not GENREG_MAX_ROWS, bounds the digits models' rows
+        # (body_rows): the fuzzers then check that bound as they check the others.
+        "GENREG_MAX_BODY_BYTES": str(FUZZ_BODY_BYTES),
     }
     with (
         # one worker: the runs send one request at a time
@@ -361,3 +365,27 @@ def test_invented_field_names_never_become_metric_labels(server):
             "estimate",
         )
     }
+
+
+def test_a_wide_model_s_rows_are_bounded_by_the_json_body(fuzz_server):
+    """The published rows of x (GET /models body_rows, the document's maxItems) are those whose
+    widest JSON fits the body limit: one row more is a 400 naming x, never a 413 for a body the
+    document allows; at most that many rows, written at their widest, fit."""
+    client, _ = fuzz_server
+    models = {m["name"]: m for m in client.get("/models").json()["models"]}
+    cap = models["vae-digits"]["body_rows"]
+    assert cap == (FUZZ_BODY_BYTES - 4096) // (64 * len("16.0, ") + 4) < 512  # below GENREG_MAX_ROWS
+    doc = client.get("/docs.json").json()["components"]["schemas"]
+    branches = [v for k, v in doc.items() if k.startswith("ScoreRequest.vae-digits.")]
+    assert branches and max(b["properties"]["x"]["maxItems"] for b in branches) == cap
+    assert doc["EncodeRequest.vae-digits"]["properties"]["x"]["maxItems"] == cap
+    widest = json.dumps({"model": "vae-digits", "x": [[16.0] * 64] * cap, "kind": "bound", "seed": 0})
+    assert len(widest) <= FUZZ_BODY_BYTES
+    assert client.post("/score", content=widest, headers=HEADERS).status_code == 200
+    for path in ("/score", "/encode"):
+        over = client.post(
+            path, content=json.dumps({"model": "vae-digits", "x": [[1] * 64] * (cap + 1)}), headers=HEADERS
+        )
+        assert (
+            over.status_code == 400 and over.json()["field"] == "x" and "body_rows" in over.json()["error"]
+        ), over.text
