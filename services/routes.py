@@ -56,6 +56,10 @@ REPOSITORY = re.compile(
 # BentoML's task paths (services.tasks): /NAME/submit, status, get, cancel and retry.
 TASK_PATH = re.compile(rf"^/(?P<api>{'|'.join(tasks.APIS)})/(?P<action>{'|'.join(tasks.ACTIONS)})$")
 STATIC = Path(__file__).resolve().parent / "static"
+JSON_LIMIT = (
+    ", the limit of a JSON body, whose parse must fit one request's memory budget "
+    "(GENREG_REQUEST_MEMORY / 16); split it, or send binary tensors over V2"
+)
 MEDIA_TYPES = {".html": "text/html; charset=utf-8", ".js": "text/javascript", ".css": "text/css"}
 
 
@@ -95,9 +99,12 @@ def _content_length(scope: dict[str, Any]) -> int | None:
     return None
 
 
-async def read_body(scope: dict[str, Any], receive: Any, limit: int) -> bytes | ApiError | None:
-    """The whole body; ApiError 413 past ``limit`` (declared or streamed); None if the client left."""
-    too_large = ApiError(413, "body", f"the request body exceeds {limit} bytes", "too_large")
+async def read_body(
+    scope: dict[str, Any], receive: Any, limit: int, why: str = ""
+) -> bytes | ApiError | None:
+    """The whole body; ApiError 413 past ``limit`` (declared or streamed), ``why`` said after
+    it; None if the client left."""
+    too_large = ApiError(413, "body", f"the request body exceeds {limit} bytes{why}", "too_large")
     declared = _content_length(scope)
     if declared is not None and declared > limit:
         return too_large
@@ -131,7 +138,11 @@ class _Endpoint:
         self.params = params  # values taken from the path (the model name of a repository call)
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
-        body = b"" if scope["method"] == "GET" else await read_body(scope, receive, self.max_body_bytes)
+        body = (
+            b""
+            if scope["method"] == "GET"
+            else await read_body(scope, receive, self.max_body_bytes, JSON_LIMIT)
+        )
         if body is None:
             return
         if isinstance(body, ApiError):
@@ -194,6 +205,7 @@ class ApiRoutes:
         max_body_bytes: int,
         auth: bool,
         traffic: Traffic,
+        max_json_bytes: int | None = None,
         guard: Callable[[Any], Any] | None = None,
         traced: Callable[[Any], Any] | None = None,
     ) -> None:
@@ -201,9 +213,11 @@ class ApiRoutes:
         self.service = service
         self.auth = auth
         self.traffic = traffic
+        # JSON bodies are parsed whole (services.schemas.MAX_JSON_BYTES); binary tensors, in place.
         self.max_body_bytes = max_body_bytes
+        self.max_json_bytes = max_json_bytes or max_body_bytes
         self.endpoints = {
-            path: _Endpoint(endpoint, service, max_body_bytes) for path, endpoint in API_PATHS.items()
+            path: _Endpoint(endpoint, service, self.max_json_bytes) for path, endpoint in API_PATHS.items()
         }
         # ``guard`` wraps our handlers in the auth middleware inside ``traffic``, so a refused
         # token is counted, timed and logged like any answer (BentoML's routes, in ``app``, carry
@@ -267,7 +281,7 @@ class ApiRoutes:
             return
         raw = b""
         if allowed == "POST":
-            read = await read_body(scope, receive, self.max_body_bytes)
+            read = await read_body(scope, receive, self.max_json_bytes, JSON_LIMIT)
             if read is None:
                 return
             if isinstance(read, ApiError):
@@ -298,7 +312,7 @@ class ApiRoutes:
             await not_allowed(endpoint, scope["method"], scope["path"], "POST")(scope, receive, send)
             return
         params = None if match["index"] else {"model": match["name"]}
-        await _Endpoint(endpoint, self.service, self.max_body_bytes, params)(scope, receive, send)
+        await _Endpoint(endpoint, self.service, self.max_json_bytes, params)(scope, receive, send)
 
     async def _v2(self, found: v2.Route, scope: dict[str, Any], receive: Any, send: Any) -> None:
         """An Open Inference Protocol route (services.v2): same body limit, same service instance."""
@@ -308,7 +322,9 @@ class ApiRoutes:
             return
         body = b""
         if method == "POST":
-            read = await read_body(scope, receive, self.max_body_bytes)
+            binary = any(name == b"inference-header-content-length" for name, _ in scope["headers"])
+            limit, why = (self.max_body_bytes, "") if binary else (self.max_json_bytes, JSON_LIMIT)
+            read = await read_body(scope, receive, limit, why)
             if read is None:
                 return
             if isinstance(read, ApiError):

@@ -24,6 +24,7 @@ from pydantic import (
     create_model,
 )
 
+from registry.runtime.budget import REQUEST_MEMORY, RESERVE
 from registry.runtime.graphs import Estimate
 from registry.runtime.rows import parse_rows
 from registry.runtime.store import StoredModel
@@ -38,6 +39,13 @@ MAX_DRAW_ROWS = int(os.environ.get("GENREG_MAX_DRAW_ROWS", "262144"))  # rows x 
 MAX_STEPS = int(os.environ.get("GENREG_MAX_STEPS", "1000"))
 MODEL_REF = r"^[a-z0-9][a-z0-9._-]*(:[a-z0-9]+)?$"
 MAX_BODY_BYTES = int(os.environ.get("GENREG_MAX_BODY_BYTES", str(64 * 1024 * 1024)))
+# Parsing a JSON body into Python lists, then arrays, takes up to 14 bytes a body byte (measured:
+# rows of "0.0", a float object and a list slot for 4 bytes of text; benchmarks/RESULTS.md), 16
+# with the body itself: a JSON body may be as large as lets its parse fit one request's memory
+# budget (30 MiB at the default 512 MiB). Binary tensors (V2) are read in place, up to
+# GENREG_MAX_BODY_BYTES.
+JSON_PARSE_FACTOR = 16
+MAX_JSON_BYTES = min(MAX_BODY_BYTES, max(1 << 20, (REQUEST_MEMORY - RESERVE) // JSON_PARSE_FACTOR))
 # A body's bytes besides its rows (the model, the other fields), counted generously.
 BODY_OVERHEAD = 4096
 
@@ -51,11 +59,11 @@ def row_json_bytes(dim: int, levels: int | None) -> int:
 
 
 def body_rows(dim: int, levels: int | None) -> int:
-    """The most rows of this width a JSON body carries within GENREG_MAX_BODY_BYTES, however
-    wide its values: what the document publishes and the routes take, so that no published
-    body is refused for its size (a 3,072-value row of levels takes up to 21.5 KB: 3,119 fit
-    in 64 MiB, where GENREG_MAX_ROWS is 4,096)."""
-    return max(1, (MAX_BODY_BYTES - BODY_OVERHEAD) // row_json_bytes(dim, levels))
+    """The most rows of this width a JSON body carries within MAX_JSON_BYTES, however wide its
+    values: what the document publishes and the routes take, so that no published body is
+    refused for its size (a 3,072-value row of levels takes up to 21.5 KB: 1,462 fit in
+    30 MiB, where GENREG_MAX_ROWS is 4,096)."""
+    return max(1, (MAX_JSON_BYTES - BODY_OVERHEAD) // row_json_bytes(dim, levels))
 
 
 def Rows(min_rows: int, max_rows: int, description: str) -> Any:
@@ -302,7 +310,7 @@ class ModelInfo(BaseModel):
         None,
         description=(
             "the most rows of x a JSON body may carry for this model: GENREG_MAX_ROWS, or fewer where "
-            "rows this wide, at their widest JSON, would pass GENREG_MAX_BODY_BYTES (V2's binary tensors "
+            "rows this wide, at their widest JSON, would pass the JSON body limit (V2's binary tensors "
             "are not bound by it)"
         ),
     )

@@ -57,6 +57,7 @@ from services.routes import API_PATHS, ApiRoutes
 from services.schemas import (
     MAX_BODY_BYTES,
     MAX_DRAW_ROWS,
+    MAX_JSON_BYTES,
     MODEL_NAME,
     MODEL_REF,
     DecodeRequest,
@@ -172,7 +173,7 @@ def _fits_a_body(loaded: LoadedModel, rows: int) -> None:
             400,
             "x",
             f"x: at most {cap} rows of {loaded.dim} values for {loaded.stored.tag} (GET /models: body_rows, "
-            f"the rows whose widest JSON fits GENREG_MAX_BODY_BYTES, {MAX_BODY_BYTES} bytes); got {rows}: "
+            f"the rows whose widest JSON fits a JSON body's {MAX_JSON_BYTES} bytes); got {rows}: "
             "split them, or send binary tensors over V2",
             "invalid_x",
         )
@@ -303,6 +304,7 @@ class GenregService(bentoml.Service):
             guard(bentoml_app),
             service=bentoml.get_current_service,
             max_body_bytes=MAX_BODY_BYTES,
+            max_json_bytes=MAX_JSON_BYTES,
             auth=BearerAuth.enabled(),
             traffic=TRAFFIC,
             guard=guard,
