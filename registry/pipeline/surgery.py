@@ -36,8 +36,11 @@ def _logsumexp(a: np.ndarray, axis: int) -> np.ndarray:
 
 def encode(loaded: LoadedModel, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     spec = loaded.stored.graph("encoder")
-    if spec is None:
-        raise ValueError(f"{loaded.stored.tag} has no encoder graph (only latent-variable models do)")
+    if spec is None or spec.kind not in (None, "gaussian"):
+        raise ValueError(
+            f"{loaded.stored.tag} has no encoder graph of q(z|x) (only latent-variable models do; "
+            "a flow's encoder is its exact transform)"
+        )
     if spec.kind == "gaussian":  # the served encoder: the one latent path
         encoded = latent.encode(loaded, latent.check_encode(loaded, x, None), seed=0)
         return encoded.mean.astype(np.float64), encoded.log_var.astype(np.float64)
