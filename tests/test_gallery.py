@@ -196,3 +196,104 @@ def test_gallery_asks_for_the_token_and_then_lists_models(browser, train_model, 
         assert [r.get_attribute("data-model") for r in rows] == ["gallery-auth"]
         assert not browser.find_element(By.ID, "token-form").is_displayed()
         browser.execute_script("window.localStorage.removeItem('genreg-token')")
+
+
+def click_grid_image(driver, img, col: int, line: int, cols: int = 4) -> None:
+    """Click the centre of the grid image in column ``col`` and line ``line`` (16 samples: 4 x 4)."""
+    from selenium.webdriver.common.action_chains import ActionChains
+
+    width, height = img.size["width"], img.size["height"]
+    x = (col + 0.5) / cols * width - width / 2
+    y = (line + 0.5) / cols * height - height / 2
+    ActionChains(driver).move_to_element_with_offset(img, int(x), int(y)).click().perform()
+
+
+def test_latent_panel_reconstructs_traverses_and_interpolates_picked_samples(browser, server):
+    """vae-digits (8 latent dimensions): a click on the sample grid fills slot A (reconstruction,
+    and a traversal of one grid line per dimension, by KL), the next fills B (a 10-point
+    interpolation); a model without a latent space (gaussian-digits) has no panel."""
+    from selenium.webdriver.common.by import By
+
+    client, _ = server
+    models = {m["name"]: m for m in client.get("/models").json()["models"]}
+    vae = models["vae-digits"]
+    assert vae["latent_dim"] == 8 and vae["image_shape"] == [8, 8, 1]
+    assert models["gaussian-digits"]["latent_dim"] is None
+
+    open_model(browser, "vae-digits")
+    assert browser.find_element(By.ID, "latent-panel").is_displayed()
+    img = wait_for(lambda: browser.find_element(By.ID, "sample-grid"), what="sample grid")
+    wait_for(lambda: browser.execute_script("return arguments[0].complete", img), what="image load")
+
+    def drawn(canvas_id: str):
+        canvas = browser.find_element(By.ID, canvas_id)
+        return canvas if canvas.get_attribute("data-drawn") == "yes" else None
+
+    click_grid_image(browser, img, 0, 0)
+    recon = wait_for(lambda: drawn("latent-recon"), what="the reconstruction")
+    traverse = wait_for(lambda: drawn("latent-traverse"), what="the traversal")
+    assert "sample 1 of the grid" in browser.find_element(By.ID, "latent-a-caption").text
+    assert (recon.get_attribute("data-rows"), recon.get_attribute("data-cols")) == ("1", "2")
+    # One line of 9 images per latent dimension; the canvas is exactly that tall (a 2-pixel gap).
+    assert (traverse.get_attribute("data-rows"), traverse.get_attribute("data-cols")) == ("8", "9")
+    cell = int(traverse.get_attribute("data-cell"))
+    assert int(traverse.get_attribute("height")) == 8 * cell + 2
+    kl = vae["metrics"]["test"]["latent"]["kl_per_dim"]
+    order = sorted(range(8), key=lambda d: (-kl[d], d))
+    caption = browser.find_element(By.ID, "latent-traverse-caption").text
+    assert ", ".join(f"z{d}" for d in order) in caption
+    grays = browser.execute_script(
+        "const c = arguments[0]; const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;"
+        "const s = new Set(); for (let i = 0; i < d.length; i += 4) s.add(d[i]); return s.size;",
+        traverse,
+    )
+    assert grays > 10
+    assert not browser.find_element(By.ID, "latent-interp-figure").is_displayed()
+
+    click_grid_image(browser, img, 3, 3)  # the next click fills B
+    interp = wait_for(lambda: drawn("latent-interp"), what="the interpolation")
+    assert "sample 16 of the grid" in browser.find_element(By.ID, "latent-b-caption").text
+    assert (interp.get_attribute("data-rows"), interp.get_attribute("data-cols")) == ("1", "10")
+    assert browser.find_element(By.ID, "latent-error").text == ""
+
+    open_model(browser, "gaussian-digits")
+    assert not browser.find_element(By.ID, "latent-panel").is_displayed()
+
+
+def test_latent_panel_takes_an_uploaded_row_and_shows_the_api_error(browser, tmp_path):
+    """flow-digits (64 latent dimensions): a row of the wrong width shows /encode's error; a
+    JSON row fills A, and the traversal stops at 10 dimensions."""
+    import json
+
+    from selenium.webdriver.common.by import By
+
+    open_model(browser, "flow-digits")
+    assert browser.find_element(By.ID, "latent-panel").is_displayed()
+    bad = tmp_path / "bad.csv"
+    bad.write_text("1,2,3\n")
+    browser.find_element(By.ID, "latent-file").send_keys(str(bad))
+    browser.find_element(By.CSS_SELECTOR, "#latent-form button").click()
+    message = wait_for(lambda: browser.find_element(By.ID, "latent-error").text, what="error message")
+    assert "each row must have 64 values" in message
+
+    good = tmp_path / "row.json"
+    good.write_text(json.dumps(load_digits().test[0].astype(int).tolist()))
+    browser.find_element(By.ID, "latent-file").send_keys(str(good))
+    browser.find_element(By.CSS_SELECTOR, "#latent-form button").click()
+    traverse = browser.find_element(By.ID, "latent-traverse")
+    wait_for(lambda: traverse.get_attribute("data-drawn") == "yes", what="the traversal")
+    assert (traverse.get_attribute("data-rows"), traverse.get_attribute("data-cols")) == ("10", "9")
+    assert "row 1 of row.json" in browser.find_element(By.ID, "latent-a-caption").text
+    assert browser.find_element(By.ID, "latent-error").text == ""
+    # A flow is exact: A's reconstruction (x + u, floored to its level) is A itself. The canvas
+    # is two images side by side, each after a 2-pixel gap.
+    recon = browser.find_element(By.ID, "latent-recon")
+    wait_for(lambda: recon.get_attribute("data-drawn") == "yes", what="the reconstruction")
+    halves = browser.execute_script(
+        "const c = arguments[0], ctx = c.getContext('2d'), w = (c.width - 2) / 2;"
+        "const a = ctx.getImageData(2, 2, w - 2, c.height - 4).data;"
+        "const b = ctx.getImageData(2 + w, 2, w - 2, c.height - 4).data;"
+        "return [Array.from(a).join(), Array.from(b).join(), new Set(a).size];",
+        recon,
+    )
+    assert halves[0] == halves[1] and halves[2] > 2

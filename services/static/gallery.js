@@ -1,5 +1,5 @@
 // genreg model gallery: plain JavaScript over the public API (GET /models, POST /sample,
-// POST /score, and /sample's task paths for image grids). A bearer token, when the service wants one, is read from localStorage
+// POST /score, POST /encode and /decode, and /sample's task paths for image grids). A bearer token, when the service wants one, is read from localStorage
 // ("genreg-token") and sent with every call.
 "use strict";
 
@@ -185,6 +185,7 @@ function select(model) {
     steps.value = String(model.steps);
   }
   document.getElementById("density-panel").hidden = !(model.data.dim === 2);
+  resetLatent(model);
   const kind = document.getElementById("score-kind");
   kind.innerHTML = "";
   for (const k of model.kinds) {
@@ -234,6 +235,16 @@ async function drawSamples() {
       img.alt = `16 samples from ${m.tag}, seed ${seed}, temperature ${temperature}` +
         (steps === undefined ? "" : `, ${steps} steps`);
       img.src = "data:image/png;base64," + res.png;
+      // The grid's request without its format answers the same rows (the seed fixes them):
+      // the latent panel asks for them when one of the grid's images is clicked.
+      const rowsBody = { ...body };
+      delete rowsBody.format;
+      state.grid = { tag: m.tag, body: rowsBody, n: body.n, rows: null };
+      if (hasLatent(m)) {
+        img.classList.add("pickable");
+        img.title = "Click an image to put it in the latent space panel's slot";
+        img.addEventListener("click", pickFromGrid);
+      }
       out.appendChild(img);
     } else if (m.data.dim === 2) {
       await drawDensity();
@@ -362,6 +373,263 @@ async function scoreFile(event) {
   }
 }
 
+// --- The latent space (POST /encode, POST /decode): image models with a latent_dim ------------
+// Slots A and B each hold a row and its latent z. A gives a reconstruction and a traversal; A
+// and B an interpolation. Each drawing shows the latest request's answer only.
+const TRAVERSE_SPAN = 3;  // each dimension from -3 to 3 prior standard deviations
+const TRAVERSE_STEPS = 9;
+const TRAVERSE_DIMS = 10;  // at most this many dimensions (grid rows)
+const INTERP_STEPS = 10;
+
+function hasLatent(m) {
+  return m.latent_dim !== null && m.latent_dim !== undefined && Array.isArray(m.image_shape);
+}
+
+function resetLatent(model) {
+  state.latent = { a: null, b: null, tokens: {} };
+  document.getElementById("latent-panel").hidden = !hasLatent(model);
+  document.getElementById("latent-error").textContent = "";
+  document.getElementById("latent-slot-a").checked = true;
+  for (const id of ["latent-a", "latent-b", "latent-recon-figure", "latent-traverse-figure", "latent-interp-figure"]) {
+    document.getElementById(id).hidden = true;
+  }
+  for (const id of ["latent-a-image", "latent-b-image", "latent-recon", "latent-traverse", "latent-interp"]) {
+    delete document.getElementById(id).dataset.drawn;
+  }
+}
+
+// A function telling whether the request started now is still the latest of its kind (`key`)
+// for the model shown: a newer pick, or another model, makes an older answer stale.
+function latest(key) {
+  const L = state.latent;
+  const token = (L.tokens[key] = (L.tokens[key] || 0) + 1);
+  return () => state.latent === L && L.tokens[key] === token;
+}
+
+// The data's top level: values are drawn as 255 * v / high, after clamping to [0, high].
+function dataHigh(m, rows) {
+  if (typeof m.data.high === "number" && m.data.high > 0) return m.data.high;
+  if (m.data.levels) return m.data.levels - 1;
+  let hi = 0;
+  for (const r of rows) for (const v of r) if (Number.isFinite(v) && v > hi) hi = v;
+  return hi || 1;
+}
+
+// Draws rows as images (the model's image_shape, channels last) on `canvas`, `cols` to a line,
+// with a label per line in a left margin when `labels` is given. A flow's decoded discrete row
+// is x + u: floored to its level, as /decode's answer says.
+function drawImages(canvas, rows, cols, labels) {
+  const m = state.current;
+  const [h, w, c] = m.image_shape;
+  const floor = m.latent === "exact" && !!m.data.levels;
+  const high = dataHigh(m, rows);
+  const scale = Math.max(1, Math.floor(48 / Math.max(h, w)));
+  const pad = 2;
+  const cell = h * scale + pad;  // a line's height: one image and its gap, in canvas pixels
+  const margin = labels ? 80 : 0;
+  const lines = Math.ceil(rows.length / cols);
+  canvas.width = margin + pad + cols * (w * scale + pad);
+  canvas.height = pad + lines * cell;
+  const ctx = canvas.getContext("2d");
+  ctx.fillStyle = "#404040";
+  ctx.fillRect(0, 0, canvas.width, canvas.height);
+  const tile = document.createElement("canvas");
+  tile.width = w;
+  tile.height = h;
+  const tctx = tile.getContext("2d");
+  const pixels = tctx.createImageData(w, h);
+  ctx.imageSmoothingEnabled = false;
+  rows.forEach((r, i) => {
+    for (let p = 0; p < h * w; p++) {
+      for (let k = 0; k < 3; k++) {
+        let v = r[p * c + (c >= 3 ? k : 0)];
+        if (floor) v = Math.floor(v);
+        v = Number.isFinite(v) ? Math.min(high, Math.max(0, v)) : 0;
+        pixels.data[4 * p + k] = Math.round((255 * v) / high);
+      }
+      pixels.data[4 * p + 3] = 255;
+    }
+    tctx.putImageData(pixels, 0, 0);
+    const line = Math.floor(i / cols), col = i % cols;
+    ctx.drawImage(tile, margin + pad + col * (w * scale + pad), pad + line * cell, w * scale, h * scale);
+  });
+  if (labels) {
+    ctx.fillStyle = "#fff";
+    ctx.fillRect(0, 0, margin, canvas.height);
+    ctx.fillStyle = "#111";
+    ctx.font = "12px system-ui, sans-serif";
+    ctx.textBaseline = "middle";
+    labels.forEach((label, line) => {
+      const middle = pad + line * cell + (h * scale) / 2;
+      const parts = label.split("\n");
+      parts.forEach((part, j) => ctx.fillText(part, 4, middle + (j - (parts.length - 1) / 2) * 14));
+    });
+  }
+  canvas.dataset.rows = String(lines);
+  canvas.dataset.cols = String(cols);
+  canvas.dataset.cell = String(cell);
+  canvas.dataset.drawn = "yes";
+}
+
+function latentSeed() {
+  return parseInt(document.getElementById("seed").value || "0", 10);
+}
+
+// Puts `row` in slot "a" or "b": encodes it, then redraws what depends on that slot.
+async function setSlot(slot, row, source) {
+  const m = state.current;
+  const L = state.latent;
+  const error = document.getElementById("latent-error");
+  const live = latest("slot-" + slot);
+  error.textContent = "";
+  try {
+    const res = await api("/encode", { model: m.tag, x: [row], seed: latentSeed() });
+    if (!live()) return;
+    L[slot] = { row, z: res.z[0], source };
+    const canvas = document.getElementById(`latent-${slot}-image`);
+    drawImages(canvas, [row], 1);
+    canvas.setAttribute("aria-label", `row ${slot.toUpperCase()}: ${source}`);
+    document.getElementById(`latent-${slot}-caption`).textContent = `${slot.toUpperCase()}: ${source}`;
+    document.getElementById(`latent-${slot}`).hidden = false;
+    if (slot === "a") document.getElementById("latent-slot-b").checked = true;  // the next pick is B
+    await Promise.all(slot === "a" ? [reconstruct(), traverse(), interpolate()] : [interpolate()]);
+  } catch (e) {
+    if (live()) error.textContent = e.message;
+  }
+}
+
+async function reconstruct() {
+  const m = state.current;
+  const a = state.latent.a;
+  const live = latest("recon");
+  const res = await api("/decode", { model: m.tag, z: [a.z], seed: latentSeed() });
+  if (!live()) return;
+  drawImages(document.getElementById("latent-recon"), [a.row, res.x[0]], 2);
+  document.getElementById("latent-recon-figure").hidden = false;
+}
+
+// The traversal's dimensions, most informative first: a VAE's by its stored per-dimension KL
+// (metrics.test.latent.kl_per_dim), largest first; otherwise in index order.
+function traversalDims(m) {
+  const kl = (((m.metrics || {}).test || {}).latent || {}).kl_per_dim;
+  const known = Array.isArray(kl) && kl.length === m.latent_dim ? kl : null;
+  const dims = Array.from({ length: m.latent_dim }, (_, i) => i);
+  if (known) dims.sort((i, j) => known[j] - known[i] || i - j);
+  return { dims: dims.slice(0, TRAVERSE_DIMS), kl: known };
+}
+
+async function traverse() {
+  const m = state.current;
+  const a = state.latent.a;
+  const live = latest("traverse");
+  const { dims, kl } = traversalDims(m);
+  const values = Array.from({ length: TRAVERSE_STEPS }, (_, i) => -TRAVERSE_SPAN + (2 * TRAVERSE_SPAN * i) / (TRAVERSE_STEPS - 1));
+  const z = [];
+  for (const d of dims) for (const v of values) {
+    const row = a.z.slice();
+    row[d] = v;
+    z.push(row);
+  }
+  const res = await api("/decode", { model: m.tag, z, seed: latentSeed() });  // one call for the grid
+  if (!live()) return;
+  const labels = dims.map((d) => `z${d}` + (kl ? `\nKL ${kl[d].toFixed(2)}` : ""));
+  const canvas = document.getElementById("latent-traverse");
+  drawImages(canvas, res.x, TRAVERSE_STEPS, labels);
+  const text = `Traversal of A's z: one row per dimension (${dims.map((d) => "z" + d).join(", ")}` +
+    (kl ? ", by KL in nats, largest first" : "") + `), ${TRAVERSE_STEPS} values from −${TRAVERSE_SPAN} to ${TRAVERSE_SPAN}.`;
+  canvas.setAttribute("aria-label", text);
+  document.getElementById("latent-traverse-caption").textContent = text;
+  document.getElementById("latent-traverse-figure").hidden = false;
+}
+
+// `steps` points from a to b on the great circle (slerp), or on the line where the two are
+// (nearly) parallel, as registry.runtime.latent.slerp.
+function slerp(a, b, steps) {
+  let dot = 0, na = 0, nb = 0;
+  for (let i = 0; i < a.length; i++) { dot += a[i] * b[i]; na += a[i] * a[i]; nb += b[i] * b[i]; }
+  const omega = Math.acos(Math.min(1, Math.max(-1, dot / Math.max(Math.sqrt(na * nb), 1e-12))));
+  const out = [];
+  for (let s = 0; s < steps; s++) {
+    const t = s / (steps - 1);
+    const [wa, wb] = Math.sin(omega) < 1e-6
+      ? [1 - t, t]
+      : [Math.sin((1 - t) * omega) / Math.sin(omega), Math.sin(t * omega) / Math.sin(omega)];
+    out.push(a.map((v, i) => wa * v + wb * b[i]));
+  }
+  return out;
+}
+
+async function interpolate() {
+  const m = state.current;
+  const { a, b } = state.latent;
+  const live = latest("interp");
+  if (!a || !b) return;
+  const res = await api("/decode", { model: m.tag, z: slerp(a.z, b.z, INTERP_STEPS), seed: latentSeed() });
+  if (!live()) return;
+  const canvas = document.getElementById("latent-interp");
+  drawImages(canvas, res.x, INTERP_STEPS);
+  const text = `Interpolation from A (${a.source}) to B (${b.source}): ${INTERP_STEPS} points, spherical, decoded.`;
+  canvas.setAttribute("aria-label", text);
+  document.getElementById("latent-interp-caption").textContent = text;
+  document.getElementById("latent-interp-figure").hidden = false;
+}
+
+function chosenSlot() {
+  return document.getElementById("latent-slot-b").checked ? "b" : "a";
+}
+
+// A click on the sample grid (png_grid's layout: near-square, a 1-pixel gap around each image)
+// picks the image under it: its row comes from /sample with the grid's own fields.
+async function pickFromGrid(event) {
+  const m = state.current;
+  const grid = state.grid;
+  if (!hasLatent(m) || !grid || grid.tag !== m.tag) return;
+  const img = event.currentTarget;
+  const [h, w] = m.image_shape;
+  const gap = 1;
+  const cols = Math.ceil(Math.sqrt(grid.n)), lines = Math.ceil(grid.n / cols);
+  const x = (event.offsetX / img.clientWidth) * (cols * (w + gap) + gap);
+  const y = (event.offsetY / img.clientHeight) * (lines * (h + gap) + gap);
+  const col = Math.min(cols - 1, Math.max(0, Math.floor((x - gap) / (w + gap))));
+  const line = Math.min(lines - 1, Math.max(0, Math.floor((y - gap) / (h + gap))));
+  const index = line * cols + col;
+  if (index >= grid.n) return;
+  const slot = chosenSlot();
+  try {
+    if (!grid.rows) grid.rows = (await api("/sample", grid.body)).samples;
+  } catch (e) {
+    document.getElementById("latent-error").textContent = e.message;
+    return;
+  }
+  if (state.grid !== grid || state.current !== m) return;  // another grid or model since
+  // A discrete model's samples are its levels; /encode takes nothing else.
+  const levels = m.data.levels;
+  const row = levels ? grid.rows[index].map((v) => Math.min(levels - 1, Math.max(0, Math.round(v)))) : grid.rows[index];
+  await setSlot(slot, row, `sample ${index + 1} of the grid (seed ${grid.body.seed})`);
+}
+
+async function latentFile(event) {
+  event.preventDefault();
+  const error = document.getElementById("latent-error");
+  error.textContent = "";
+  const file = document.getElementById("latent-file").files[0];
+  if (!file) { error.textContent = "Choose a .npy, .csv or .json file first."; return; }
+  let rows;
+  try {
+    const name = file.name.toLowerCase();
+    if (name.endsWith(".npy")) rows = parseNpy(await file.arrayBuffer());
+    else if (name.endsWith(".json")) {
+      const data = JSON.parse(await file.text());
+      rows = Array.isArray(data) && !Array.isArray(data[0]) ? [data] : data;  // one row, or rows
+    } else rows = parseCsv(await file.text());
+    if (!Array.isArray(rows) || !rows.length) throw new Error("it holds no rows");
+  } catch (e) {
+    error.textContent = "Could not read the file: " + e.message;
+    return;
+  }
+  await setSlot(chosenSlot(), rows[0], `row 1 of ${file.name}`);
+}
+
 async function init() {
   const status = document.getElementById("models-status");
   try {
@@ -385,6 +653,7 @@ async function init() {
   document.getElementById("steps").addEventListener("change", drawSamples);
   document.getElementById("sample-form").addEventListener("submit", (e) => { e.preventDefault(); drawSamples(); });
   document.getElementById("score-form").addEventListener("submit", scoreFile);
+  document.getElementById("latent-form").addEventListener("submit", latentFile);
 }
 
 init();
