@@ -44,6 +44,8 @@ from services.schemas import (
     TaskSubmitted,
     TwoSampleRequest,
     TwoSampleResponse,
+    V2DecodeParameters,
+    V2EncodeParameters,
     V2Error,
     V2InferRequest,
     V2InferResponse,
@@ -134,6 +136,8 @@ V2_MODELS = [
     V2InferRequest,
     V2ScoreParameters,
     V2SampleParameters,
+    V2EncodeParameters,
+    V2DecodeParameters,
     V2Error,
     V2ServerMetadata,
     V2Live,
@@ -394,17 +398,23 @@ def _not_null(prop: dict[str, Any]) -> dict[str, Any]:
 
 
 def _v2_infer_body(components: dict[str, Any]) -> dict[str, Any]:
-    """The infer request as genreg maps it: score (one input, x) or sample (no inputs).
+    """The infer request as genreg maps it: score (one input, x), sample (no inputs), encode
+    (x, with parameters.operation encode) or decode (one input, z).
 
     Built from V2InferRequest with the operation's parameters (the fields of /score and /sample);
     what it cannot say (the data agreeing with the shape, rows as wide as the model) the server
     answers with a 400 naming the tensor.
     """
     base = components["V2InferRequest"]
-    components["V2InputTensor"]["properties"]["name"] = {"type": "string", "enum": ["x"]}
+    tensor = components["V2InputTensor"]
+    tensor["properties"]["name"] = {"type": "string", "enum": ["x", "z"]}
+    # Each operation's one input, by name: x (score, encode) or z (decode).
+    for name in ("x", "z"):
+        named = {**tensor, "properties": {**tensor["properties"], "name": {"const": name}}}
+        components[f"V2InputTensor.{name}"] = named
     protocol = {name: {"type": "boolean"} for name in V2_PROTOCOL_PARAMETERS}
 
-    def operation(title: str, params: str, inputs: dict[str, Any]) -> dict[str, Any]:
+    def operation(title: str, params: str, input_name: str | None) -> dict[str, Any]:
         schema = {**base, "title": title, "properties": dict(base["properties"])}
         # The protocol's parameters take no null: an optional one is left out instead.
         own = {key: _not_null(prop) for key, prop in components[params]["properties"].items()}
@@ -413,13 +423,23 @@ def _v2_infer_body(components: dict[str, Any]) -> dict[str, Any]:
             "properties": {**own, **protocol},
             "additionalProperties": False,
         }
+        required = components[params].get("required", [])
+        if required:  # encode's operation parameter: the request names it
+            schema["required"] = sorted({*base.get("required", []), "parameters"})
+            schema["properties"]["parameters"]["required"] = required
+        inputs = {"maxItems": 0}
+        if input_name is not None:
+            item = {"$ref": REF.format(model=f"V2InputTensor.{input_name}")}
+            inputs = {"minItems": 1, "maxItems": 1, "items": item}
         schema["properties"]["inputs"] = {**base["properties"]["inputs"], **inputs}
         return schema
 
     return {
         "anyOf": [
-            operation("score", "V2ScoreParameters", {"minItems": 1, "maxItems": 1}),
-            operation("sample", "V2SampleParameters", {"maxItems": 0}),
+            operation("sample", "V2SampleParameters", None),
+            operation("score", "V2ScoreParameters", "x"),
+            operation("encode", "V2EncodeParameters", "x"),
+            operation("decode", "V2DecodeParameters", "z"),
         ]
     }
 
