@@ -640,14 +640,11 @@ def _exact(components: dict[str, Any], described: list[dict[str, Any]], task: bo
             # A gaussian encoder may draw z; an exact one, and a decoder without a draw, may not.
             draws = {"type": ["boolean", "null"]} if d["latent"] == "gaussian" else {"enum": [False, None]}
             decode_draws = {"type": ["boolean", "null"]} if d["decode_sample"] else {"enum": [False, None]}
-            props = {
-                "model": model,
-                "x": _rows(d, 1, min(MAX_ROWS, d["body_rows"])),
-                "seed": seed,
-                "sample": draws,
-            }
+            most = d["latent_rows"]  # each operation's measured-rate limit
+            x = _rows(d, 1, min(MAX_ROWS, d["body_rows"], most["encode"]))
+            props = {"model": model, "x": x, "seed": seed, "sample": draws}
             encode.append((key, _object(props, ["model", "x"])))
-            latents = _rows({"levels": None, "dim": d["latent_dim"]}, 1, MAX_ROWS)
+            latents = _rows({"levels": None, "dim": d["latent_dim"]}, 1, min(MAX_ROWS, most["decode"]))
             props = {"model": model, "z": latents, "seed": seed, "sample": decode_draws}
             decode.append((key, _object(props, ["model", "z"])))
         for kind in d["kinds"]:

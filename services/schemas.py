@@ -314,6 +314,13 @@ class ModelInfo(BaseModel):
             "are not bound by it)"
         ),
     )
+    latent_rows: dict[str, int] = Field(
+        {},
+        description=(
+            "per operation (encode, decode), the most rows one request may take: GENREG_MAX_ROWS, or "
+            "fewer where the graph's measured rate would not run them in half the deadline"
+        ),
+    )
     latent_dim: int | None = Field(
         None, description="the width of the latents /encode answers and /decode takes; null: neither"
     )

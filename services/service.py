@@ -58,6 +58,7 @@ from services.schemas import (
     MAX_BODY_BYTES,
     MAX_DRAW_ROWS,
     MAX_JSON_BYTES,
+    MAX_ROWS,
     MODEL_NAME,
     MODEL_REF,
     DecodeRequest,
@@ -224,6 +225,19 @@ def score_limit(model: LoadedModel | StoredModel, kind: str, task: bool | None =
     return row_limit(cost_of(spec) if spec is not None else None, MAX_DRAW_ROWS, work_seconds(task))
 
 
+def latent_limits(model: LoadedModel | StoredModel) -> dict[str, int]:
+    """The most rows one /encode and one /decode may take: GENREG_MAX_ROWS, or fewer where the
+    graph's measured rate would not run them in half the deadline (as /score's limits; {} for a
+    model without a latent space). Encode and decode are never tasks."""
+    stored, cost_of = _costs(model)
+    specs = {"encode": latent.encoder(stored), "decode": latent.decoder(stored)}
+    return {
+        op: row_limit(cost_of(spec), MAX_ROWS, work_seconds(False))
+        for op, spec in specs.items()
+        if spec is not None
+    }
+
+
 async def _call(fn: Callable[[], Any], loaded: LoadedModel, role: str, rows: int, calls: int = 1) -> Any:
     """``fn()``, on the event loop if it is expected to be short enough (INLINE_MS, ALONE_MS),
     else in a worker thread. Unmeasured calls go to a thread, and so does everything with
@@ -279,6 +293,7 @@ def model_info(loaded: LoadedModel) -> dict[str, Any]:
         "task_sample_rows": sample_limit(loaded, task=True) if sampler else None,
         "task_score_rows": {k: score_limit(loaded, k, task=True) for k in loaded.kinds},
         "body_rows": row_cap(loaded),
+        "latent_rows": latent_limits(loaded),
     }
     return ModelInfo(**info, **limits, kinds=loaded.kinds, provider=loaded.provider).model_dump()
 
@@ -473,6 +488,7 @@ class Genreg:
                         kind: score_limit(model, kind, task=True) for kind in model_kinds(stored.capabilities)
                     },
                     "body_rows": row_cap(stored),
+                    "latent_rows": latent_limits(model),
                     **sampling(stored),
                     **latent.latent_info(stored),
                 }
@@ -671,6 +687,16 @@ class Genreg:
             raise ApiError(422, exc.field, str(exc), "missing_capability") from None
         except InputError as exc:
             raise ApiError(400, exc.field, str(exc), f"invalid_{exc.field}") from None
+        field, limit = checked.spec.x_input or "x", latent_limits(loaded)[operation]
+        if len(checked.rows) > limit:
+            raise ApiError(
+                400,
+                field,
+                f"{field}: {len(checked.rows)} rows exceeds {limit}, this model's {operation} limit: the rows "
+                f"it runs in half the {TRAFFIC.timeout:g}-s deadline at its measured rate (GET /models: "
+                "latent_rows)",
+                f"invalid_{field}",
+            )
         return checked, _plan(lambda: latent.plan(loaded, checked))
 
     async def _latent(

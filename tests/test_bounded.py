@@ -192,11 +192,12 @@ def _largest_bodies(info: dict, real: list, published: dict) -> list[tuple[str, 
         x = (real * (x_rows // len(real) + 1))[:x_rows]
         if x_rows >= 10:
             bodies.append(("/two_sample_test", {"model": name, "x": x, "test": "mmd", "n_model": x_rows}))
-    if info["latent_dim"] is not None:  # the latent space: the row limit, drawing where it may
-        rows = published["max_rows"]
+    if info["latent_dim"] is not None:  # the latent space: the published rows, drawing where it may
+        rows = min(published["max_rows"], info["latent_rows"]["encode"], info["body_rows"])
         x = (real * (rows // len(real) + 1))[:rows]
         draw = info["latent"] == "gaussian"
         bodies.append(("/encode", {"model": name, "x": x, "seed": 0} | ({"sample": True} if draw else {})))
+        rows = min(published["max_rows"], info["latent_rows"]["decode"])
         z = [[0.5] * info["latent_dim"]] * rows
         body = {"model": name, "z": z, "seed": 0} | ({"sample": True} if info["decode_sample"] else {})
         bodies.append(("/decode", body))

@@ -41,6 +41,17 @@ def test_models_state_the_latent_space(http):
         assert not models[name]["decode_sample"] and {"encode", "decode"} <= set(models[name]["capabilities"])
     for name in ("gaussian-digits", "categorical-digits", "gan-8gaussians", "autoregressive-digits"):
         assert models[name]["latent_dim"] is None and "encode" not in models[name]["capabilities"]
+        assert models[name]["latent_rows"] == {}
+    # Per operation, the rows its measured rate runs in half the deadline, capped at the row
+    # limit (5,000 here), as a power of two below it: the document states the same.
+    doc = http.get("/docs.json").json()["components"]["schemas"]
+    for name in ("vae-digits", "flow-digits", "flow-8gaussians"):
+        limits = models[name]["latent_rows"]
+        assert set(limits) == {"encode", "decode"} and all(1 <= v <= 5000 for v in limits.values())
+        assert doc[f"EncodeRequest.{name}"]["properties"]["x"]["maxItems"] == min(
+            limits["encode"], models[name]["body_rows"]
+        )
+        assert doc[f"DecodeRequest.{name}"]["properties"]["z"]["maxItems"] == limits["decode"]
 
 
 def test_flow_round_trip_over_http_on_10000_rows(http):
