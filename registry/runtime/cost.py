@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from registry.runtime.graphs import GraphCost, GraphSpec, draw_noise
+from registry.runtime.graphs import GraphCost, GraphSpec, by_file, draw_noise
 
 GROWTH = 48 << 20  # bytes: enough above the allocator's noise (a few MiB) for a clean slope
 SLOW = 0.5  # seconds for one call: the measurement stops growing the batch there
@@ -151,8 +151,7 @@ def measure(path: Path, spec: GraphSpec, threads: int = 1) -> GraphCost:
 
 def measured(directory: Path, graphs: list[GraphSpec] | tuple[GraphSpec, ...]) -> list[GraphSpec]:
     """``graphs`` (files in ``directory``) with their cost measured where it is missing."""
-    # One measurement per file: two specs may call one graph (a VAE's sampler is its decoder's draw).
-    todo = list({g.file: g for g in reversed(graphs) if g.cost is None}.values())
+    todo = [g for g in by_file(graphs).values() if g.cost is None]
     found = dict(
         zip((g.file for g in todo), measure_all([(directory / g.file, g) for g in todo]), strict=True)
     )

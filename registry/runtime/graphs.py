@@ -170,6 +170,13 @@ class GraphSpec(BaseModel):
         return self
 
 
+def by_file(graphs: list[GraphSpec] | tuple[GraphSpec, ...]) -> dict[str, GraphSpec]:
+    """Each graph file and the first spec that names it: two specs may call one file (a VAE's
+    sampler is also its decoder's draw), which is opened, measured and timed once, under the
+    first spec's role."""
+    return {g.file: g for g in reversed(graphs)}
+
+
 def _draw(spec: NoiseInput, n: int, rng: np.random.Generator, temperature: float) -> np.ndarray:
     if spec.dist == "normal":
         return (rng.standard_normal((n, spec.dim)) * temperature).astype(np.float32)

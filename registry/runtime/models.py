@@ -24,7 +24,7 @@ from registry.runtime.budget import (
     chunk_rows,
     progressed,
 )
-from registry.runtime.graphs import GraphCost, GraphSpec, draw_noise, noise_chunks, run_loop
+from registry.runtime.graphs import GraphCost, GraphSpec, by_file, draw_noise, noise_chunks, run_loop
 from registry.runtime.rows import InputError
 from registry.runtime.sessions import open_session, shrink_options
 from registry.runtime.store import StoredModel
@@ -69,11 +69,8 @@ class LoadedModel:
         self.costs: dict[str, GraphCost | None] = {spec.file: spec.cost for spec in stored.graphs}
         # Per-row seconds of this process's large calls of each graph (BULK_ROWS and up).
         self.bulk_row_seconds: dict[str, float] = {}
-        # One session per file: two specs may call one graph (a VAE's sampler is its decoder's draw).
-        self.sessions = {
-            file: open_session(stored.read_verified(file), providers, threads)
-            for file in dict.fromkeys(spec.file for spec in stored.graphs)
-        }
+        files = by_file(stored.graphs)
+        self.sessions = {file: open_session(stored.read_verified(file), providers, threads) for file in files}
         # Called with (graph role, seconds) after each run: the service's latency metric.
         self.on_run: Callable[[str, float], None] | None = None
         # Each graph role's time, from this model's own calls: seconds per row (a moving
@@ -82,12 +79,10 @@ class LoadedModel:
         self.call_seconds: dict[str, float] = {}
         # How each graph is run; the service may wrap these (e.g. to batch concurrent calls).
         self.runners: dict[str, Callable[[dict[str, np.ndarray]], np.ndarray]] = {
-            spec.file: self._direct(spec) for spec in reversed(stored.graphs)
-        }  # reversed: a file's first spec names its role in the metrics
-        # Large calls bypass the runners (batching them gains nothing) and give their arena back.
-        self._shrinking = {
-            spec.file: self._direct(spec, shrink_options()) for spec in reversed(stored.graphs)
+            file: self._direct(spec) for file, spec in files.items()
         }
+        # Large calls bypass the runners (batching them gains nothing) and give their arena back.
+        self._shrinking = {file: self._direct(spec, shrink_options()) for file, spec in files.items()}
 
     def _direct(
         self, spec: GraphSpec, options: object = None
@@ -158,9 +153,7 @@ class LoadedModel:
 
     def measure_costs(self) -> None:
         """Measure every graph stored without its cost (the service does it when it loads)."""
-        todo = list(
-            {s.file: s for s in reversed(self.stored.graphs) if self.costs.get(s.file) is None}.values()
-        )
+        todo = [spec for file, spec in by_file(self.stored.graphs).items() if self.costs.get(file) is None]
         found = costs.measure_all([(self.stored.file(spec.file), spec) for spec in todo])
         self.costs.update({spec.file: cost for spec, cost in zip(todo, found, strict=True)})
 
