@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 
-from registry.contract.family import Family
+from registry.contract.family import Family, GraphSpec
 
 
 class TorchFamily(Family):
@@ -18,6 +18,18 @@ class TorchFamily(Family):
         from plugins.common.training import run_numpy
 
         return run_numpy(fn, *arrays)
+
+    @classmethod
+    def _reference_of(
+        cls,
+        functions: dict[tuple[str, str], Callable[..., Any]],
+        spec: GraphSpec,
+        feeds: dict[str, np.ndarray],
+    ) -> np.ndarray:
+        """An auxiliary graph's reference: the function its export traced (``functions``, by role
+        and kind), on the graph's own inputs, its x_input and then its noise."""
+        fn = functions[spec.role, spec.kind or ""]
+        return cls._run(fn, feeds[spec.x_input or "x"], *(feeds[n.name] for n in spec.noise))
 
     @staticmethod
     def _run_loop(fn: Callable[..., Any], noise: dict[str, np.ndarray]) -> np.ndarray:

@@ -58,8 +58,7 @@ class FlowFamily(TorchFamily):
     def reference(self, model: FlowModel, spec: GraphSpec, feeds: dict[str, np.ndarray]) -> np.ndarray:
         from plugins.flow.export import latent_functions
 
-        fn = latent_functions(model)[spec.role, spec.kind or ""]
-        return self._run(fn, feeds[spec.x_input or "x"], *(feeds[n.name] for n in spec.noise))
+        return self._reference_of(latent_functions(model), spec, feeds)
 
     def export(self, model: FlowModel, directory: Path) -> list[GraphSpec]:
         from plugins.flow.export import export_flow

@@ -35,15 +35,10 @@ class _Scorer(nn.Module):
         return rec + prior - post
 
 
-def encoder_stats(vae: nn.Module) -> Callable[[torch.Tensor], torch.Tensor]:
-    """x -> [mean, log_var] of q(z|x): the encoder graph, and its parity reference."""
-    return lambda x: torch.cat(vae.encode(x), -1)
-
-
 def latent_functions(vae: nn.Module) -> dict[tuple[str, str], Callable[..., torch.Tensor]]:
     """(role, kind) -> the function each latent-space graph computes (export and reference)."""
     return {
-        ("encoder", "gaussian"): encoder_stats(vae),
+        ("encoder", "gaussian"): lambda x: torch.cat(vae.encode(x), -1),  # [mean, log_var] of q(z|x)
         ("decoder", "mean"): vae.decode_mean,
         ("decoder", "sample"): vae.sample,
         ("decoder", "params"): vae.decode,

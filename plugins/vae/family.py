@@ -43,9 +43,7 @@ class VAEFamily(TorchFamily):
     def reference(self, model: VAEModel, spec: GraphSpec, feeds: dict[str, np.ndarray]) -> np.ndarray:
         from plugins.vae.export import latent_functions
 
-        fn = latent_functions(model.vae)[spec.role, spec.kind or ""]
-        inputs = [feeds[spec.x_input or "x"], *(feeds[n.name] for n in spec.noise)]
-        return self._run(fn, *inputs)
+        return self._reference_of(latent_functions(model.vae), spec, feeds)
 
     def export(self, model: VAEModel, directory: Path) -> list[GraphSpec]:
         from plugins.vae.export import export_vae
