@@ -238,6 +238,14 @@ def latent_limits(model: LoadedModel | StoredModel) -> dict[str, int]:
     }
 
 
+async def _checked(rows: Any, check: Callable[..., Any], *args: Any) -> Any:
+    """``check(*args)`` of a request's ``rows``: on the event loop up to CHECK_INLINE_VALUES
+    values, in a worker thread above (a large body's check would hold every other request)."""
+    if getattr(rows, "size", 0) > CHECK_INLINE_VALUES:
+        return await anyio.to_thread.run_sync(check, *args)
+    return check(*args)
+
+
 async def _call(fn: Callable[[], Any], loaded: LoadedModel, role: str, rows: int, calls: int = 1) -> Any:
     """``fn()``, on the event loop if it is expected to be short enough (INLINE_MS, ALONE_MS),
     else in a worker thread. Unmeasured calls go to a thread, and so does everything with
@@ -661,12 +669,7 @@ class Genreg:
         protocol: str = "genreg",
     ) -> Scores:
         """registry.runtime.scoring's check and compute, its refusals as ApiError."""
-        if getattr(x, "size", 0) > CHECK_INLINE_VALUES:  # a large body's check, off the event loop
-            checked, plan, field, what = await anyio.to_thread.run_sync(
-                self._score_check, loaded, x, kind, k, estimate
-            )
-        else:
-            checked, plan, field, what = self._score_check(loaded, x, kind, k, estimate)
+        checked, plan, field, what = await _checked(x, self._score_check, loaded, x, kind, k, estimate)
         run = functools.partial(self._score, loaded, checked, seed, protocol, plan)
         async with self._admit(plan, field, what):
             role = "discriminator" if checked.kind == "discriminator" else "scorer"
@@ -708,12 +711,7 @@ class Genreg:
         sample: bool | None,
         protocol: str,
     ) -> Any:
-        if getattr(rows, "size", 0) > CHECK_INLINE_VALUES:  # a large body's check, off the event loop
-            checked, plan = await anyio.to_thread.run_sync(
-                self._latent_check, loaded, operation, rows, sample
-            )
-        else:
-            checked, plan = self._latent_check(loaded, operation, rows, sample)
+        checked, plan = await _checked(rows, self._latent_check, loaded, operation, rows, sample)
         field = checked.spec.x_input or "x"
         run = latent.encode if operation == "encode" else latent.decode
         job = functools.partial(run, loaded, checked, seed, plan)

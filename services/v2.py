@@ -216,9 +216,10 @@ def metadata(loaded: LoadedModel, versions: list[str]) -> dict[str, Any]:
             inputs.append({"name": "x", "datatype": "FP32", "shape": [-1, dim]})
         inputs.append({"name": "z", "datatype": "FP32", "shape": [-1, width]})
         outputs.append({"name": "z", "datatype": "FP32", "shape": [-1, width]})
-        if latent.encoder(loaded.stored).kind == "gaussian":
+        encoder = latent.encoder(loaded.stored)
+        if encoder.kind == "gaussian":
             outputs += [{"name": n, "datatype": "FP32", "shape": [-1, width]} for n in ("mean", "log_var")]
-        elif any(p.name == "dequantized" for p in latent.encoder(loaded.stored).parts):
+        elif any(p.name == "dequantized" for p in encoder.parts):
             outputs.append({"name": "dequantized", "datatype": "FP32", "shape": [-1, dim]})
         outputs.append({"name": "x", "datatype": "FP32", "shape": [-1, dim]})
         parameters["operations"] += "; encode: input x, parameter operation=encode; decode: input z"
@@ -300,20 +301,9 @@ async def _infer(service: V2Api, loaded: LoadedModel, headers: dict[bytes, bytes
 async def _score(
     service: V2Api, loaded: LoadedModel, tensors: dict[str, np.ndarray], params: dict[str, Any], bools: bool
 ) -> tuple[list[Output], dict[str, Any]]:
-    unknown = sorted(set(tensors) - {"x"})
-    if unknown:
-        raise ApiError(
-            400,
-            "inputs",
-            f"inputs: unknown input {unknown[0][:100]!r}; scoring takes one input, 'x' (rows), and "
-            "sampling none",
-            "invalid_inputs",
-        )
+    _only(tensors, "x", "scoring takes one input, 'x' (rows), and sampling none")
     opts = validate(V2ScoreParameters, params, bools, prefix="parameters")
-    x = tensors["x"]
-    # /score's row limit (ScoreRequest.x); the rows' values are checked by the scoring path.
-    if x.ndim == 2 and not 1 <= x.shape[0] <= MAX_ROWS:
-        raise ApiError(400, "x", f"x: must have 1 to {MAX_ROWS} rows, got {x.shape[0]}", "invalid_x")
+    x = _rows(tensors, "x")
     result = await service.score(
         loaded, x, opts.kind, k=opts.k, seed=opts.seed, estimate=opts.estimate, protocol=PROTOCOL
     )
@@ -328,27 +318,36 @@ async def _score(
     return outputs, out_params
 
 
+def _only(tensors: dict[str, np.ndarray], name: str, takes: str) -> None:
+    """400 naming inputs for any input but ``name`` (``takes`` says what the operation takes)."""
+    unknown = sorted(set(tensors) - {name})
+    if unknown:
+        raise ApiError(
+            400, "inputs", f"inputs: unknown input {unknown[0][:100]!r}; {takes}", "invalid_inputs"
+        )
+
+
+def _rows(tensors: dict[str, np.ndarray], name: str) -> np.ndarray:
+    """Input ``name``, within the row limit of /score, /encode and /decode (their request
+    models'); the rows' values are checked by the operation's own path."""
+    rows = tensors[name]
+    if rows.ndim == 2 and not 1 <= rows.shape[0] <= MAX_ROWS:
+        raise ApiError(
+            400, name, f"{name}: must have 1 to {MAX_ROWS} rows, got {rows.shape[0]}", f"invalid_{name}"
+        )
+    return rows
+
+
 async def _latent(
     service: V2Api, loaded: LoadedModel, tensors: dict[str, np.ndarray], params: dict[str, Any], bools: bool
 ) -> tuple[list[Output], dict[str, Any]]:
     """encode (input x, operation=encode) or decode (input z): /encode's and /decode's path."""
     operation = "decode" if "z" in tensors else "encode"
     name = "z" if operation == "decode" else "x"
-    unknown = sorted(set(tensors) - {name})
-    if unknown:
-        raise ApiError(
-            400,
-            "inputs",
-            f"inputs: unknown input {unknown[0][:100]!r}; {operation} takes one input, {name!r}",
-            "invalid_inputs",
-        )
+    _only(tensors, name, f"{operation} takes one input, {name!r}")
     schema = V2DecodeParameters if operation == "decode" else V2EncodeParameters
     opts = validate(schema, params, bools, prefix="parameters")
-    rows = tensors[name]
-    if rows.ndim == 2 and not 1 <= rows.shape[0] <= MAX_ROWS:
-        raise ApiError(
-            400, name, f"{name}: must have 1 to {MAX_ROWS} rows, got {rows.shape[0]}", f"invalid_{name}"
-        )
+    rows = _rows(tensors, name)
     out_params: dict[str, Any] = {"operation": operation}
     if operation == "decode":
         x = await service.decode(loaded, rows, seed=opts.seed, sample=opts.sample, protocol=PROTOCOL)
