@@ -3,7 +3,6 @@ path as /encode and /decode (registry.runtime.latent)."""
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -11,6 +10,7 @@ import numpy as np
 import typer
 
 from registry.cli.app import USER_ERRORS, app, fail
+from registry.cli.output import load_model, write_rows
 from registry.datasets import read_array
 
 Sample = Annotated[
@@ -22,22 +22,26 @@ Sample = Annotated[
 Seed = Annotated[int, typer.Option(help="seed of the draws and of a flow's dequantisation noise")]
 
 
-def _loaded(model: str) -> Any:
-    from registry.runtime.models import LoadedModel
-    from registry.runtime.store import get_model
+def _latent_command(
+    operation: str, model: str, file: Path, out: Path | None, seed: int, sample: bool | None
+) -> None:
+    """encode or decode the rows of ``file`` (registry.runtime.latent) and write what it gives."""
+    from registry.runtime import latent
 
-    return LoadedModel(get_model(model))
-
-
-def _write(out: Path | None, x: np.ndarray) -> None:
-    if out is None:
-        np.savetxt(sys.stdout, x, fmt="%.6g", delimiter=",")
-    elif out.suffix.lower() == ".npy":
-        np.save(out, x)
-    elif out.suffix.lower() == ".csv":
-        np.savetxt(out, x, fmt="%.6g", delimiter=",")
-    else:
-        fail(f"unsupported output {out.name!r}: use .npy or .csv")
+    try:
+        loaded = load_model(model)
+        rows = read_array(file)
+        if operation == "encode":
+            result = latent.encode(loaded, latent.check_encode(loaded, rows, sample), seed).z
+        else:
+            result = latent.decode(loaded, latent.check_decode(loaded, rows, sample), seed)
+    except USER_ERRORS as exc:
+        fail(str(exc))
+        return
+    write_rows(loaded, result, out, png=False)
+    if out is not None:
+        what = f"latents of width {result.shape[1]}" if operation == "encode" else "rows"
+        typer.echo(f"wrote {len(result)} {what} from {loaded.stored.tag} to {out}")
 
 
 @app.command()
@@ -49,19 +53,7 @@ def encode(
     sample: Sample = None,
 ) -> None:
     """Encode rows to latents z (a VAE: q(z|x)'s mean, or a draw; a flow: f(x), on discrete data f(x + u))."""
-    from registry.runtime import latent
-
-    try:
-        loaded = _loaded(model)
-        encoded = latent.encode(loaded, latent.check_encode(loaded, read_array(file), sample), seed)
-    except USER_ERRORS as exc:
-        fail(str(exc))
-        return
-    _write(out, encoded.z)
-    if out is not None:
-        typer.echo(
-            f"wrote {len(encoded.z)} latents of width {encoded.z.shape[1]} from {loaded.stored.tag} to {out}"
-        )
+    _latent_command("encode", model, file, out, seed, sample)
 
 
 @app.command()
@@ -73,17 +65,7 @@ def decode(
     sample: Sample = None,
 ) -> None:
     """Decode latents z to rows (a VAE: E[x|z], or a draw; a flow: f^-1(z), on discrete data x + u)."""
-    from registry.runtime import latent
-
-    try:
-        loaded = _loaded(model)
-        x = latent.decode(loaded, latent.check_decode(loaded, read_array(file), sample), seed)
-    except USER_ERRORS as exc:
-        fail(str(exc))
-        return
-    _write(out, x)
-    if out is not None:
-        typer.echo(f"wrote {len(x)} rows from {loaded.stored.tag} to {out}")
+    _latent_command("decode", model, file, out, seed, sample)
 
 
 def _rows(loaded: Any, rows: Path | None) -> np.ndarray:
@@ -98,20 +80,6 @@ def _rows(loaded: Any, rows: Path | None) -> np.ndarray:
     except Exception:
         fail(f"{loaded.stored.tag} was trained on {name!r}, not a built-in data set: pass --rows FILE")
         raise
-
-
-def _grid(loaded: Any, x: np.ndarray, cols: int, out: Path) -> None:
-    """Write decoded rows as a PNG grid ``cols`` wide (image data) or as rows (.npy, .csv)."""
-    if out.suffix.lower() != ".png":
-        _write(out, x)
-        return
-    from registry.runtime.png import png_grid
-
-    shape = loaded.stored.data.get("image_shape")
-    if not shape:
-        fail(f"{loaded.stored.tag} was not trained on images; write .npy or .csv instead")
-    high = loaded.stored.data.get("high") or float(np.max(x))
-    out.write_bytes(png_grid(np.clip(x, 0, high), tuple(shape), high=high, cols=cols))
 
 
 @app.command()
@@ -134,7 +102,7 @@ def traverse(
     from registry.runtime import latent
 
     try:
-        loaded = _loaded(model)
+        loaded = load_model(model)
         x = _rows(loaded, rows)
         if row >= len(x):
             fail(f"--row: {row} is past the {len(x)} rows")
@@ -146,7 +114,7 @@ def traverse(
     except USER_ERRORS as exc:
         fail(str(exc))
         return
-    _grid(loaded, decoded, steps, out)
+    write_rows(loaded, decoded, out, cols=steps)
     typer.echo(f"wrote a traversal of {len(order)} dimensions x {steps} values (dimensions {order}) to {out}")
 
 
@@ -164,7 +132,7 @@ def interpolate(
     from registry.runtime import latent
 
     try:
-        loaded = _loaded(model)
+        loaded = load_model(model)
         x = read_array(rows)
         if max(pair) >= len(x):
             fail(f"--pair: {max(pair)} is past the {len(x)} rows")
@@ -174,5 +142,5 @@ def interpolate(
     except USER_ERRORS as exc:
         fail(str(exc))
         return
-    _grid(loaded, decoded, steps, out)
+    write_rows(loaded, decoded, out, cols=steps)
     typer.echo(f"wrote an interpolation of {steps} points between rows {pair[0]} and {pair[1]} to {out}")

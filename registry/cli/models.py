@@ -11,6 +11,7 @@ import numpy as np
 import typer
 
 from registry.cli.app import USER_ERRORS, app, fail
+from registry.cli.output import load_model, write_rows
 from registry.contract.loading import get_plugins
 from registry.datasets import read_array
 
@@ -76,13 +77,6 @@ def _with_progress(loaded, n: int, seed: int | None, temperature: float, steps: 
     return out["x"]  # type: ignore[return-value]
 
 
-def _loaded(model: str):
-    from registry.runtime.models import LoadedModel
-    from registry.runtime.store import get_model
-
-    return LoadedModel(get_model(model))
-
-
 @app.command()
 def sample(
     model: Annotated[str, typer.Argument(help="name or name:version")],
@@ -101,29 +95,14 @@ def sample(
 ) -> None:
     """Draw samples from a stored model (ONNX Runtime)."""
     try:
-        loaded = _loaded(model)
+        loaded = load_model(model)
         x = _with_progress(loaded, n, seed, temperature, steps)
     except USER_ERRORS as exc:
         fail(_option_error(exc))
         return
-    if out is None:
-        np.savetxt(sys.stdout, x, fmt="%.6g", delimiter=",")
-        return
-    suffix = out.suffix.lower()
-    if suffix == ".npy":
-        np.save(out, x)
-    elif suffix == ".csv":
-        np.savetxt(out, x, fmt="%.6g", delimiter=",")
-    elif suffix == ".png":
-        from registry.runtime.png import png_grid
-
-        shape = loaded.stored.data.get("image_shape")
-        if not shape:
-            fail(f"{loaded.stored.tag} was not trained on images; write .npy or .csv instead")
-        out.write_bytes(png_grid(x, tuple(shape), high=loaded.stored.data.get("high") or float(x.max())))
-    else:
-        fail(f"unsupported output {out.name!r}: use .npy, .csv or .png")
-    typer.echo(f"wrote {n} samples from {loaded.stored.tag} to {out}")
+    write_rows(loaded, x, out)
+    if out is not None:
+        typer.echo(f"wrote {n} samples from {loaded.stored.tag} to {out}")
 
 
 @app.command()
@@ -146,7 +125,7 @@ def score(
     from registry.runtime.scoring import score as score_rows
 
     try:
-        loaded = _loaded(model)
+        loaded = load_model(model)
         result = score_rows(loaded, read_array(file), kind, k=k, seed=seed, what=str(file), estimate=estimate)
     except USER_ERRORS as exc:
         fail(_option_error(exc))

@@ -9,6 +9,7 @@ from typing import Annotated, Any
 import typer
 
 from registry.cli.app import USER_ERRORS, app, fail
+from registry.cli.output import load_model
 from registry.datasets import load_dataset
 
 
@@ -27,8 +28,6 @@ def evaluate(
 ) -> None:
     """Evaluate a stored model on its data: stored metrics, and ELBO surgery with --surgery."""
     from registry.pipeline.surgery import elbo_surgery
-    from registry.runtime.models import LoadedModel
-    from registry.runtime.store import get_model
 
     # An option that would change nothing is an error, as an inapplicable field is over HTTP.
     given = [f"--{n}" for n, v in (("split", split), ("draws", draws), ("seed", seed)) if v is not None]
@@ -38,7 +37,7 @@ def evaluate(
     split, draws, seed = split or "test", draws or 4, seed or 0
 
     try:
-        loaded = LoadedModel(get_model(model))
+        loaded = load_model(model)
         result: dict[str, Any] = {"model": loaded.stored.tag, "metrics": loaded.stored.metrics}
         if surgery:
             if split not in ("train", "validation", "test"):
