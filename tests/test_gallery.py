@@ -75,6 +75,14 @@ def wait_for(predicate, timeout: float = 30.0, what: str = "condition", interval
     raise AssertionError(f"timed out waiting for {what}")
 
 
+def upload(driver, form: str, path) -> None:
+    """Send ``path`` through the page's ``form`` (score, latent): its file input, then its button."""
+    from selenium.webdriver.common.by import By
+
+    driver.find_element(By.ID, f"{form}-file").send_keys(str(path))
+    driver.find_element(By.CSS_SELECTOR, f"#{form}-form button").click()
+
+
 def open_model(driver, name: str) -> None:
     from selenium.webdriver.common.by import By
 
@@ -163,15 +171,13 @@ def test_bad_upload_shows_the_api_error_and_good_upload_scores(browser, tmp_path
     open_model(browser, "flow-digits")
     bad = tmp_path / "bad.csv"
     bad.write_text("1,2,3\n4,5,6\n")
-    browser.find_element(By.ID, "score-file").send_keys(str(bad))
-    browser.find_element(By.CSS_SELECTOR, "#score-form button").click()
+    upload(browser, "score", bad)
     message = wait_for(lambda: browser.find_element(By.ID, "score-error").text, what="error message")
     assert "each row must have 64 values" in message
 
     good = tmp_path / "good.npy"
     np.save(good, load_digits().test[:3].astype(np.int64))
-    browser.find_element(By.ID, "score-file").send_keys(str(good))
-    browser.find_element(By.CSS_SELECTOR, "#score-form button").click()
+    upload(browser, "score", good)
     table = wait_for(lambda: browser.find_element(By.ID, "score-table"), what="score table")
     assert len(table.find_elements(By.CSS_SELECTOR, "tbody tr")) == 3
     assert browser.find_element(By.ID, "score-error").text == ""
@@ -271,15 +277,13 @@ def test_latent_panel_takes_an_uploaded_row_and_shows_the_api_error(browser, tmp
     assert browser.find_element(By.ID, "latent-panel").is_displayed()
     bad = tmp_path / "bad.csv"
     bad.write_text("1,2,3\n")
-    browser.find_element(By.ID, "latent-file").send_keys(str(bad))
-    browser.find_element(By.CSS_SELECTOR, "#latent-form button").click()
+    upload(browser, "latent", bad)
     message = wait_for(lambda: browser.find_element(By.ID, "latent-error").text, what="error message")
     assert "each row must have 64 values" in message
 
     good = tmp_path / "row.json"
     good.write_text(json.dumps(load_digits().test[0].astype(int).tolist()))
-    browser.find_element(By.ID, "latent-file").send_keys(str(good))
-    browser.find_element(By.CSS_SELECTOR, "#latent-form button").click()
+    upload(browser, "latent", good)
     traverse = browser.find_element(By.ID, "latent-traverse")
     wait_for(lambda: traverse.get_attribute("data-drawn") == "yes", what="the traversal")
     assert (traverse.get_attribute("data-rows"), traverse.get_attribute("data-cols")) == ("10", "9")
