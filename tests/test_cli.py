@@ -50,6 +50,11 @@ def test_train_sample_score_roundtrip(tmp_path, bentoml_home):
         (["train", "flow", "--data", "digits", "-o", "n_blocks=-3"], "invalid option: n_blocks"),
         (["train", "flow", "--data", "nodata"], "unknown dataset 'nodata'"),
         (["train", "categorical", "--data", "moons"], "categorical needs discrete data"),
+        (
+            ["train", "flow", "--data", "moons", "--conditional"],
+            "'moons' has no labels; --conditional applies to",
+        ),
+        (["train", "flow", "--data", "digits", "--labels", "y.npy"], "--labels applies to user files"),
         (["sample", "no-such-model"], "no model named 'no-such-model'"),
         (["train", "flow", "--data", "moons", "-o", "dequantization=variational"], "discrete data only"),
         (

@@ -10,7 +10,7 @@ import typer
 
 from registry.cli.app import USER_ERRORS, app, fail, parse_options
 from registry.contract.loading import get_plugins
-from registry.datasets import BUILTIN_DATASETS, load_dataset
+from registry.datasets import BUILTIN_DATASETS, LABELLED_DATASETS, load_dataset
 from registry.runtime.images import describe as describe_shape
 from registry.runtime.images import parse_image_shape
 
@@ -36,6 +36,20 @@ def train(
             "--image-shape",
             help="user data of flat rows (CSV): each row is an image of H,W,C (channels 1 or 3, last)",
         ),
+    ] = None,
+    conditional: Annotated[
+        bool,
+        typer.Option(
+            "--conditional",
+            help=f"train on the data's classes ({', '.join(LABELLED_DATASETS)}; user files: --labels)",
+        ),
+    ] = False,
+    labels: Annotated[
+        Path | None,
+        typer.Option(help="user data: one class 0..K-1 per row (.npy/.npz/.csv); trains conditionally"),
+    ] = None,
+    validation_labels: Annotated[
+        Path | None, typer.Option("--validation-labels", help="user data: the --validation file's classes")
     ] = None,
     device: Annotated[str, typer.Option(help="cpu, cuda or auto")] = "auto",
     quiet: Annotated[bool, typer.Option(help="no progress bar")] = False,
@@ -72,7 +86,15 @@ def train(
     try:
         config = parse_options(option or [], fam.Config)
         shape = parse_image_shape(image_shape) if image_shape is not None else None
-        dataset = load_dataset(data, levels=levels, validation=validation, image_shape=shape)
+        dataset = load_dataset(
+            data,
+            levels=levels,
+            validation=validation,
+            image_shape=shape,
+            conditional=conditional,
+            labels=labels,
+            validation_labels=validation_labels,
+        )
         for note in dataset.notes:
             typer.echo(note, err=True)
         entry = plugins.families[family]
@@ -82,7 +104,8 @@ def train(
             images = f", images {describe_shape(dataset.image_shape)}" if dataset.image_shape else ""
             typer.echo(
                 f"training {family} on {dataset.name} ({len(dataset.train)} rows, dim {dataset.dim}{images}"
-                f"{f', {dataset.levels} levels' if dataset.levels else ''})"
+                f"{f', {dataset.levels} levels' if dataset.levels else ''}"
+                f"{f', {dataset.classes} classes' if dataset.labels is not None else ''})"
                 + (f" on {processes} processes" if processes > 1 else ""),
                 err=True,
             )

@@ -3,6 +3,7 @@
 from registry.contract.dataset import DataError, Dataset, fingerprint
 from registry.datasets.builtin import (
     BUILTIN_DATASETS,
+    LABELLED_DATASETS,
     load_dataset,
     load_digits,
     load_patches,
@@ -10,11 +11,12 @@ from registry.datasets.builtin import (
     load_shapes,
     load_toy,
 )
-from registry.datasets.files import infer_levels, load_user_data, numeric_rows, read_array
+from registry.datasets.files import infer_levels, load_user_data, numeric_rows, read_array, read_labels
 from registry.datasets.toys import TOYS
 
 __all__ = [
     "BUILTIN_DATASETS",
+    "LABELLED_DATASETS",
     "TOYS",
     "DataError",
     "Dataset",
@@ -29,4 +31,5 @@ __all__ = [
     "load_user_data",
     "numeric_rows",
     "read_array",
+    "read_labels",
 ]

@@ -9,7 +9,7 @@ import numpy as np
 
 from registry.contract.dataset import DataError, Dataset
 from registry.datasets.files import load_user_data
-from registry.datasets.splits import SPLIT_SEED, split_rows
+from registry.datasets.splits import SPLIT_SEED, split_indices
 from registry.datasets.toys import TOYS
 from registry.runtime.images import ImageShape
 
@@ -17,31 +17,51 @@ DIGITS_LEVELS = 17
 TOY_SIZES = {"train": 20_000, "validation": 5_000, "test": 20_000}
 
 
-def load_digits() -> Dataset:
-    """scikit-learn's 8x8 digits (1,797 images, levels 0..16): 70/15/15 split, fixed seed."""
+SPLITS = ("train", "validation", "test")
+DIGIT_CLASSES = tuple(str(d) for d in range(10))
+
+
+def _split(n: int) -> dict[str, np.ndarray]:
+    """A built-in set's 70/15/15 split of row indices, fixed by SPLIT_SEED."""
+    return dict(zip(SPLITS, split_indices(n, (0.70, 0.15), SPLIT_SEED), strict=True))
+
+
+def load_digits(conditional: bool = False) -> Dataset:
+    """scikit-learn's 8x8 digits (1,797 images, levels 0..16): 70/15/15 split, fixed seed.
+
+    ``conditional``: each row's label is its digit (scikit-learn's target), classes "0".."9".
+    The rows are the same either way.
+    """
     from sklearn.datasets import load_digits as sk_digits
 
-    x = sk_digits().data.astype(np.float32)
-    train, validation, test = split_rows(x, (0.70, 0.15), SPLIT_SEED)
+    digits = sk_digits()
+    x = digits.data.astype(np.float32)
+    parts = _split(len(x))
+    labels = {s: digits.target[i].astype(np.int64) for s, i in parts.items()} if conditional else None
     return Dataset(
         "digits",
-        train,
-        validation,
-        test,
+        x[parts["train"]],
+        x[parts["validation"]],
+        x[parts["test"]],
         levels=DIGITS_LEVELS,
         image_shape=(8, 8, 1),
         source="sklearn.datasets.load_digits",
+        labels=labels,
+        class_names=DIGIT_CLASSES if conditional else (),
     )
 
 
-def load_shapes() -> Dataset:
-    """16x16 binary shapes with known factors (see registry.datasets.shapes): 70/15/15 split."""
-    from registry.datasets.shapes import FACTOR_NAMES, SIZE, generate
+def load_shapes(conditional: bool = False) -> Dataset:
+    """16x16 binary shapes with known factors (see registry.datasets.shapes): 70/15/15 split.
+
+    ``conditional``: each row's label is its shape (the first factor: square, cross, diamond),
+    so a conditional model draws a chosen shape at any scale and position.
+    """
+    from registry.datasets.shapes import FACTOR_NAMES, SHAPES, SIZE, generate
 
     images, factors = generate()
-    idx = np.random.default_rng(SPLIT_SEED).permutation(len(images))
-    cuts = np.cumsum([round(0.70 * len(images)), round(0.15 * len(images))])
-    parts = dict(zip(("train", "validation", "test"), np.split(idx, cuts), strict=True))
+    parts = _split(len(images))
+    labels = {s: factors[i, 0].astype(np.int64) for s, i in parts.items()} if conditional else None
     return Dataset(
         "shapes",
         images[parts["train"]],
@@ -52,6 +72,8 @@ def load_shapes() -> Dataset:
         source="generated: shape x scale x position grid",
         factors={split: factors[i] for split, i in parts.items()},
         factor_names=FACTOR_NAMES,
+        labels=labels,
+        class_names=SHAPES if conditional else (),
     )
 
 
@@ -154,6 +176,8 @@ def load_toy(name: str) -> Dataset:
 
 
 BUILTIN_DATASETS: tuple[str, ...] = ("digits", "shapes", "patches", "patches-rgb", *TOYS)
+# The built-in sets that carry a class per row, for --conditional.
+LABELLED_DATASETS: tuple[str, ...] = ("digits", "shapes")
 
 
 def load_dataset(
@@ -164,26 +188,27 @@ def load_dataset(
     validation_fraction: float = 0.1,
     seed: int = SPLIT_SEED,
     image_shape: ImageShape | None = None,
+    conditional: bool = False,
+    labels: str | Path | None = None,
+    validation_labels: str | Path | None = None,
 ) -> Dataset:
     """A built-in dataset by name, or a user file (.npy, .npz, .csv) by path (``image_shape``:
-    what its flat rows are, (height, width, channels))."""
-    if image_shape is not None and spec in BUILTIN_DATASETS:
-        raise DataError(f"--image-shape applies to user files; {spec!r} states its own shape")
-    if spec == "digits":
-        return load_digits()
-    if spec == "shapes":
-        return load_shapes()
-    if spec == "patches":
-        return load_patches()
-    if spec == "patches-rgb":
-        return load_patches_rgb()
-    if spec in TOYS:
-        return load_toy(spec)
+    what its flat rows are, (height, width, channels)).
+
+    ``conditional``: with labels, one class per row: a built-in's own (digits, shapes), or for a
+    user file those of ``labels`` (and ``validation_labels`` for a separate validation file);
+    a user file with ``labels`` is conditional whether or not ``conditional`` is set.
+    """
+    if spec in BUILTIN_DATASETS:
+        _check_builtin_options(spec, image_shape, conditional, labels, validation_labels)
+        return _load_builtin(spec, conditional)
     path = Path(spec)
     if path.suffix.lower() not in (".npy", ".npz", ".csv"):
         raise DataError(
             f"unknown dataset {spec!r}: use one of {', '.join(BUILTIN_DATASETS)} or a .npy, .npz or .csv file"
         )
+    if conditional and labels is None:
+        raise DataError(f"--conditional on a user file needs --labels FILE (one class per row of {spec})")
     return load_user_data(
         path,
         levels=levels,
@@ -191,4 +216,37 @@ def load_dataset(
         validation_fraction=validation_fraction,
         seed=seed,
         image_shape=image_shape,
+        labels=labels,
+        validation_labels=validation_labels,
     )
+
+
+def _check_builtin_options(
+    spec: str,
+    image_shape: ImageShape | None,
+    conditional: bool,
+    labels: str | Path | None,
+    validation_labels: str | Path | None,
+) -> None:
+    """Refuse, by name, the options that only make sense for a user file or a labelled set."""
+    if image_shape is not None:
+        raise DataError(f"--image-shape applies to user files; {spec!r} states its own shape")
+    if labels is not None or validation_labels is not None:
+        raise DataError("--labels applies to user files; use --conditional for digits' or shapes' own labels")
+    if conditional and spec not in LABELLED_DATASETS:
+        raise DataError(
+            f"{spec!r} has no labels; --conditional applies to {', '.join(LABELLED_DATASETS)} "
+            "(or a user file with --labels FILE)"
+        )
+
+
+def _load_builtin(spec: str, conditional: bool) -> Dataset:
+    if spec == "digits":
+        return load_digits(conditional)
+    if spec == "shapes":
+        return load_shapes(conditional)
+    if spec == "patches":
+        return load_patches()
+    if spec == "patches-rgb":
+        return load_patches_rgb()
+    return load_toy(spec)
