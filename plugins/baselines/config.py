@@ -34,9 +34,13 @@ class CategoricalConfig(FamilyConfig):
 @dataclass
 class CategoricalModel:
     config: CategoricalConfig
-    log_probs: np.ndarray  # (dim, levels)
+    log_probs: np.ndarray  # (dim, levels), or (classes, dim, levels) for p(x|y)
     pseudo_count: float
 
     @property
     def levels(self) -> int:
-        return self.log_probs.shape[1]
+        return self.log_probs.shape[-1]
+
+    @property
+    def classes(self) -> int | None:
+        return self.log_probs.shape[0] if self.log_probs.ndim == 3 else None

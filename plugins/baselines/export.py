@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from plugins.baselines.config import CategoricalModel, GaussianModel
-from registry.contract.family import GraphSpec, NoiseInput
+from registry.contract.family import Condition, GraphSpec, NoiseInput
 from registry.pipeline.export import export_torch
 
 
@@ -77,7 +77,7 @@ def export_gaussian(model: GaussianModel, directory: Path) -> list[GraphSpec]:
 class _CatSampler(nn.Module):
     def __init__(self, log_probs: np.ndarray) -> None:
         super().__init__()
-        cdf = np.cumsum(np.exp(log_probs), 1)[:, :-1]
+        cdf = np.cumsum(np.exp(log_probs), -1)[..., :-1]
         self.register_buffer("cdf", _t(cdf))
 
     def forward(self, u: torch.Tensor) -> torch.Tensor:
@@ -85,24 +85,45 @@ class _CatSampler(nn.Module):
         return (u.unsqueeze(2) >= self.cdf.unsqueeze(0)).to(torch.float32).sum(2)
 
 
+class _CatClassSampler(_CatSampler):
+    """p(x|y): the knots of each row's class (cdf is (classes, dim, levels - 1))."""
+
+    def forward(self, u: torch.Tensor, y: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        return (u.unsqueeze(2) >= self.cdf[y[:, 0]]).to(torch.float32).sum(2)
+
+
 class _CatScore(nn.Module):
     def __init__(self, log_probs: np.ndarray) -> None:
         super().__init__()
         self.register_buffer("log_probs", _t(log_probs))
-        self.register_buffer("levels", torch.arange(log_probs.shape[1], dtype=torch.float32))
-        self.top = float(log_probs.shape[1] - 1)
+        self.register_buffer("levels", torch.arange(log_probs.shape[-1], dtype=torch.float32))
+        self.top = float(log_probs.shape[-1] - 1)
+
+    def one_hot(self, x: torch.Tensor) -> torch.Tensor:
+        idx = torch.clamp(torch.round(x), 0.0, self.top)
+        return (idx.unsqueeze(2) == self.levels).to(torch.float32)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        idx = torch.clamp(torch.round(x), 0.0, self.top)
-        one_hot = (idx.unsqueeze(2) == self.levels).to(torch.float32)
-        return (one_hot * self.log_probs.unsqueeze(0)).sum((1, 2))
+        return (self.one_hot(x) * self.log_probs.unsqueeze(0)).sum((1, 2))
+
+
+class _CatClassScore(_CatScore):
+    def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        return (self.one_hot(x) * self.log_probs[y[:, 0]]).sum((1, 2))
 
 
 def export_categorical(model: CategoricalModel, directory: Path) -> list[GraphSpec]:
-    d = model.log_probs.shape[0]
+    d = model.log_probs.shape[-2]
     example = torch.zeros(4, d)
-    export_torch(_CatSampler(model.log_probs), {"u": example + 0.5}, "x", directory / "sampler.onnx")
-    export_torch(_CatScore(model.log_probs), {"x": example}, "log_likelihood", directory / "scorer.onnx")
+    condition = Condition(classes=model.classes) if model.classes else None
+    if condition is None:
+        sampler, scorer = _CatSampler(model.log_probs), _CatScore(model.log_probs)
+        labels: dict[str, torch.Tensor] = {}
+    else:
+        sampler, scorer = _CatClassSampler(model.log_probs), _CatClassScore(model.log_probs)
+        labels = {"y": torch.zeros(4, 1, dtype=torch.int64)}
+    export_torch(sampler, {"u": example + 0.5, **labels}, "x", directory / "sampler.onnx")
+    export_torch(scorer, {"x": example, **labels}, "log_likelihood", directory / "scorer.onnx")
     return [
         GraphSpec(
             role="sampler",
@@ -110,6 +131,9 @@ def export_categorical(model: CategoricalModel, directory: Path) -> list[GraphSp
             x_input=None,
             noise=[NoiseInput(name="u", dist="uniform", dim=d)],
             output="x",
+            condition=condition,
         ),
-        GraphSpec(role="scorer", file="scorer.onnx", kind="log_prob", output="log_likelihood"),
+        GraphSpec(
+            role="scorer", file="scorer.onnx", kind="log_prob", output="log_likelihood", condition=condition
+        ),
     ]

@@ -11,13 +11,14 @@ from typing import TYPE_CHECKING, Any, ClassVar, Self
 import numpy as np
 from pydantic import BaseModel, ConfigDict
 
-from registry.runtime.graphs import GraphSpec, LatentPart, NoiseInput, StepLoop
+from registry.runtime.graphs import Condition, GraphSpec, LatentPart, NoiseInput, StepLoop
 
 if TYPE_CHECKING:
     from registry.contract.dataset import Dataset
 
 __all__ = [
     "Capability",
+    "Condition",
     "Family",
     "FamilyConfig",
     "GraphSpec",
@@ -90,6 +91,10 @@ class Family:
     # --nproc N): every rank trains on its share of each batch and the gradients are averaged.
     # A family whose training does not do that trains in one process; --nproc is refused.
     data_parallel: ClassVar[bool] = False
+    # True when ``train`` on labelled data (``data.labels``) fits p(x|y): its sampler and scorer
+    # graphs then take the label as a ``GraphSpec.condition`` input, and the reference methods
+    # find it (and a guided sampler's scale) in ``noise`` under the condition's input names.
+    conditional: ClassVar[bool] = False
 
     def train(self, data: Dataset, config: FamilyConfig, control: TrainControl) -> Any:
         """Fit the family to ``data.train`` (validate on ``data.validation``)."""
@@ -103,7 +108,9 @@ class Family:
         """Map explicit noise inputs to samples in data units.
 
         For a sampler exported as a step loop (``GraphSpec.loop``) each noise array carries
-        every step's draw, shape (steps, n, dim): the reference runs the whole loop.
+        every step's draw, shape (steps, n, dim): the reference runs the whole loop. A
+        conditional graph's label (an (n, 1) int64 column) and guidance scale come in ``noise``
+        too, once for the whole loop.
         """
         raise NotImplementedError
 
@@ -115,8 +122,10 @@ class Family:
         """A lower bound on the log-likelihood per row, in nats."""
         raise NotImplementedError
 
-    def discriminate(self, model: Any, x: np.ndarray) -> np.ndarray:
-        """Logit that each row is real data."""
+    def discriminate(
+        self, model: Any, x: np.ndarray, condition: dict[str, np.ndarray] | None = None
+    ) -> np.ndarray:
+        """Logit that each row is real data (a conditional discriminator's label in ``condition``)."""
         raise NotImplementedError
 
     def reference(self, model: Any, spec: GraphSpec, feeds: dict[str, np.ndarray]) -> np.ndarray:

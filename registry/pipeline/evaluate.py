@@ -16,7 +16,7 @@ from registry.contract.dataset import Dataset
 from registry.pipeline.surgery import elbo_surgery, encode, mig
 from registry.runtime import latent
 from registry.runtime.models import LoadedModel
-from registry.runtime.scoring import score
+from registry.runtime.scoring import passes, score
 from registry.runtime.two_sample import c2st, jsd_lower_bound, mmd_test
 from registry.runtime.units import bits_per_dim
 
@@ -38,12 +38,12 @@ def two_sample_rows(loaded: LoadedModel, available: int) -> int:
     return min(rows, max(MIN_TWO_SAMPLE_ROWS, int(SAMPLE_SECONDS / max(per_row, 1e-9))))
 
 
-def bound_draws(loaded: LoadedModel, rows: int) -> int:
+def bound_draws(loaded: LoadedModel, rows: int, passes: int = 1) -> int:
     """Draws of the test bound: EVAL_DRAWS, fewer where they would take over SCORE_SECONDS at the
     scorer's measured rate (a 32x32x3 diffusion's one draw of 900 rows is 18,000 U-Net passes:
     four took 3 of its 4 minutes of evaluation), never under one. Each draw is an unbiased
     estimate of the bound, so fewer widen the figure's spread, not its expectation."""
-    per_draw = loaded.plan_score(rows, "bound").seconds
+    per_draw = loaded.plan_score(rows, "bound", passes=passes).seconds
     return max(1, min(EVAL_DRAWS, int(SCORE_SECONDS / max(per_draw, 1e-9))))
 
 
@@ -70,6 +70,25 @@ def likelihood_free(loaded: LoadedModel, real: np.ndarray, seed: int = 0) -> dic
     return out
 
 
+def conditional_metrics(
+    loaded: LoadedModel, x: np.ndarray, y: np.ndarray, kind: str, draws: int, seed: int
+) -> dict[str, Any]:
+    """log p(x|y) of the split's own labels, and the accuracy of the Bayes classifier p(y|x)
+    (computed from bounds where the model has no exact likelihood: the ``source``)."""
+    scores = np.mean([score(loaded, x, kind, seed=seed + i, labels=y).scores for i in range(draws)], axis=0)
+    predicted = score(loaded, x, "classify", seed=seed)
+    return {
+        "classes": loaded.classes,
+        "nats": float(scores.mean()),
+        "bits_per_dim": float(bits_per_dim(scores.mean(), loaded.dim)),
+        "classify": {
+            "accuracy": float(np.mean(predicted.labels == y)),
+            "source": predicted.source,
+            "mean_max_probability": float(predicted.scores.mean()),
+        },
+    }
+
+
 def evaluate(loaded: LoadedModel, data: Dataset, split: str = "test", seed: int = 0) -> dict[str, Any]:
     """Test-split metrics from the exported graphs, i.e. what the service will answer."""
     x = getattr(data, split)
@@ -80,8 +99,11 @@ def evaluate(loaded: LoadedModel, data: Dataset, split: str = "test", seed: int 
     if not kinds:
         return metrics
     kind = kinds[0]
-    draws = bound_draws(loaded, len(x)) if kind == "bound" else 1
+    draws = bound_draws(loaded, len(x), passes(loaded, kind)) if kind == "bound" else 1
+    # A conditional model's headline is its marginal log p(x), comparable with unconditional ones.
     scores = np.mean([score(loaded, x, kind, seed=seed + i).scores for i in range(draws)], axis=0)
+    if loaded.classes is not None and data.labels is not None:
+        metrics["conditional"] = conditional_metrics(loaded, x, data.labels[split], kind, draws, seed)
     metrics["kind"] = kind
     metrics["draws"] = draws
     metrics["nats"] = float(scores.mean())
@@ -90,7 +112,9 @@ def evaluate(loaded: LoadedModel, data: Dataset, split: str = "test", seed: int 
     if kind == "bound" and "importance_weighted" in loaded.estimates():
         # The importance-weighted bound with 64 draws: tighter, still a lower bound (only where
         # each draw is a log importance weight; a diffusion loss at random steps is not one).
-        iwae = score(loaded, x[:1000], "bound", k=IWAE_K, seed=seed, estimate="importance_weighted").scores
+        # A conditional model's marginal runs each row once per class.
+        rows = x[: max(100, 1000 // passes(loaded, "bound"))]
+        iwae = score(loaded, rows, "bound", k=IWAE_K, seed=seed, estimate="importance_weighted").scores
         metrics[f"iwae{IWAE_K}_nats"] = float(iwae.mean())
         metrics[f"iwae{IWAE_K}_bits_per_dim"] = float(bits_per_dim(iwae.mean(), data.dim))
     encoder = loaded.stored.graph("encoder")

@@ -154,7 +154,7 @@ def check_parity(
 
     Returns the max abs error per graph; raises ExportError past the tolerance.
     """
-    from registry.runtime.graphs import draw_noise, run_sampler, sample_noise
+    from registry.runtime.graphs import draw_noise, random_conditions, run_sampler, sample_noise
     from registry.runtime.sessions import open_session
 
     report: dict[str, float] = {}
@@ -173,6 +173,8 @@ def check_parity(
         noise = (
             sample_noise(spec, n, rng) if spec.role == "sampler" else draw_noise(spec.noise, len(rows), rng)
         )
+        # A conditional graph's labels are inputs like its noise: the reference gets them with it.
+        noise.update(random_conditions(spec, n if spec.role == "sampler" else len(rows), rng))
         feeds: dict[str, np.ndarray] = dict(noise)
         if spec.role == "sampler":
             expected = family.sample(model, noise)
@@ -182,7 +184,11 @@ def check_parity(
             expected = method(model, rows, noise)
         elif spec.role == "discriminator":
             feeds[spec.x_input or "x"] = rows
-            expected = family.discriminate(model, rows)
+            expected = (
+                family.discriminate(model, rows, noise)
+                if spec.condition
+                else family.discriminate(model, rows)
+            )
         else:
             # Auxiliary graphs: data rows in, or standard normal latents for a decoder.
             if spec.x_input == "z":
@@ -244,6 +250,24 @@ def check_claims(capabilities: set[str], graphs: list[GraphSpec]) -> None:
     ]
     if missing:
         raise ExportError(f"the model claims capabilities its export lacks: {'; '.join(missing)}")
+
+
+def check_conditions(graphs: list[GraphSpec], classes: int | None) -> None:
+    """ExportError unless a model trained on labels conditions its sampler and scorers on them
+    (with the data's number of classes), and one trained without takes no label."""
+    served = [g for g in graphs if g.role in ("sampler", "scorer", "discriminator")]
+    if classes is None:
+        bad = [g.file for g in served if g.condition is not None]
+        if bad:
+            raise ExportError(
+                f"{', '.join(bad)} take a class label, but the model was trained without labels"
+            )
+        return
+    bad = [g.file for g in served if g.condition is None or g.condition.classes != classes]
+    if bad:
+        raise ExportError(
+            f"{', '.join(bad)} do not take the data's {classes} class labels (GraphSpec.condition)"
+        )
 
 
 def row_allowance(expected: np.ndarray) -> np.ndarray:

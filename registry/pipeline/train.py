@@ -14,11 +14,11 @@ from typing import Any
 
 import numpy as np
 
-from registry.contract.dataset import Dataset
+from registry.contract.dataset import DataError, Dataset
 from registry.contract.family import Family, FamilyConfig, TrainControl
 from registry.pipeline.distributed import is_main_process
 from registry.pipeline.evaluate import evaluate
-from registry.pipeline.export import check_claims, check_parity
+from registry.pipeline.export import check_claims, check_conditions, check_parity
 from registry.runtime.cost import measured
 from registry.runtime.models import LoadedModel
 from registry.runtime.store import StoredModel, get_model, save_model
@@ -50,6 +50,10 @@ def train_and_store(
     In a data-parallel group (registry.pipeline.distributed) every rank trains and only rank 0
     exports and stores; the others return None.
     """
+    if data.labels is not None and not family.conditional:
+        raise DataError(
+            f"{family.name} does not train conditionally (its graphs take no class label); drop the labels"
+        )
     stages = _Stages(control.log if control.progress else None)
     with stages("train"):
         model = family.train(data, config, control)
@@ -64,6 +68,7 @@ def train_and_store(
         with stages("export"):
             graphs = family.export(model, directory)
             check_claims({c.value for c in caps}, graphs)
+            check_conditions(graphs, data.classes)
         with stages("parity"):
             parity = check_parity(family, model, graphs, directory, data.test, discrete=data.discrete)
         with stages("cost"):

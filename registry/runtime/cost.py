@@ -27,7 +27,14 @@ from typing import Any
 
 import numpy as np
 
-from registry.runtime.graphs import GraphCost, GraphSpec, by_file, draw_noise
+from registry.runtime.graphs import (
+    PARITY_GUIDANCE,
+    GraphCost,
+    GraphSpec,
+    by_file,
+    condition_feeds,
+    draw_noise,
+)
 
 GROWTH = 48 << 20  # bytes: enough above the allocator's noise (a few MiB) for a clean slope
 SLOW = 0.5  # seconds for one call: the measurement stops growing the batch there
@@ -43,6 +50,8 @@ def probe_feeds(session: Any, spec: GraphSpec, rows: int) -> dict[str, np.ndarra
     """Valid inputs of ``rows`` rows for any graph: the noise its spec names (drawn as the runtime
     draws it), a loop's state, step 0 and its default count, and zeros for the data inputs."""
     feeds = draw_noise(spec.noise, rows, np.random.default_rng(0))
+    # A guided sampler runs both of its predictions whatever the scale; label 0 is always valid.
+    feeds.update(condition_feeds(spec, np.zeros(rows, dtype=np.int64), PARITY_GUIDANCE))
     loop = spec.loop
     for arg in session.get_inputs():
         if arg.name in feeds:

@@ -85,6 +85,22 @@ class LatentPart(BaseModel):
     dim: int = Field(ge=1)
 
 
+class Condition(BaseModel):
+    """A class label fed to a graph as one more explicit input (an int64 column, ``name``).
+
+    Labels run over 0..classes-1. A graph trained with label dropout (classifier-free guidance)
+    also takes ``classes`` itself, the null class: "no label". A sampler may take a guidance
+    scale (``guidance``, a float32 column) w: its step mixes the unconditional and the
+    conditional prediction as uncond + w (cond - uncond), so w = 0 is the unconditional model,
+    1 the conditional one, and w > 1 guided.
+    """
+
+    name: str = "y"
+    classes: int = Field(ge=2)
+    null: bool = False
+    guidance: str | None = None
+
+
 class GraphCost(BaseModel):
     """What one call of a graph costs on the CPU, measured (registry.runtime.cost): its peak
     resident memory is about ``call_bytes`` + ``row_bytes`` x rows, its time ``call_seconds`` +
@@ -132,6 +148,7 @@ class GraphSpec(BaseModel):
     loop: StepLoop | None = None  # a sampler applied step by step (autoregressive, diffusion)
     estimates: list[Estimate] = ["average", "importance_weighted"]  # a bound scorer's k-draw summaries
     parts: list[LatentPart] = []  # an encoder's output columns, in order
+    condition: Condition | None = None  # the class label input of a conditional model's graph
     # Measured when the model is stored (registry.pipeline.train), or when it is loaded for a
     # version stored without it: what the runtime sizes its chunks of rows by.
     cost: GraphCost | None = None
@@ -164,10 +181,56 @@ class GraphSpec(BaseModel):
         return self
 
     @model_validator(mode="after")
+    def _conditioned(self) -> GraphSpec:
+        cond = self.condition
+        if cond is None:
+            return self
+        names = [cond.name, *([cond.guidance] if cond.guidance else [])]
+        taken = {n.name for n in self.noise} | {self.x_input}
+        if self.loop is not None:
+            taken |= {self.loop.state_input, self.loop.step_input, self.loop.count_input}
+        clash = taken & set(names)
+        if clash or len(set(names)) < len(names):
+            raise ValueError(f"condition: its inputs need names of their own (clash: {sorted(clash)})")
+        if cond.guidance and (self.role != "sampler" or not cond.null):
+            raise ValueError("condition: guidance applies to a sampler trained with a null class")
+        return self
+
+    @model_validator(mode="after")
     def _estimates(self) -> GraphSpec:
         if "average" not in self.estimates:
             raise ValueError("estimates: every bound scorer supports the average over draws")
         return self
+
+
+# The guidance scale the parity check runs a guided sampler at: both of its predictions count.
+PARITY_GUIDANCE = 2.0
+
+
+def condition_feeds(
+    spec: GraphSpec, labels: np.ndarray | None, guidance: float | None = None
+) -> dict[str, np.ndarray]:
+    """The condition inputs of ``spec`` for rows labelled ``labels`` ({} for a graph without
+    one): the labels as an int64 column, and a guided sampler's scale (default 1: conditional)."""
+    cond = spec.condition
+    if cond is None:
+        return {}
+    if labels is None:
+        raise ValueError(f"{spec.file} is conditional: it needs a label per row")
+    y = np.asarray(labels, dtype=np.int64).reshape(-1, 1)
+    feeds = {cond.name: y}
+    if cond.guidance:
+        feeds[cond.guidance] = np.full((len(y), 1), 1.0 if guidance is None else guidance, dtype=np.float32)
+    return feeds
+
+
+def random_conditions(spec: GraphSpec, n: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
+    """Labels drawn uniformly (the null class too, where the graph takes it) for a parity check."""
+    cond = spec.condition
+    if cond is None:
+        return {}
+    labels = rng.integers(0, cond.classes + int(cond.null), n)
+    return condition_feeds(spec, labels, PARITY_GUIDANCE)
 
 
 def by_file(graphs: list[GraphSpec] | tuple[GraphSpec, ...]) -> dict[str, GraphSpec]:
@@ -281,5 +344,8 @@ def run_sampler(
     (as many steps as the noise holds)."""
     if spec.loop is None:
         return run(noise)
-    steps = len(next(iter(noise.values()))) if noise else None
-    return run_loop(run, spec, n, lambda t: {name: draws[t] for name, draws in noise.items()}, steps)
+    # Conditions (a label, a guidance scale) are fed whole to every step; noise is per step.
+    drawn = {d.name for d in spec.noise}
+    fixed = {name: value for name, value in noise.items() if name not in drawn}
+    steps = len(noise[spec.noise[0].name]) if spec.noise else None
+    return run_loop(run, spec, n, lambda t: {**fixed, **{name: noise[name][t] for name in drawn}}, steps)

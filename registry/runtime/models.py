@@ -24,14 +24,25 @@ from registry.runtime.budget import (
     chunk_rows,
     progressed,
 )
-from registry.runtime.graphs import GraphCost, GraphSpec, by_file, draw_noise, noise_chunks, run_loop
-from registry.runtime.rows import InputError
+from registry.runtime.graphs import (
+    GraphCost,
+    GraphSpec,
+    by_file,
+    condition_feeds,
+    draw_noise,
+    noise_chunks,
+    run_loop,
+)
+from registry.runtime.rows import InputError, check_labels
 from registry.runtime.sessions import open_session, shrink_options
 from registry.runtime.store import StoredModel
 
 # Calls of at least this many rows teach a graph's per-row time (smaller ones are mostly the
 # fixed cost of a call).
 BULK_ROWS = 256
+# The largest classifier-free guidance scale served: beyond about 10 samples saturate (the
+# papers use 1-8), and the step's arithmetic stays far from float32's range.
+MAX_GUIDANCE = 20.0
 
 
 class CapabilityError(ValueError):
@@ -45,12 +56,21 @@ class CapabilityError(ValueError):
         self.field = field
 
 
-def model_kinds(capabilities: list[str]) -> list[str]:
-    """The score kinds a model with these capabilities answers."""
+def model_kinds(capabilities: list[str], classes: int | None = None) -> list[str]:
+    """The score kinds a model with these capabilities answers: a conditional likelihood model
+    (``classes``) is also a classifier, by Bayes' rule."""
     kinds = [c for c in ("log_prob", "bound") if c in capabilities]
+    if classes and kinds:
+        kinds.append("classify")
     if "discriminate" in capabilities:
         kinds.append("discriminator")
     return kinds
+
+
+def stored_classes(data: dict) -> int | None:
+    """How many classes a stored model is conditioned on (None: an unconditional model)."""
+    classes = data.get("classes")
+    return int(classes) if classes else None
 
 
 class LoadedModel:
@@ -114,7 +134,27 @@ class LoadedModel:
 
     @property
     def kinds(self) -> list[str]:
-        return model_kinds(self.stored.capabilities)
+        return model_kinds(self.stored.capabilities, self.classes)
+
+    @property
+    def classes(self) -> int | None:
+        """The number of classes a conditional model takes (None: unconditional)."""
+        return stored_classes(self.stored.data)
+
+    def class_log_prior(self) -> np.ndarray:
+        """log p(y): the training split's class frequencies, as stored."""
+        return np.log(np.asarray(self.stored.data["class_prior"], dtype=np.float64))
+
+    def labels_for(self, n: int, labels: np.ndarray | None, seed: int | None) -> np.ndarray | None:
+        """The labels a conditional sampler draws ``n`` rows with: those given, else a seeded draw
+        from p(y) (a sample of the marginal); None for an unconditional model. The draw comes
+        from its own stream (a child of the seed's), so the noise is the same either way."""
+        if self.classes is None:
+            return None
+        if labels is not None:
+            return labels
+        rng = np.random.default_rng(seed).spawn(1)[0]
+        return rng.choice(self.classes, size=n, p=np.exp(self.class_log_prior()))
 
     def providers(self) -> list[str]:
         return sorted({p for s in self.sessions.values() for p in s.get_providers()})
@@ -195,18 +235,22 @@ class LoadedModel:
         seconds = chunks * cost.call_seconds + rows * self.row_seconds_of(spec)
         return Plan(rows, chunks, chunk, held, call_bytes + chunk * row_bytes, seconds)
 
-    def plan_score(self, rows: int, kind: str, k: int = 1, width: int | None = None) -> Plan:
-        """The plan of scoring ``rows`` rows (``k`` draws each for a bound) as ``kind``."""
+    def plan_score(self, rows: int, kind: str, k: int = 1, width: int | None = None, passes: int = 1) -> Plan:
+        """The plan of scoring ``rows`` rows (``k`` draws each for a bound) as ``kind``, each
+        row run ``passes`` times (a conditional model's classes: registry.runtime.scoring.passes)."""
         role = "discriminator" if kind == "discriminator" else "scorer"
+        if kind == "classify":
+            kind = "log_prob" if "log_prob" in self.stored.capabilities else "bound"
         spec = self.stored.graph(role, None if role == "discriminator" else kind)
         if spec is None:
             raise CapabilityError(
                 f"{self.stored.tag} cannot score kind {kind!r}; it has: {', '.join(self.kinds)}"
             )
         width = self.dim if width is None else width
-        # The parsed rows, and each draw's answer with the summaries made of it (float64).
-        held = rows * width * HELD_VALUE_BYTES + rows * k * 8 * 4
-        return self.plan(spec, rows * k, held=held, field="k" if k > 1 else "x")
+        # The parsed rows, and each draw's answer with the summaries made of it (float64), for
+        # every pass (a classification's (rows, classes) posterior among them).
+        held = rows * width * HELD_VALUE_BYTES + rows * k * 8 * 4 * passes
+        return self.plan(spec, rows * k * passes, calls=passes, held=held, field="k" if k > 1 else "x")
 
     def plan_sample(self, n: int, steps: int | None = None) -> Plan:
         """The plan of drawing ``n`` samples with ``steps`` steps (None: the sampler's own)."""
@@ -244,9 +288,18 @@ class LoadedModel:
             progressed(len(pieces[-1]))
         return np.concatenate(pieces)
 
-    def noisy(self, spec: GraphSpec, x: np.ndarray, k: int, seed: int | None, plan: Plan) -> np.ndarray:
+    def noisy(
+        self,
+        spec: GraphSpec,
+        x: np.ndarray,
+        k: int,
+        seed: int | None,
+        plan: Plan,
+        labels: np.ndarray | None = None,
+    ) -> np.ndarray:
         """The scorer ``spec`` over ``k`` draws of each row of ``x`` (row i's draw j: noise row
-        i * k + j of one seeded stream), drawn and run a chunk at a time."""
+        i * k + j of one seeded stream), drawn and run a chunk at a time; ``labels``: a
+        conditional graph's label per row of ``x``."""
         total = len(x) * k
         rng = np.random.default_rng(seed)
         run = self._runner(spec, plan)
@@ -256,26 +309,62 @@ class LoadedModel:
         ):
             checkpoint()
             b = min(a + plan.chunk, total)
-            feeds[spec.x_input or "x"] = x[a:b] if k == 1 else x[np.arange(a, b) // k]
+            rows = slice(a, b) if k == 1 else np.arange(a, b) // k
+            feeds[spec.x_input or "x"] = x[rows]
+            if spec.condition is not None:
+                feeds.update(condition_feeds(spec, None if labels is None else labels[rows]))
             pieces.append(run(feeds))
             progressed(b - a)
         return pieces[0] if len(pieces) == 1 else np.concatenate(pieces)
 
     def sample(
-        self, n: int, seed: int | None = None, temperature: float = 1.0, steps: int | None = None
+        self,
+        n: int,
+        seed: int | None = None,
+        temperature: float = 1.0,
+        steps: int | None = None,
+        labels: np.ndarray | None = None,
+        guidance: float | None = None,
     ) -> np.ndarray:
-        """n samples in data units; ``steps`` picks a step sampler's count (None: its default)."""
+        """n samples in data units; ``steps`` picks a step sampler's count (None: its default).
+
+        A conditional model samples class ``labels[i]`` in row i (checked: :meth:`check_labels`;
+        None: labels drawn from p(y)); ``guidance`` is a guided sampler's scale (None: 1).
+        """
         spec = self.stored.graph("sampler")
         if spec is None:
             raise CapabilityError(f"{self.stored.tag} cannot sample; it can score: {', '.join(self.kinds)}")
         count = self.steps(steps)
+        self.check_guidance(guidance)
         plan = self.plan_sample(n, count)
         rng = np.random.default_rng(seed)
+        given = condition_feeds(spec, self.labels_for(n, labels, seed), guidance)
         run = lambda feeds: self.run(spec, feeds, plan)  # noqa: E731
         if spec.loop is None:
-            return run(draw_noise(spec.noise, n, rng, temperature))
+            return run({**draw_noise(spec.noise, n, rng, temperature), **given})
         # Each step's noise is drawn as the loop reaches it: the same stream, a step's memory.
-        return run_loop(run, spec, n, lambda t: draw_noise(spec.noise, n, rng, temperature), count)
+        return run_loop(
+            run, spec, n, lambda t: {**draw_noise(spec.noise, n, rng, temperature), **given}, count
+        )
+
+    def check_labels(self, labels: object, rows: int | None = None, what: str = "labels") -> np.ndarray:
+        """Labels this model can take (InputError naming ``what`` otherwise): see rows.check_labels."""
+        return check_labels(labels, self.classes, rows, what)
+
+    def check_guidance(self, guidance: float | None) -> None:
+        """InputError naming ``guidance`` unless the sampler is guided (or none is asked for)."""
+        if guidance is None:
+            return
+        spec = self.stored.graph("sampler")
+        cond = spec.condition if spec is not None else None
+        if cond is None or cond.guidance is None:
+            raise InputError(
+                "guidance",
+                f"guidance: {self.stored.tag} has no guided sampler (classifier-free guidance needs a "
+                "conditional model trained with a null class)",
+            )
+        if not np.isfinite(guidance) or not 0 <= guidance <= MAX_GUIDANCE:
+            raise InputError("guidance", f"guidance: {guidance!r} is outside 0..{MAX_GUIDANCE:g}")
 
     def steps(self, requested: int | None = None) -> int:
         """The sampler's step count for a request (1 for a one-call sampler); InputError
@@ -299,7 +388,12 @@ class LoadedModel:
         return list(spec.estimates) if spec is not None else []
 
     def log_weights(
-        self, x: np.ndarray, seed: int | None = None, k: int = 1, plan: Plan | None = None
+        self,
+        x: np.ndarray,
+        seed: int | None = None,
+        k: int = 1,
+        plan: Plan | None = None,
+        labels: np.ndarray | None = None,
     ) -> np.ndarray:
         """(n, k) draws of the bound scorer per row: log importance weights, or (where its
         ``estimates`` lack importance_weighted) unbiased estimates of a bound.
@@ -312,19 +406,24 @@ class LoadedModel:
             raise CapabilityError(f"{self.stored.tag} has no bound scorer; it has: {', '.join(self.kinds)}")
         x = np.ascontiguousarray(x, dtype=np.float32)
         plan = plan or self.plan_score(len(x), "bound", k, width=x.shape[1] if x.ndim == 2 else None)
-        return self.noisy(spec, x, k, seed, plan).reshape(len(x), k).astype(np.float64)
+        return self.noisy(spec, x, k, seed, plan, labels).reshape(len(x), k).astype(np.float64)
 
-    def logits(self, x: np.ndarray, plan: Plan | None = None) -> np.ndarray:
+    def logits(self, x: np.ndarray, plan: Plan | None = None, labels: np.ndarray | None = None) -> np.ndarray:
         """The discriminator's logit that each row is real."""
         spec = self.stored.graph("discriminator")
         if spec is None:
             raise CapabilityError(f"{self.stored.tag} has no discriminator; it has: {', '.join(self.kinds)}")
         x = np.ascontiguousarray(x, dtype=np.float32)
         plan = plan or self.plan_score(len(x), "discriminator", width=x.shape[1] if x.ndim == 2 else None)
-        return self.run(spec, {spec.x_input or "x": x}, plan).reshape(-1)
+        return self.run(spec, {spec.x_input or "x": x, **condition_feeds(spec, labels)}, plan).reshape(-1)
 
     def point_scores(
-        self, x: np.ndarray, kind: str, seed: int | None = None, plan: Plan | None = None
+        self,
+        x: np.ndarray,
+        kind: str,
+        seed: int | None = None,
+        plan: Plan | None = None,
+        labels: np.ndarray | None = None,
     ) -> np.ndarray:
         """One scorer call per row for ``kind`` (log_prob, or a single bound draw), in nats."""
         spec = self.stored.graph("scorer", kind)
@@ -332,7 +431,7 @@ class LoadedModel:
             raise CapabilityError(f"{self.stored.tag} has no {kind} scorer; it has: {', '.join(self.kinds)}")
         x = np.ascontiguousarray(x, dtype=np.float32)
         plan = plan or self.plan_score(len(x), kind, width=x.shape[1] if x.ndim == 2 else None)
-        return self.noisy(spec, x, 1, seed, plan).reshape(-1).astype(np.float64)
+        return self.noisy(spec, x, 1, seed, plan, labels).reshape(-1).astype(np.float64)
 
 
 def _mib(n: int) -> str:

@@ -111,3 +111,30 @@ def check_rows(x: Any, data: dict[str, Any], what: str = "x") -> np.ndarray:
                 f"value {arr[row, col]:g} at row {row}, column {col} is not one of the integer levels {low}..{high}",
             )
     return arr.astype(np.float32)
+
+
+def check_labels(
+    labels: Any, classes: int | None, rows: int | None = None, what: str = "labels"
+) -> np.ndarray:
+    """Class labels as an int64 array (one per row), or InputError naming ``what``: the model
+    must be conditional, each label an integer in 0..classes-1, and (given ``rows``) one per row."""
+    if classes is None:
+        raise InputError(what, f"{what}: this model is not conditional; it takes no class labels")
+    arr = np.asarray(labels if isinstance(labels, list | tuple | np.ndarray) else [labels])
+    if arr.dtype == object or arr.dtype == bool or arr.dtype.kind not in "iuf" or arr.ndim != 1:
+        raise _bad(what, f"must be integers in 0..{classes - 1}" + ("" if arr.ndim <= 1 else ", one per row"))
+    if arr.size == 0:
+        raise _bad(what, "no labels")
+    if arr.dtype.kind == "f":
+        off = ~np.isfinite(arr) | (arr != np.round(np.nan_to_num(arr)))
+        if off.any():
+            i = int(np.argmax(off))
+            raise _bad(what, f"label {arr[i]!r} at position {i} is not an integer")
+    out = arr.astype(np.float64)
+    bad = (out < 0) | (out > classes - 1)
+    if bad.any():
+        i = int(np.argmax(bad))
+        raise _bad(what, f"label {arr[i]:g} at position {i} is outside the model's classes 0..{classes - 1}")
+    if rows is not None and len(out) != rows:
+        raise _bad(what, f"{len(out)} labels for {rows} rows: give one label per row")
+    return out.astype(np.int64)
