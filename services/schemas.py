@@ -26,6 +26,7 @@ from pydantic import (
 
 from registry.runtime.budget import REQUEST_MEMORY, RESERVE
 from registry.runtime.graphs import Estimate
+from registry.runtime.models import MAX_GUIDANCE
 from registry.runtime.rows import parse_rows
 from registry.runtime.store import StoredModel
 from services.errors import ApiError
@@ -112,6 +113,21 @@ def sampling(stored: StoredModel) -> dict[str, Any]:
     }
 
 
+def conditioning(stored: StoredModel) -> dict[str, Any]:
+    """What a conditional model's labels may be (classes, their names, p(y)) and whether its
+    sampler takes a guidance scale; nulls and False for an unconditional model. /models, the
+    OpenAPI document and the V2 metadata state these."""
+    data, sampler = stored.data, stored.graph("sampler")
+    classes = data.get("classes")
+    guided = sampler is not None and sampler.condition is not None and sampler.condition.guidance is not None
+    return {
+        "classes": classes,
+        "class_names": data.get("class_names") if classes else None,
+        "class_prior": data.get("class_prior") if classes else None,
+        "guidance": guided,
+    }
+
+
 def Bounded(**bounds: int) -> Any:
     """An Int with bounds, for Optionals and list items: written before the validator, or pydantic
     publishes them as raw ge/lt keys that JSON Schema ignores (the document lost the bound)."""
@@ -119,6 +135,9 @@ def Bounded(**bounds: int) -> Any:
 
 
 Seed = Bounded(ge=0, lt=2**63)
+# A class label: the model's own range (0..classes-1, GET /models `classes`) is checked against
+# the model and published per model in the OpenAPI document; this is the framework's bound.
+Label = Bounded(ge=0, lt=2**31)
 
 
 class _Strict(BaseModel):
@@ -143,12 +162,46 @@ class SampleRequest(_Strict):
             f"power of two) at most {MAX_DRAW_ROWS}"
         ),
     )
+    label: Label | None = Field(
+        None, description="a conditional model: the class of every sample (0 to the model's classes - 1)"
+    )
+    labels: list[Label] | None = Field(
+        None,
+        max_length=MAX_N,
+        description=(
+            "a conditional model: one class per sample (n of them); without label or labels a "
+            "conditional model draws each sample's class from p(y), its training frequencies"
+        ),
+    )
+    guidance: float | None = Field(
+        None,
+        ge=0.0,
+        le=MAX_GUIDANCE,
+        description=(
+            "classifier-free guidance scale of a guided sampler (GET /models `guidance`): 0 the "
+            "unconditional model, 1 (default) the conditional one, above 1 guided towards the class"
+        ),
+    )
 
 
 class ScoreRequest(_Strict):
     model: str = Field(pattern=MODEL_REF)
     x: Rows(1, MAX_ROWS, f"rows to score, at most {MAX_ROWS}, each as wide as the model's data")
-    kind: Literal["log_prob", "bound", "discriminator"] | None = None
+    kind: Literal["log_prob", "bound", "classify", "discriminator"] | None = Field(
+        None,
+        description=(
+            "the score: log_prob (exact), bound (a lower bound), classify (a conditional model's "
+            "posterior p(y|x) by Bayes' rule), discriminator (P(real)); default the model's first kind"
+        ),
+    )
+    labels: list[Label] | None = Field(
+        None,
+        max_length=MAX_ROWS,
+        description=(
+            "a conditional model: each row's class, for log p(x|y); without it a conditional model "
+            "scores the marginal log sum_y p(x|y) p(y) (exact from log_prob; from bounds, a lower bound)"
+        ),
+    )
     seed: Seed | None = Field(0, description="seed of the scorer's noise")
     k: Int = Field(1, ge=1, le=MAX_DRAWS, description="noise draws per row for kind=bound")
     estimate: Estimate | None = Field(
@@ -214,8 +267,28 @@ class SampleResponse(BaseModel):
 
 class ScoreResponse(BaseModel):
     model: str
-    kind: Literal["log_prob", "bound", "discriminator"]
-    scores: list[Number] = Field(description="nats per row, or P(real) for discriminator")
+    kind: Literal["log_prob", "bound", "classify", "discriminator"]
+    scores: list[Number] = Field(
+        description="nats per row; P(real) for discriminator; classify: the posterior of each row's class"
+    )
+    given: Literal["labels", "marginal"] | None = Field(
+        None,
+        description=(
+            "a conditional model's log_prob or bound: of each row's given label, log p(x|y), or the "
+            "marginal log sum_y p(x|y) p(y) (no labels sent)"
+        ),
+    )
+    labels: list[int] | None = Field(None, description="classify: each row's most probable class")
+    probabilities: list[list[Number]] | None = Field(
+        None, description="classify: each row's posterior p(y|x) over the classes 0..classes-1"
+    )
+    source: Literal["log_prob", "bound"] | None = Field(
+        None,
+        description=(
+            "classify: what the posterior is computed from; from a bound it is the posterior of the "
+            "bounds, not of exact likelihoods"
+        ),
+    )
     bits_per_dim: list[Number] | None = None
     k: int | None = None
     estimate: Estimate | None = Field(
@@ -329,6 +402,15 @@ class ModelInfo(BaseModel):
         description="gaussian: z from q(z|x) (a VAE: mean, or a draw); exact: z = f(x), invertible (a flow)",
     )
     decode_sample: bool = Field(False, description="whether /decode may draw (sample true)")
+    classes: int | None = Field(
+        None,
+        description="a conditional model: its number of classes (labels 0..classes-1); null: unconditional",
+    )
+    class_names: list[str] | None = Field(None, description="the classes' names, in label order")
+    class_prior: list[float] | None = Field(
+        None, description="p(y): each class's frequency in the training split (the marginal's weights)"
+    )
+    guidance: bool = Field(False, description="whether /sample takes a classifier-free guidance scale")
 
 
 class ModelsResponse(BaseModel):

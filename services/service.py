@@ -72,6 +72,7 @@ from services.schemas import (
     ScoreRequest,
     TwoSampleRequest,
     body_rows,
+    conditioning,
     sampling,
     validate,
 )
@@ -130,6 +131,27 @@ def _can_sample(loaded: LoadedModel) -> None:
             f"{loaded.stored.tag} cannot sample; it can score: {', '.join(loaded.kinds) or 'nothing'}",
             "missing_capability",
         )
+
+
+def _sample_labels(
+    loaded: LoadedModel, n: int, label: int | None, labels: list[int] | None, guidance: float | None
+) -> np.ndarray | None:
+    """The class of each of n samples (None: a conditional model draws them from p(y)); 400
+    naming ``label``, ``labels`` or ``guidance`` for what the model cannot take."""
+    try:
+        if label is not None and labels is not None:
+            raise InputError(
+                "labels",
+                "labels: send label (one class for every sample) or labels (one per sample), not both",
+            )
+        loaded.check_guidance(guidance)
+        if label is not None:
+            return np.full(n, loaded.check_labels([label], what="label")[0], dtype=np.int64)
+        if labels is not None:
+            return loaded.check_labels(labels, n, what="labels")
+    except InputError as exc:
+        raise ApiError(400, exc.field, str(exc), f"invalid_{exc.field}") from None
+    return None
 
 
 def _sample_count(loaded: LoadedModel, n: int, steps: int | None, field: str = "n") -> int:
@@ -221,8 +243,12 @@ def sample_limit(model: LoadedModel | StoredModel, task: bool | None = None) -> 
 def score_limit(model: LoadedModel | StoredModel, kind: str, task: bool | None = None) -> int:
     """The most graph rows (rows x k, k weighed by draw_weight) a request may score as ``kind``."""
     stored, cost_of = _costs(model)
-    spec = stored.graph("discriminator") if kind == "discriminator" else stored.graph("scorer", kind)
-    return row_limit(cost_of(spec) if spec is not None else None, MAX_DRAW_ROWS, work_seconds(task))
+    role_kind = scoring.source_kind(stored) if kind == "classify" else kind
+    spec = stored.graph("discriminator") if kind == "discriminator" else stored.graph("scorer", role_kind)
+    graph_rows = row_limit(cost_of(spec) if spec is not None else None, MAX_DRAW_ROWS, work_seconds(task))
+    # A conditional model scored without labels runs each row once per class (twice for an
+    # average-only bound's marginal): the published limit holds for a request with or without them.
+    return max(1, graph_rows // scoring.passes(stored, kind))
 
 
 def latent_limits(model: LoadedModel | StoredModel) -> dict[str, int]:
@@ -291,7 +317,12 @@ def _plan(make: Callable[[], Plan]) -> Plan:
 
 
 def model_info(loaded: LoadedModel) -> dict[str, Any]:
-    info = {**loaded.stored.summary(), **sampling(loaded.stored), **latent.latent_info(loaded.stored)}
+    info = {
+        **loaded.stored.summary(),
+        **sampling(loaded.stored),
+        **latent.latent_info(loaded.stored),
+        **conditioning(loaded.stored),
+    }
     shape = image_shape(loaded.stored.data.get("image_shape"))
     info["image_shape"] = list(shape) if shape else None
     sampler = loaded.stored.graph("sampler") is not None
@@ -551,11 +582,13 @@ class Genreg:
                     temperature=req.temperature,
                     steps=req.steps,
                     then=self._sample_answer(req, loaded),
+                    labels=_sample_labels(loaded, req.n, req.label, req.labels, req.guidance),
+                    guidance=req.guidance,
                 )
                 return json_response(answer)
             if endpoint == "score":
                 result = await self.score(
-                    loaded, req.x, req.kind, k=req.k, seed=req.seed, estimate=req.estimate
+                    loaded, req.x, req.kind, k=req.k, seed=req.seed, estimate=req.estimate, labels=req.labels
                 )
                 return json_response(result.as_dict())
             if endpoint == "encode":
@@ -591,11 +624,14 @@ class Genreg:
         tag = loaded.stored.tag
         if endpoint == "sample":
             self._sample_answer(req, loaded)
+            _sample_labels(loaded, req.n, req.label, req.labels, req.guidance)
             count, plan, what = self._sample_plan(loaded, req.n, req.steps)
             _in_time(plan, "n", what)
             return Work(tag, count, "steps", req.n)
         if endpoint == "score":
-            checked, plan, field, what = self._score_check(loaded, req.x, req.kind, req.k, req.estimate)
+            checked, plan, field, what = self._score_check(
+                loaded, req.x, req.kind, req.k, req.estimate, req.labels
+            )
             _in_time(plan, field, what)
             unit = "draws" if checked.kind == "bound" else "rows"
             return Work(tag, checked.graph_rows, unit)
@@ -623,12 +659,14 @@ class Genreg:
         steps: int | None = None,
         protocol: str = "genreg",
         then: Callable[[np.ndarray, int], Any] | None = None,
+        labels: np.ndarray | None = None,
+        guidance: float | None = None,
     ) -> Any:
         """n samples (float32 rows in data units), ``steps`` the sampler's count (None: its own);
         ApiError for a request the model cannot take. ``then(samples, steps run)`` makes the
         answer from them in the same call (a PNG grid is drawn off the event loop too)."""
         count, plan, what = self._sample_plan(loaded, n, steps)
-        draw = functools.partial(self._draw, loaded, n, seed, temperature, count, protocol)
+        draw = functools.partial(self._draw, loaded, n, seed, temperature, count, protocol, labels, guidance)
         job = draw if then is None else lambda: then(draw(), count)
         async with self._admit(plan, "n", what):
             answer = await _call(job, loaded, "sampler", n * count, calls=count)
@@ -637,7 +675,7 @@ class Genreg:
 
     @staticmethod
     def _score_check(
-        loaded: LoadedModel, x: Any, kind: str | None, k: int, estimate: str | None
+        loaded: LoadedModel, x: Any, kind: str | None, k: int, estimate: str | None, labels: Any = None
     ) -> tuple[scoring.Checked, Plan, str, str]:
         """The checked request (registry.runtime.scoring.check, within the model's limit), its
         plan, and the field and words that name its size; ApiError for a refusal."""
@@ -647,14 +685,22 @@ class Genreg:
             resolved = scoring.resolve_kind(loaded, kind)
             limit = score_limit(loaded, resolved)
             checked = scoring.check(
-                loaded, x, resolved, k=k, max_draw_rows=limit, estimate=estimate, why=_limit_source(limit)
+                loaded,
+                x,
+                resolved,
+                k=k,
+                max_draw_rows=limit,
+                estimate=estimate,
+                why=_limit_source(limit),
+                labels=labels,
             )
         except CapabilityError as exc:
             raise ApiError(422, exc.field, str(exc), "missing_capability") from None
         except InputError as exc:
             raise ApiError(400, exc.field, str(exc), f"invalid_{exc.field}") from None
-        draws = k if resolved == "bound" else 1
-        plan = _plan(lambda: loaded.plan_score(len(checked.rows), resolved, draws, loaded.dim))
+        plan = _plan(
+            lambda: loaded.plan_score(len(checked.rows), resolved, checked.k, loaded.dim, checked.passes)
+        )
         return checked, plan, field, what
 
     async def score(
@@ -667,9 +713,12 @@ class Genreg:
         seed: int | None,
         estimate: str | None = None,
         protocol: str = "genreg",
+        labels: Any = None,
     ) -> Scores:
         """registry.runtime.scoring's check and compute, its refusals as ApiError."""
-        checked, plan, field, what = await _checked(x, self._score_check, loaded, x, kind, k, estimate)
+        checked, plan, field, what = await _checked(
+            x, self._score_check, loaded, x, kind, k, estimate, labels
+        )
         run = functools.partial(self._score, loaded, checked, seed, protocol, plan)
         async with self._admit(plan, field, what):
             role = "discriminator" if checked.kind == "discriminator" else "scorer"
@@ -734,9 +783,19 @@ class Genreg:
         return await self._latent(loaded, "decode", z, seed, sample, protocol)
 
     def _draw(
-        self, loaded: LoadedModel, n: int, seed: int | None, temperature: float, steps: int, protocol: str
+        self,
+        loaded: LoadedModel,
+        n: int,
+        seed: int | None,
+        temperature: float,
+        steps: int,
+        protocol: str,
+        labels: np.ndarray | None = None,
+        guidance: float | None = None,
     ) -> np.ndarray:
-        x = loaded.sample(n, seed=seed, temperature=temperature, steps=steps)
+        x = loaded.sample(
+            n, seed=seed, temperature=temperature, steps=steps, labels=labels, guidance=guidance
+        )
         ROWS.labels(model=loaded.stored.name, kind="sample", protocol=protocol).inc(n)
         return x
 

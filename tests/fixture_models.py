@@ -40,6 +40,8 @@ PLAN: list[tuple[str, str, int | None, dict[str, Any]]] = [
     # serving (steps, estimates), benchmarks/diffusion.py its quality.
     ("diffusion", "digits", 1, {"channels": 16, "blocks": 1}),
     ("categorical", "digits", None, {}),
+    # p(x|y) per class: the exact reference of a conditional model (tests/test_conditional.py).
+    ("categorical", "digits", None, {"name": "categorical-digits-cond", "conditional": True}),
     ("gaussian", "digits", None, {}),
     # A poor model (independent pixels) for a critic (conftest): a separate name keeps
     # gaussian-digits itself without a discriminator.
@@ -64,8 +66,8 @@ def train(family: str, data: str, epochs: int | None, options: dict[str, Any]) -
     fam = get_plugins().get(family)
     return train_and_store(
         fam,
-        load_dataset(data),
-        fam.Config(**{k: v for k, v in options.items() if k != "name"}),
+        load_dataset(data, conditional=options.get("conditional", False)),
+        fam.Config(**{k: v for k, v in options.items() if k not in ("name", "conditional")}),
         TrainControl(seed=0, epochs=epochs, progress=False),
         name=options.get("name"),
         plugin={"name": "test", "distribution": "genreg"},
