@@ -14,6 +14,7 @@ from typing import Any
 from pydantic import BaseModel
 from pydantic.json_schema import models_json_schema
 
+from registry.runtime.models import MAX_GUIDANCE
 from registry.runtime.scoring import draw_weight
 from services.cache import MODEL_CONTROL
 from services.schemas import (
@@ -407,14 +408,15 @@ def _v2_infer_body(components: dict[str, Any]) -> dict[str, Any]:
     """
     base = components["V2InferRequest"]
     tensor = components["V2InputTensor"]
-    tensor["properties"]["name"] = {"type": "string", "enum": ["x", "z"]}
-    # Each operation's one input, by name: x (score, encode) or z (decode).
-    for name in ("x", "z"):
+    tensor["properties"]["name"] = {"type": "string", "enum": ["x", "y", "z"]}
+    # Each operation's inputs, by name: x (score, encode), z (decode), and a conditional model's
+    # labels y (score, sample).
+    for name in ("x", "y", "z"):
         named = {**tensor, "properties": {**tensor["properties"], "name": {"const": name}}}
         components[f"V2InputTensor.{name}"] = named
     protocol = {name: {"type": "boolean"} for name in V2_PROTOCOL_PARAMETERS}
 
-    def operation(title: str, params: str, input_name: str | None) -> dict[str, Any]:
+    def operation(title: str, params: str, input_name: str | None, labelled: bool = False) -> dict[str, Any]:
         schema = {**base, "title": title, "properties": dict(base["properties"])}
         # The protocol's parameters take no null: an optional one is left out instead.
         own = {key: _not_null(prop) for key, prop in components[params]["properties"].items()}
@@ -427,17 +429,20 @@ def _v2_infer_body(components: dict[str, Any]) -> dict[str, Any]:
         if required:  # encode's operation parameter: the request names it
             schema["required"] = sorted({*base.get("required", []), "parameters"})
             schema["properties"]["parameters"]["required"] = required
-        inputs = {"maxItems": 0}
+        y = {"$ref": REF.format(model="V2InputTensor.y")}
+        inputs: dict[str, Any] = {"maxItems": 1, "items": y} if labelled else {"maxItems": 0}
         if input_name is not None:
-            item = {"$ref": REF.format(model=f"V2InputTensor.{input_name}")}
+            item: dict[str, Any] = {"$ref": REF.format(model=f"V2InputTensor.{input_name}")}
             inputs = {"minItems": 1, "maxItems": 1, "items": item}
+            if labelled:
+                inputs = {"minItems": 1, "maxItems": 2, "items": {"anyOf": [item, y]}}
         schema["properties"]["inputs"] = {**base["properties"]["inputs"], **inputs}
         return schema
 
     return {
         "anyOf": [
-            operation("sample", "V2SampleParameters", None),
-            operation("score", "V2ScoreParameters", "x"),
+            operation("sample", "V2SampleParameters", None, labelled=True),
+            operation("score", "V2ScoreParameters", "x", labelled=True),
             operation("encode", "V2EncodeParameters", "x"),
             operation("decode", "V2DecodeParameters", "z"),
         ]
@@ -571,6 +576,34 @@ def _rows(d: dict[str, Any], low: int, high: int) -> dict[str, Any]:
     return {"type": "array", "items": row, "minItems": low, "maxItems": high}
 
 
+def _label(d: dict[str, Any]) -> dict[str, Any]:
+    return {"type": "integer", "minimum": 0, "maximum": d["classes"] - 1}
+
+
+def _labels(d: dict[str, Any], kind: str, most: int, required: bool) -> dict[str, Any]:
+    """/score's labels for this model and kind: a conditional model's log_prob or bound takes
+    one per row (or none: the marginal), its discriminator needs them, a classification and an
+    unconditional model take none. One per row is the rule JSON Schema cannot state (x's count):
+    a different count is a 400 naming labels."""
+    if not d.get("classes") or kind == "classify" or (kind == "discriminator" and not required):
+        return {"type": "null"}
+    given = {"type": "array", "items": _label(d), "minItems": 1, "maxItems": min(most, MAX_ROWS)}
+    return given if required else {"anyOf": [given, {"type": "null"}]}
+
+
+def _sample_conditions(d: dict[str, Any], most_n: int) -> dict[str, Any]:
+    """/sample's label, labels and guidance for this model: the classes' range, or null."""
+    if not d.get("classes"):
+        return {"label": {"type": "null"}, "labels": {"type": "null"}, "guidance": {"type": "null"}}
+    labels = {"type": "array", "items": _label(d), "minItems": 1, "maxItems": most_n}
+    guidance = {"type": ["number", "null"], "minimum": 0.0, "maximum": MAX_GUIDANCE}
+    return {
+        "label": {"anyOf": [_label(d), {"type": "null"}]},
+        "labels": {"anyOf": [labels, {"type": "null"}]},
+        "guidance": guidance if d.get("guidance") else {"type": "null"},
+    }
+
+
 def _object(properties: dict[str, Any], required: list[str]) -> dict[str, Any]:
     return {"type": "object", "properties": properties, "required": required, "additionalProperties": False}
 
@@ -651,6 +684,9 @@ def _exact(components: dict[str, Any], described: list[dict[str, Any]], task: bo
             default = kind == d["kinds"][0]
             kind_schema = {"enum": [kind, None]} if default else {"const": kind}
             required = ["model", "x"] if default else ["model", "x", "kind"]
+            labelled = kind == "discriminator" and d.get("conditional_discriminator")
+            if labelled:
+                required = [*required, "labels"]
             # rows x k within the draw budget for every kind (k = 1 but for a bound)
             limit = d.get(f"{limits}score_rows", {}).get(kind, MAX_DRAW_ROWS)  # this model's (measured) limit
             tiers = draw_tiers(budget=limit) if kind == "bound" else [(1, min(MAX_ROWS, limit))]
@@ -663,6 +699,7 @@ def _exact(components: dict[str, Any], described: list[dict[str, Any]], task: bo
                     "k": {"type": "integer", "minimum": 1, "maximum": most_k},
                     # a bound's estimates; none for another kind (400 naming estimate)
                     "estimate": {"enum": [*d["estimates"], None]} if kind == "bound" else {"type": "null"},
+                    "labels": _labels(d, kind, most_rows, labelled),
                 }
                 tier = f".k{most_k}" if len(tiers) > 1 else ""
                 score.append((f"{key}.{kind}{tier}", _object(props, required)))
@@ -678,6 +715,7 @@ def _exact(components: dict[str, Any], described: list[dict[str, Any]], task: bo
             n={**sample_props["n"], "maximum": most_n},
             format={**sample_props["format"], "enum": ["json", "png"] if d["image"] else ["json"]},
             steps={"enum": [*([d["steps"]] if d["steps"] <= MAX_STEPS else []), None]},
+            **_sample_conditions(d, most_n),
         )
         sample.append((key, _object(props, ["model"])))
         if d["max_steps"] is not None:

@@ -531,7 +531,9 @@ V2DecodeParameters = create_model(
     **_fields(DecodeRequest, "seed", "sample"),
 )
 V2SampleParameters = create_model(
-    "V2SampleParameters", __base__=_Strict, **_fields(SampleRequest, "n", "seed", "temperature", "steps")
+    "V2SampleParameters",
+    __base__=_Strict,
+    **_fields(SampleRequest, "n", "seed", "temperature", "steps", "label", "guidance"),
 )
 
 

@@ -40,7 +40,7 @@ from registry.runtime.budget import (
 )
 from registry.runtime.graphs import GraphCost, GraphSpec
 from registry.runtime.images import image_shape
-from registry.runtime.models import CapabilityError, LoadedModel, model_kinds
+from registry.runtime.models import CapabilityError, LoadedModel, model_kinds, stored_classes
 from registry.runtime.png import png_grid
 from registry.runtime.remote import pull_new
 from registry.runtime.rows import InputError, check_rows
@@ -131,6 +131,10 @@ def _can_sample(loaded: LoadedModel) -> None:
             f"{loaded.stored.tag} cannot sample; it can score: {', '.join(loaded.kinds) or 'nothing'}",
             "missing_capability",
         )
+
+
+def _conditional(spec: GraphSpec | None) -> bool:
+    return spec is not None and spec.condition is not None
 
 
 def _sample_labels(
@@ -507,6 +511,7 @@ class Genreg:
                 continue
             sampler = stored.graph("sampler")
             model = self.cache.loaded.get(stored.tag, stored)
+            kinds = model_kinds(stored.capabilities, stored_classes(stored.data))
             out.append(
                 {
                     "name": stored.name,
@@ -515,21 +520,18 @@ class Genreg:
                     "dim": int(stored.data["dim"]),
                     "levels": stored.data.get("levels"),
                     "image": bool(stored.data.get("image_shape")),
-                    "kinds": model_kinds(stored.capabilities),
+                    "kinds": kinds,
                     "sampler": sampler is not None,
                     "sample_rows": sample_limit(model, task=False),
-                    "score_rows": {
-                        kind: score_limit(model, kind, task=False)
-                        for kind in model_kinds(stored.capabilities)
-                    },
+                    "score_rows": {kind: score_limit(model, kind, task=False) for kind in kinds},
                     "task_sample_rows": sample_limit(model, task=True),
-                    "task_score_rows": {
-                        kind: score_limit(model, kind, task=True) for kind in model_kinds(stored.capabilities)
-                    },
+                    "task_score_rows": {kind: score_limit(model, kind, task=True) for kind in kinds},
+                    "conditional_discriminator": _conditional(stored.graph("discriminator")),
                     "body_rows": row_cap(stored),
                     "latent_rows": latent_limits(model),
                     **sampling(stored),
                     **latent.latent_info(stored),
+                    **conditioning(stored),
                 }
             )
         return out
@@ -582,7 +584,8 @@ class Genreg:
                     temperature=req.temperature,
                     steps=req.steps,
                     then=self._sample_answer(req, loaded),
-                    labels=_sample_labels(loaded, req.n, req.label, req.labels, req.guidance),
+                    label=req.label,
+                    labels=req.labels,
                     guidance=req.guidance,
                 )
                 return json_response(answer)
@@ -659,14 +662,16 @@ class Genreg:
         steps: int | None = None,
         protocol: str = "genreg",
         then: Callable[[np.ndarray, int], Any] | None = None,
-        labels: np.ndarray | None = None,
+        label: int | None = None,
+        labels: Any = None,
         guidance: float | None = None,
     ) -> Any:
         """n samples (float32 rows in data units), ``steps`` the sampler's count (None: its own);
         ApiError for a request the model cannot take. ``then(samples, steps run)`` makes the
         answer from them in the same call (a PNG grid is drawn off the event loop too)."""
+        y = _sample_labels(loaded, n, label, labels, guidance)
         count, plan, what = self._sample_plan(loaded, n, steps)
-        draw = functools.partial(self._draw, loaded, n, seed, temperature, count, protocol, labels, guidance)
+        draw = functools.partial(self._draw, loaded, n, seed, temperature, count, protocol, y, guidance)
         job = draw if then is None else lambda: then(draw(), count)
         async with self._admit(plan, "n", what):
             answer = await _call(job, loaded, "sampler", n * count, calls=count)

@@ -20,6 +20,13 @@ Inference Protocol", states the mapping in full):
   /sample (``steps``: 1 to the model's ``max_steps`` where its sampler's count may be chosen,
   else its own count only). Output ``samples`` (FP32, n rows in data units); the response's
   parameters give n and, for a step sampler, the steps run.
+- **conditional models**: the labels are an input tensor ``y`` (INT64, or any integer type;
+  shape [n] or [n, 1]): beside ``x`` it scores log p(x|y) (/score's ``labels``); alone it samples
+  one row of each label (/sample's ``labels``; n defaults to their count). Parameters ``label``
+  (one class for all n samples) and ``guidance`` as on /sample. Score ``kind`` ``classify``
+  answers ``scores`` (the posterior of the chosen class), ``labels`` (INT64) and
+  ``probabilities`` (FP64, [rows, classes]); the response's parameter ``given`` says whether a
+  log_prob or bound is of the labels or the marginal.
 
 The model's metadata parameters state ``steps`` (a step sampler's own count), ``max_steps``
 (where the count may be chosen), ``estimates`` (a bound scorer's, comma-separated) and
@@ -43,6 +50,7 @@ from starlette.responses import Response
 from registry.runtime import latent
 from registry.runtime.images import image_shape
 from registry.runtime.models import LoadedModel
+from registry.runtime.rows import InputError
 from registry.runtime.scoring import Scores
 from services.errors import NOT_RUNNING, ApiError, error_response, json_response
 from services.jsonbody import json_object, may_hold_bools
@@ -53,6 +61,7 @@ from services.schemas import (
     V2InferRequest,
     V2SampleParameters,
     V2ScoreParameters,
+    conditioning,
     sampling,
     validate,
 )
@@ -123,6 +132,7 @@ class V2Api(Protocol):
         seed: int | None,
         estimate: str | None = ...,
         protocol: str = ...,
+        labels: Any = ...,
     ) -> Scores: ...
 
     async def sample(
@@ -135,6 +145,9 @@ class V2Api(Protocol):
         steps: int | None = ...,
         protocol: str = ...,
         then: Callable[[np.ndarray, int], Any] | None = ...,
+        label: int | None = ...,
+        labels: Any = ...,
+        guidance: float | None = ...,
     ) -> Any: ...
 
     async def encode(
@@ -226,6 +239,17 @@ def metadata(loaded: LoadedModel, versions: list[str]) -> dict[str, Any]:
         parameters["latent_dim"] = width
     if "bound" in kinds:
         parameters["estimates"] = ",".join(limits["estimates"])
+    cond = conditioning(loaded.stored)
+    if cond["classes"]:
+        inputs.append({"name": "y", "datatype": "INT64", "shape": [-1]})
+        if "classify" in kinds:
+            outputs.append({"name": "labels", "datatype": "INT64", "shape": [-1]})
+            outputs.append({"name": "probabilities", "datatype": "FP64", "shape": [-1, cond["classes"]]})
+        parameters["classes"] = cond["classes"]
+        parameters["class_names"] = ",".join(cond["class_names"] or [])
+        parameters["operations"] += "; labels: input y (INT64, one per row or sample)"
+        if cond["guidance"]:
+            parameters["guidance"] = "true"
     shape = image_shape(loaded.stored.data.get("image_shape"))
     if shape is not None:  # rows are images: height, width, channels (channels last)
         parameters["image_shape"] = ",".join(map(str, shape))
@@ -262,10 +286,10 @@ async def _infer(service: V2Api, loaded: LoadedModel, headers: dict[bytes, bytes
         raise ApiError(400, exc.field, exc.message, "invalid_tensor") from None
     if "z" in tensors or params.get("operation") == "encode":
         outputs, out_params = await _latent(service, loaded, tensors, params, bools)
-    elif tensors:
+    elif set(tensors) - {"y"}:
         outputs, out_params = await _score(service, loaded, tensors, params, bools)
     else:
-        outputs, out_params = await _sample(service, loaded, params, bools)
+        outputs, out_params = await _sample(service, loaded, tensors, params, bools)
     produced = {out.name: out for out in outputs}
     binary_names = {out.name for out in outputs} if binary_default else set()
     if req.outputs:
@@ -301,13 +325,24 @@ async def _infer(service: V2Api, loaded: LoadedModel, headers: dict[bytes, bytes
 async def _score(
     service: V2Api, loaded: LoadedModel, tensors: dict[str, np.ndarray], params: dict[str, Any], bools: bool
 ) -> tuple[list[Output], dict[str, Any]]:
-    _only(tensors, "x", "scoring takes one input, 'x' (rows), and sampling none")
+    _only(tensors, "x", "scoring takes the input 'x' (rows) and, for a conditional model, 'y' (labels)", "y")
     opts = validate(V2ScoreParameters, params, bools, prefix="parameters")
     x = _rows(tensors, "x")
+    labels = _labels(loaded, tensors, len(x) if x.ndim == 2 else None)
     result = await service.score(
-        loaded, x, opts.kind, k=opts.k, seed=opts.seed, estimate=opts.estimate, protocol=PROTOCOL
+        loaded,
+        x,
+        opts.kind,
+        k=opts.k,
+        seed=opts.seed,
+        estimate=opts.estimate,
+        protocol=PROTOCOL,
+        labels=labels,
     )
     outputs = [Output("scores", np.asarray(result.scores, dtype=np.float64))]
+    if result.probabilities is not None and result.labels is not None:
+        outputs.append(Output("labels", np.asarray(result.labels, dtype=np.int64)))
+        outputs.append(Output("probabilities", np.asarray(result.probabilities, dtype=np.float64)))
     if result.bits_per_dim is not None:
         outputs.append(Output("bits_per_dim", np.asarray(result.bits_per_dim, dtype=np.float64)))
     if result.elbo is not None:
@@ -315,12 +350,30 @@ async def _score(
     out_params: dict[str, Any] = {"kind": result.kind, "k": result.k}
     if result.estimate is not None:
         out_params["estimate"] = result.estimate
+    for key in ("given", "source"):
+        if getattr(result, key) is not None:
+            out_params[key] = getattr(result, key)
     return outputs, out_params
 
 
-def _only(tensors: dict[str, np.ndarray], name: str, takes: str) -> None:
-    """400 naming inputs for any input but ``name`` (``takes`` says what the operation takes)."""
-    unknown = sorted(set(tensors) - {name})
+def _labels(loaded: LoadedModel, tensors: dict[str, np.ndarray], rows: int | None) -> np.ndarray | None:
+    """Input ``y`` as one label per row (shape [n] or [n, 1]); 400 naming y for labels the model
+    cannot take."""
+    y = tensors.get("y")
+    if y is None:
+        return None
+    if y.ndim == 2 and y.shape[1] == 1:
+        y = y[:, 0]
+    try:
+        return loaded.check_labels(y, rows, what="y")
+    except InputError as exc:
+        raise ApiError(400, "y", str(exc), "invalid_y") from None
+
+
+def _only(tensors: dict[str, np.ndarray], name: str | None, takes: str, *also: str) -> None:
+    """400 naming inputs for any input but ``name`` and ``also`` (``takes`` says what the
+    operation takes)."""
+    unknown = sorted(set(tensors) - {name, *also})
     if unknown:
         raise ApiError(
             400, "inputs", f"inputs: unknown input {unknown[0][:100]!r}; {takes}", "invalid_inputs"
@@ -359,9 +412,16 @@ async def _latent(
 
 
 async def _sample(
-    service: V2Api, loaded: LoadedModel, params: dict[str, Any], bools: bool
+    service: V2Api, loaded: LoadedModel, tensors: dict[str, np.ndarray], params: dict[str, Any], bools: bool
 ) -> tuple[list[Output], dict[str, Any]]:
+    if "y" in tensors and "n" not in params:
+        params = {**params, "n": int(tensors["y"].shape[0]) if tensors["y"].ndim else 1}
     opts = validate(V2SampleParameters, params, bools, prefix="parameters")
+    labels = _labels(loaded, tensors, opts.n)
+    if labels is not None and opts.label is not None:
+        raise ApiError(
+            400, "y", "y: send the input y (a label per sample) or the parameter label, not both", "invalid_y"
+        )
     # The answer holds the steps run (the sampler's own count where none was asked for).
     samples, steps = await service.sample(
         loaded,
@@ -371,6 +431,9 @@ async def _sample(
         steps=opts.steps,
         protocol=PROTOCOL,
         then=lambda x, count: (x, count),
+        label=opts.label,
+        labels=labels,
+        guidance=opts.guidance,
     )
     out_params: dict[str, Any] = {"n": opts.n}
     sampler = loaded.stored.graph("sampler")
