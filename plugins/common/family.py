@@ -20,6 +20,16 @@ class TorchFamily(Family):
         return run_numpy(fn, *arrays)
 
     @classmethod
+    def _run_labelled(cls, fn: Callable[..., Any], *arrays: np.ndarray) -> np.ndarray:
+        """``_run`` where the last array is a conditional graph's (n, 1) label column: it goes
+        to ``fn`` as int64, as the graph takes it, not as float32."""
+        import torch
+
+        *rest, y = arrays
+        labels = torch.as_tensor(np.asarray(y, dtype=np.int64))
+        return cls._run(lambda *a: fn(*a, labels), *rest)
+
+    @classmethod
     def _reference_of(
         cls,
         functions: dict[tuple[str, str], Callable[..., Any]],

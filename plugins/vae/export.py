@@ -1,6 +1,8 @@
 """The VAE's ONNX graphs: sampler, scorer (one importance draw), and the latent space's: the
 encoder q(z|x), the decoder's mean E[x|z], its draw (the sampler, fed a chosen z) and its
-distribution parameters (ELBO surgery reads them)."""
+distribution parameters (ELBO surgery reads them). A conditional VAE's sampler and scorer take
+the label "y" as well; it exports no latent graphs (plugins.vae.family says why), so the
+evaluation's ELBO surgery, latent report and MIG, which read the encoder, do not apply to it."""
 
 from __future__ import annotations
 
@@ -12,7 +14,7 @@ from torch import nn
 
 from plugins.common.graph import Traced
 from plugins.vae.config import VAEModel
-from registry.contract.family import GraphSpec, LatentPart, NoiseInput
+from registry.contract.family import Condition, GraphSpec, LatentPart, NoiseInput
 from registry.pipeline.export import export_torch
 
 
@@ -25,6 +27,13 @@ class _Sampler(nn.Module):
         return self.vae.sample(z, u)
 
 
+class _ClassSampler(_Sampler):
+    """x ~ p(x|z, y): the label as the last input."""
+
+    def forward(self, z: torch.Tensor, u: torch.Tensor, y: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        return self.vae.sample(z, u, y)
+
+
 class _Scorer(nn.Module):
     def __init__(self, vae: nn.Module) -> None:
         super().__init__()
@@ -32,6 +41,14 @@ class _Scorer(nn.Module):
 
     def forward(self, x: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
         rec, prior, post = self.vae.log_weight(x, eps)
+        return rec + prior - post
+
+
+class _ClassScorer(_Scorer):
+    """log p(x|z,y) + log p(z) - log q(z|x,y): a log importance weight of p(x|y)."""
+
+    def forward(self, x: torch.Tensor, eps: torch.Tensor, y: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        rec, prior, post = self.vae.log_weight(x, eps, y)
         return rec + prior - post
 
 
@@ -51,6 +68,8 @@ def export_vae(model: VAEModel, directory: Path) -> list[GraphSpec]:
     x = torch.zeros(4, d)
     z = torch.randn(4, k)
     u_dist = "uniform" if model.levels else "normal"
+    if vae.classes:
+        return _export_conditional(vae, directory, x, z, u_dist)
     export_torch(_Sampler(vae), {"z": z, "u": torch.rand(4, d)}, "x", directory / "sampler.onnx")
     export_torch(_Scorer(vae), {"x": x, "eps": z + 0.1}, "log_weight", directory / "scorer.onnx")
     latent = latent_functions(vae)
@@ -90,4 +109,33 @@ def export_vae(model: VAEModel, directory: Path) -> list[GraphSpec]:
         # A draw of x|z is the sampler's with z chosen: the same graph, its z fed, not drawn.
         GraphSpec(role="decoder", file="sampler.onnx", kind="sample", x_input="z", noise=[u], output="x"),
         GraphSpec(role="decoder", file="decoder.onnx", kind="params", x_input="z", output="params"),
+    ]
+
+
+def _export_conditional(
+    vae: nn.Module, directory: Path, x: torch.Tensor, z: torch.Tensor, u_dist: str
+) -> list[GraphSpec]:
+    """A conditional VAE's served graphs: the sampler and the scorer, each taking "y"."""
+    d, k = x.shape[1], z.shape[1]
+    condition = Condition(classes=vae.classes)
+    y = {"y": torch.arange(4, dtype=torch.int64)[:, None] % vae.classes}
+    export_torch(_ClassSampler(vae), {"z": z, "u": torch.rand(4, d), **y}, "x", directory / "sampler.onnx")
+    export_torch(_ClassScorer(vae), {"x": x, "eps": z + 0.1, **y}, "log_weight", directory / "scorer.onnx")
+    return [
+        GraphSpec(
+            role="sampler",
+            file="sampler.onnx",
+            x_input=None,
+            noise=[NoiseInput(name="z", dist="normal", dim=k), NoiseInput(name="u", dist=u_dist, dim=d)],
+            output="x",
+            condition=condition,
+        ),
+        GraphSpec(
+            role="scorer",
+            file="scorer.onnx",
+            kind="bound",
+            noise=[NoiseInput(name="eps", dist="normal", dim=k)],
+            output="log_weight",
+            condition=condition,
+        ),
     ]

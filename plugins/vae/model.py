@@ -1,6 +1,9 @@
 """The VAE's networks: Gaussian encoder q(z|x); categorical (discrete data) or Gaussian decoder.
 
-Every function that the exported graphs use takes its noise as an argument.
+Every function that the exported graphs use takes its noise as an argument. A conditional VAE
+(``classes``) takes the label y too: q(z|x, y) and p(x|z, y), the prior N(0, I) is shared. The
+label enters as a one-hot block beside the encoder's and the decoder's first dense input (a
+learned per-class offset of that layer); with no classes every layer is the unconditional one.
 """
 
 from __future__ import annotations
@@ -12,6 +15,11 @@ from torch import nn
 from torch.nn import functional as F
 
 LOG_2PI = math.log(2 * math.pi)
+
+
+def one_hot(y: torch.Tensor, classes: int) -> torch.Tensor:
+    """(n, 1) int64 labels -> (n, classes) float one-hot (a comparison: exports as ONNX Equal)."""
+    return (y.reshape(-1, 1) == torch.arange(classes, device=y.device)).to(torch.float32)
 
 
 def _mlp(inp: int, hidden: int, out: int, depth: int) -> nn.Sequential:
@@ -27,7 +35,10 @@ def _mlp(inp: int, hidden: int, out: int, depth: int) -> nn.Sequential:
 class ConvEncoder(nn.Module):
     """Rows (channels last) -> 2 x latent: two stride-2 convolutions, then a linear map."""
 
-    def __init__(self, shape: tuple[int, int, int], hidden: int, out: int) -> None:
+    # The label (``extra`` one-hot columns) joins the flattened features at the first dense layer.
+    DENSE = 5
+
+    def __init__(self, shape: tuple[int, int, int], hidden: int, out: int, extra: int = 0) -> None:
         super().__init__()
         h, w, c = shape
         self.shape = shape
@@ -38,14 +49,18 @@ class ConvEncoder(nn.Module):
             nn.Conv2d(width, 2 * width, 4, 2, 1),
             nn.GELU(),
             nn.Flatten(),
-            nn.Linear(2 * width * (h // 4) * (w // 4), hidden),
+            nn.Linear(2 * width * (h // 4) * (w // 4) + extra, hidden),
             nn.GELU(),
             nn.Linear(hidden, out),
         )
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, extra: torch.Tensor | None = None) -> torch.Tensor:
         h, w, c = self.shape
-        return self.net(x.reshape(-1, h, w, c).permute(0, 3, 1, 2))
+        image = x.reshape(-1, h, w, c).permute(0, 3, 1, 2)
+        if extra is None:
+            return self.net(image)
+        features = self.net[: self.DENSE](image)
+        return self.net[self.DENSE :](torch.cat([features, extra], -1))
 
 
 class ConvDecoder(nn.Module):
@@ -59,7 +74,7 @@ class ConvDecoder(nn.Module):
         self.shape, self.per, self.grouped = shape, per, grouped
         self.width = max(8, hidden // 8)
         self.inp = nn.Sequential(
-            nn.Linear(latent, hidden),
+            nn.Linear(latent, hidden),  # latent: z's width, with a conditional VAE's label block
             nn.GELU(),
             nn.Linear(hidden, 2 * self.width * (h // 4) * (w // 4)),
             nn.GELU(),
@@ -94,27 +109,44 @@ class VAE(nn.Module):
         hidden: int,
         depth: int,
         conv_shape: tuple[int, int, int] | None = None,
+        classes: int = 0,
     ) -> None:
         super().__init__()
-        self.dim, self.levels, self.latent = dim, levels, latent
+        self.dim, self.levels, self.latent, self.classes = dim, levels, latent, classes
         out = dim * levels if levels else 2 * dim
         if conv_shape is None:
-            self.encoder: nn.Module = _mlp(dim, hidden, 2 * latent, depth)
-            self.decoder: nn.Module = _mlp(latent, hidden, out, depth)
+            self.encoder: nn.Module = _mlp(dim + classes, hidden, 2 * latent, depth)
+            self.decoder: nn.Module = _mlp(latent + classes, hidden, out, depth)
         else:
-            self.encoder = ConvEncoder(conv_shape, hidden, 2 * latent)
-            self.decoder = ConvDecoder(conv_shape, latent, hidden, out // dim, grouped=bool(levels))
+            self.encoder = ConvEncoder(conv_shape, hidden, 2 * latent, extra=classes)
+            self.decoder = ConvDecoder(conv_shape, latent + classes, hidden, out // dim, grouped=bool(levels))
         self.register_buffer("mean", torch.zeros(dim))
         self.register_buffer("std", torch.ones(dim))
 
-    def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def _label(self, y: torch.Tensor | None) -> torch.Tensor | None:
+        """A conditional VAE's one-hot label block (None for an unconditional one)."""
+        if not self.classes:
+            return None
+        if y is None:
+            raise ValueError("a conditional VAE needs a label per row")
+        return one_hot(y, self.classes)
+
+    def encode(self, x: torch.Tensor, y: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         h = (x - self.mean) / self.std
-        mean, log_var = self.encoder(h).chunk(2, dim=-1)
+        label = self._label(y)
+        if label is None:
+            stats = self.encoder(h)
+        elif isinstance(self.encoder, ConvEncoder):
+            stats = self.encoder(h, label)
+        else:
+            stats = self.encoder(torch.cat([h, label], -1))
+        mean, log_var = stats.chunk(2, dim=-1)
         return mean, torch.clamp(log_var, -12.0, 8.0)
 
-    def decode(self, z: torch.Tensor) -> torch.Tensor:
+    def decode(self, z: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
         """Distribution parameters: per-pixel log-probabilities (B, D, L), or (mean, log_var) (B, 2D)."""
-        out = self.decoder(z)
+        label = self._label(y)
+        out = self.decoder(z if label is None else torch.cat([z, label], -1))
         if self.levels:
             return F.log_softmax(out.reshape(*z.shape[:-1], self.dim, self.levels), dim=-1)
         mean, log_var = out.chunk(2, dim=-1)
@@ -140,19 +172,21 @@ class VAE(nn.Module):
         return normal_log_pdf(x, mean, log_var)
 
     def log_weight(
-        self, x: torch.Tensor, eps: torch.Tensor
+        self, x: torch.Tensor, eps: torch.Tensor, y: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(log p(x|z), log p(z), log q(z|x)) for z = mean + sigma * eps: one importance draw."""
-        mean, log_var = self.encode(x)
+        """(log p(x|z), log p(z), log q(z|x)) for z = mean + sigma * eps: one importance draw
+        (given y: log p(x|z,y), log p(z), log q(z|x,y), a log importance weight of p(x|y))."""
+        mean, log_var = self.encode(x, y)
         z = mean + torch.exp(0.5 * log_var) * eps
-        rec = self.log_likelihood(x, self.decode(z))
+        rec = self.log_likelihood(x, self.decode(z, y))
         prior = normal_log_pdf(z, torch.zeros_like(z), torch.zeros_like(z))
         post = normal_log_pdf(z, mean, log_var)
         return rec, prior, post
 
-    def sample(self, z: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
-        """Decode z and draw x from p(x|z) with explicit noise u (uniform for levels, normal else)."""
-        params = self.decode(z)
+    def sample(self, z: torch.Tensor, u: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+        """Decode z and draw x from p(x|z) (p(x|z,y)) with explicit noise u (uniform for levels,
+        normal else)."""
+        params = self.decode(z, y)
         if self.levels:
             cdf = torch.cumsum(torch.exp(params), -1)[..., :-1]
             return (u.unsqueeze(-1) >= cdf).to(torch.float32).sum(-1)

@@ -1,4 +1,8 @@
-"""Training the VAE: maximise E_q log p(x|z) - beta KL(q(z|x) || p(z)) (analytic KL)."""
+"""Training the VAE: maximise E_q log p(x|z) - beta KL(q(z|x) || p(z)) (analytic KL).
+
+On labelled data the same objective given each row's label, E_q log p(x|z,y) - beta KL(q(z|x,y) ||
+p(z)): a conditional VAE. The labels travel as one more column of the training tensor, so that
+the shared minibatch loop (and its data-parallel split) keeps every label with its row."""
 
 from __future__ import annotations
 
@@ -26,31 +30,45 @@ def train_vae(data: Dataset, config: VAEConfig, control: TrainControl) -> VAEMod
         shape = data.image_shape
         if shape is None or shape[0] % 4 or shape[1] % 4:
             raise ValueError("arch=conv needs image data whose height and width are multiples of 4")
-    vae = VAE(data.dim, data.levels, config.latent, config.hidden, config.depth, conv_shape=shape)
+    labelled = data.labels is not None
+    classes = (data.classes or 0) if labelled else 0
+    vae = VAE(
+        data.dim, data.levels, config.latent, config.hidden, config.depth, conv_shape=shape, classes=classes
+    )
     train = torch.as_tensor(data.train, dtype=torch.float32)
     vae.mean.copy_(train.mean(0))
     vae.std.copy_(train.std(0) + 1e-3 if not data.levels else torch.full((data.dim,), data.levels / 4.0))
     vae.to(device)
-    train = train.to(device)
     val = torch.as_tensor(data.validation, dtype=torch.float32, device=device)
+    val_y = None
+    if labelled:
+        assert data.labels is not None
+        # Labels (small integers, exact in float32) as the last column; split off in the loss.
+        y_train = torch.as_tensor(data.labels["train"], dtype=torch.float32)[:, None]
+        train = torch.cat([train, y_train], 1)
+        val_y = torch.as_tensor(data.labels["validation"], dtype=torch.int64, device=device)[:, None]
+    train = train.to(device)
     nats_to_bpd = 1.0 / (data.dim * math.log(2))
     val_eps = torch.randn(
         len(val), config.latent, generator=torch.Generator().manual_seed(control.seed + 1)
     ).to(device)
 
     def loss_fn(batch: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-        mean, log_var = vae.encode(batch)
+        y = None
+        if labelled:
+            batch, y = batch[:, :-1], batch[:, -1:].round().to(torch.int64)
+        mean, log_var = vae.encode(batch, y)
         eps = torch.randn(mean.shape, generator=generator).to(device)
         z = mean + torch.exp(0.5 * log_var) * eps
-        rec = vae.log_likelihood(batch, vae.decode(z))
+        rec = vae.log_likelihood(batch, vae.decode(z, y))
         return -(rec - config.beta * kl_to_prior(mean, log_var)).mean() * nats_to_bpd
 
     def validate() -> float:
         # The beta-weighted objective picks the best epoch: it is what training optimises.
         with torch.no_grad():
-            mean, log_var = vae.encode(val)
+            mean, log_var = vae.encode(val, val_y)
             z = mean + torch.exp(0.5 * log_var) * val_eps
-            rec = vae.log_likelihood(val, vae.decode(z))
+            rec = vae.log_likelihood(val, vae.decode(z, val_y))
             return float(-(rec - config.beta * kl_to_prior(mean, log_var)).mean() * nats_to_bpd)
 
     result = fit_config(vae, train, config, loss_fn=loss_fn, validate=validate, control=control)
