@@ -40,7 +40,15 @@ def list_cmd(as_json: Annotated[bool, typer.Option("--json", help="machine-reada
         )
 
 
-def _with_progress(loaded, n: int, seed: int | None, temperature: float, steps: int | None) -> np.ndarray:
+def _with_progress(
+    loaded,
+    n: int,
+    seed: int | None,
+    temperature: float,
+    steps: int | None,
+    labels: np.ndarray | None = None,
+    guidance: float | None = None,
+) -> np.ndarray:
     """``loaded.sample(...)``, with a progress bar on stderr for a step sampler: the sampling runs
     in a thread whose request token (registry.runtime.budget) counts the graph rows it has run,
     the count a task's status reports."""
@@ -50,8 +58,9 @@ def _with_progress(loaded, n: int, seed: int | None, temperature: float, steps: 
     from registry.runtime.budget import TOKEN, Token
 
     count = loaded.steps(steps)
+    given = {"labels": labels, "guidance": guidance}
     if count <= 1:
-        return loaded.sample(n, seed=seed, temperature=temperature, steps=steps)
+        return loaded.sample(n, seed=seed, temperature=temperature, steps=steps, **given)
     token = Token()
     context = contextvars.copy_context()
     context.run(TOKEN.set, token)
@@ -59,7 +68,7 @@ def _with_progress(loaded, n: int, seed: int | None, temperature: float, steps: 
 
     def work() -> None:
         try:
-            out["x"] = context.run(loaded.sample, n, seed=seed, temperature=temperature, steps=steps)
+            out["x"] = context.run(loaded.sample, n, seed=seed, temperature=temperature, steps=steps, **given)
         except BaseException as exc:  # re-raised in the caller's thread
             out["error"] = exc
 
@@ -92,11 +101,23 @@ def sample(
             "default: its own count)",
         ),
     ] = None,
+    label: Annotated[
+        int | None, typer.Option(help="a conditional model: the class of every sample (0..classes-1)")
+    ] = None,
+    labels: Annotated[
+        Path | None, typer.Option(help="a conditional model: one class per sample (.npy/.csv; n of them)")
+    ] = None,
+    guidance: Annotated[
+        float | None,
+        typer.Option(help="classifier-free guidance scale (guided samplers): 0 unconditional, 1 conditional"),
+    ] = None,
 ) -> None:
-    """Draw samples from a stored model (ONNX Runtime)."""
+    """Draw samples from a stored model (ONNX Runtime); a conditional one of a chosen class."""
     try:
         loaded = load_model(model)
-        x = _with_progress(loaded, n, seed, temperature, steps)
+        y = _sample_labels(loaded, n, label, labels)
+        loaded.check_guidance(guidance)
+        x = _with_progress(loaded, n, seed, temperature, steps, y, guidance)
     except USER_ERRORS as exc:
         fail(_option_error(exc))
         return
@@ -109,26 +130,47 @@ def sample(
 def score(
     model: Annotated[str, typer.Argument(help="name or name:version")],
     file: Annotated[Path, typer.Option("--file", "-f", help=".npy, .npz or .csv rows")],
-    kind: Annotated[str | None, typer.Option(help="log_prob, bound or discriminator")] = None,
+    kind: Annotated[str | None, typer.Option(help="log_prob, bound, classify or discriminator")] = None,
     seed: Annotated[int | None, typer.Option(help="seed for dequantisation noise")] = 0,
     k: Annotated[int, typer.Option("-k", "--k", min=1, max=10_000, help="noise draws per row (bound)")] = 1,
     estimate: Annotated[
         str | None,
         typer.Option(help="bound: average or importance_weighted (default: the tightest the model supports)"),
     ] = None,
+    labels: Annotated[
+        Path | None,
+        typer.Option(
+            help="a conditional model: each row's class (.npy/.csv), for log p(x|y); else the marginal"
+        ),
+    ] = None,
 ) -> None:
     """Score rows: log-likelihood or bound in nats and bits/dim (one line per row, then the mean).
 
     With -k K > 1 a bound is the importance-weighted bound over K noise draws where the model's
-    draws are log importance weights (--estimate importance_weighted), else their average.
+    draws are log importance weights (--estimate importance_weighted), else their average. A
+    conditional model scores log p(x|y) with --labels, else the marginal; --kind classify prints
+    each row's most probable class and its posterior probability.
     """
+    from registry.datasets.files import read_labels
     from registry.runtime.scoring import score as score_rows
 
     try:
         loaded = load_model(model)
-        result = score_rows(loaded, read_array(file), kind, k=k, seed=seed, what=str(file), estimate=estimate)
+        x = read_array(file)
+        y = None if labels is None else read_labels(labels, "--labels", len(x), file)
+        result = score_rows(loaded, x, kind, k=k, seed=seed, what=str(file), estimate=estimate, labels=y)
     except USER_ERRORS as exc:
         fail(_option_error(exc))
+        return
+    if result.kind == "classify":
+        assert result.labels is not None
+        for c, p in zip(result.labels, result.scores, strict=True):
+            typer.echo(f"{c}\t{p:.6f}")
+        typer.echo(
+            f"classified {result.rows} rows by Bayes' rule from {result.source}; mean posterior of the "
+            f"chosen class {result.scores.mean():.4f}",
+            err=True,
+        )
         return
     bpd = result.bits_per_dim
     for i, s in enumerate(result.scores):
@@ -145,9 +187,23 @@ def _option_error(exc: Exception) -> str:
     """The message of a refused request, naming the command-line option where one is at fault."""
     field = getattr(exc, "field", None)
     message = str(exc)
-    if field in ("steps", "k", "estimate"):
+    if field in ("steps", "k", "estimate", "label", "labels", "guidance"):
         return f"--{field}: {message.removeprefix(f'{field}: ')}"
     return message
+
+
+def _sample_labels(loaded, n: int, label: int | None, labels: Path | None) -> np.ndarray | None:
+    """The class of each of n samples from --label or --labels (None: drawn from p(y))."""
+    from registry.datasets.files import read_labels
+    from registry.runtime.rows import InputError
+
+    if label is not None and labels is not None:
+        raise InputError("labels", "labels: give --label (one class for all) or --labels (a file), not both")
+    if label is not None:
+        return np.full(n, loaded.check_labels([label], what="label")[0], dtype=np.int64)
+    if labels is not None:
+        return loaded.check_labels(read_labels(labels, "--labels", n, f"-n {n}"), n)
+    return None
 
 
 def _summary_line(label: str, s: dict[str, float | None]) -> str:
