@@ -301,3 +301,80 @@ def test_latent_panel_takes_an_uploaded_row_and_shows_the_api_error(browser, tmp
         recon,
     )
     assert halves[0] == halves[1] and halves[2] > 2
+
+
+COND = "categorical-digits-cond"
+
+
+def test_class_picker_draws_a_class_and_the_grid_per_class(browser, server):
+    """categorical-digits-cond (10 classes, no guidance): the picker lists "any class" and the
+    10 classes by name; class 7 sends label 7 (the grid is /sample's with label 7, same seed);
+    the class grid is one line of 8 per class. An unconditional model has none of it."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import Select
+
+    client, _ = server
+    models = {m["name"]: m for m in client.get("/models").json()["models"]}
+    cond = models[COND]
+    assert cond["classes"] == 10 and cond["guidance"] is False
+
+    open_model(browser, COND)
+    picker = browser.find_element(By.ID, "class-picker")
+    assert picker.is_displayed()
+    names = [o.text for o in Select(picker).options]
+    assert names == ["any class (drawn from p(y))", *cond["class_names"]]
+    assert not browser.find_element(By.ID, "guidance").is_displayed()
+
+    def grid(attribute: str):
+        return browser.find_element(By.ID, "sample-grid").get_attribute(attribute)
+
+    first = wait_for(lambda: grid("src"), what="the first grid")
+    Select(picker).select_by_value("7")  # a change: the grid is drawn again, of class 7
+    body = {"model": cond["tag"], "n": 16, "seed": 0, "temperature": 1.0, "format": "png", "label": 7}
+    expected = "data:image/png;base64," + client.post("/sample", json=body).json()["png"]
+    assert expected != first
+    wait_for(lambda: grid("src") == expected, what="the class-7 grid")
+    assert f"class {cond['class_names'][7]}" in grid("alt")
+
+    browser.find_element(By.ID, "class-grid").click()
+    canvas = browser.find_element(By.ID, "class-grid-canvas")
+    wait_for(lambda: canvas.get_attribute("data-drawn") == "yes", what="the class grid")
+    assert (canvas.get_attribute("data-rows"), canvas.get_attribute("data-cols")) == ("10", "8")
+    assert int(canvas.get_attribute("height")) == 10 * int(canvas.get_attribute("data-cell")) + 2
+    assert "one row per class" in browser.find_element(By.ID, "class-grid-caption").text
+    assert browser.find_element(By.ID, "class-grid-error").text == ""
+
+    open_model(browser, "categorical-digits")
+    for element in ("class-picker", "guidance", "class-grid", "class-grid-figure"):
+        assert not browser.find_element(By.ID, element).is_displayed(), element
+
+
+def test_classify_shows_each_row_s_class_and_posterior(browser, server, tmp_path):
+    """The score form's classify: each row's predicted class by name and p(class | x), as
+    /score answers, from exact likelihoods; a wrong-width file shows the server's message."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import Select
+
+    client, _ = server
+    cond = {m["name"]: m for m in client.get("/models").json()["models"]}[COND]
+    open_model(browser, COND)
+    Select(browser.find_element(By.ID, "score-kind")).select_by_value("classify")
+    bad = tmp_path / "bad.csv"
+    bad.write_text("1,2,3\n")
+    upload(browser, "score", bad)
+    message = wait_for(lambda: browser.find_element(By.ID, "score-error").text, what="error message")
+    assert "each row must have 64 values" in message
+
+    x = load_digits().test[:4].astype(np.int64)
+    good = tmp_path / "rows.npy"
+    np.save(good, x)
+    upload(browser, "score", good)
+    table = wait_for(lambda: browser.find_element(By.ID, "score-table"), what="classify table")
+    answer = client.post("/score", json={"model": cond["tag"], "x": x.tolist(), "kind": "classify"}).json()
+    assert answer["source"] == "log_prob"
+    rows = table.find_elements(By.CSS_SELECTOR, "tbody tr")
+    cells = [[td.text for td in tr.find_elements(By.TAG_NAME, "td")] for tr in rows]
+    predicted = zip(answer["labels"], answer["scores"], strict=True)
+    assert cells == [[str(i), cond["class_names"][y], f"{p:.3f}"] for i, (y, p) in enumerate(predicted)]
+    assert "exact likelihoods" in table.find_element(By.TAG_NAME, "caption").text
+    assert browser.find_element(By.ID, "score-error").text == ""

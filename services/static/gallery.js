@@ -1,6 +1,7 @@
 // genreg model gallery: plain JavaScript over the public API (GET /models, POST /sample,
 // POST /score, POST /encode and /decode, and /sample's task paths for image grids). A bearer token, when the service wants one, is read from localStorage
-// ("genreg-token") and sent with every call.
+// ("genreg-token") and sent with every call. A conditional model (GET /models `classes`) is
+// sampled per class (label, labels, guidance) and scored as a classifier (kind classify).
 "use strict";
 
 const state = { models: [], sortKey: "name", sortAsc: true, current: null };
@@ -185,6 +186,7 @@ function select(model) {
     steps.value = String(model.steps);
   }
   document.getElementById("density-panel").hidden = !(model.data.dim === 2);
+  resetClasses(model, canSample);
   resetLatent(model);
   const kind = document.getElementById("score-kind");
   kind.innerHTML = "";
@@ -203,7 +205,9 @@ function select(model) {
 }
 
 // The sampling fields of a /sample body: seed, temperature, and steps where the model's
-// sampler takes a chosen count (the steps input is shown only then).
+// sampler takes a chosen count (the steps input is shown only then); for a conditional model
+// the picked class as label (none: each sample's class is drawn from p(y)), and guidance where
+// its sampler takes a scale (those inputs are shown only then).
 function sampling() {
   const fields = {
     seed: parseInt(document.getElementById("seed").value || "0", 10),
@@ -213,13 +217,94 @@ function sampling() {
     const steps = parseInt(document.getElementById("steps").value, 10);
     if (Number.isFinite(steps)) fields.steps = steps;
   }
+  if (!document.getElementById("class-label").hidden) {
+    const label = parseInt(document.getElementById("class-picker").value, 10);
+    if (Number.isFinite(label)) fields.label = label;
+  }
+  if (!document.getElementById("guidance-label").hidden) {
+    const guidance = parseFloat(document.getElementById("guidance").value);
+    if (Number.isFinite(guidance)) fields.guidance = guidance;
+  }
   return fields;
+}
+
+// --- Conditional models (GET /models `classes`, `class_names`, `guidance`) ---------------------
+const CLASS_GRID_PER = 8;  // samples per class in the class grid (its columns)
+
+function isConditional(m) {
+  return Number.isInteger(m.classes) && m.classes > 0;
+}
+
+function className(m, y) {
+  return Array.isArray(m.class_names) && m.class_names[y] !== undefined ? String(m.class_names[y]) : String(y);
+}
+
+// The class picker, the guidance scale and the class grid's button for `model`: shown for a
+// conditional model that can sample (guidance only where its sampler takes a scale), reset to
+// "any class" and guidance 1 (the conditional model itself).
+function resetClasses(model, canSample) {
+  const conditional = canSample && isConditional(model);
+  const picker = document.getElementById("class-picker");
+  picker.innerHTML = "";
+  const any = document.createElement("option");
+  any.value = "";
+  any.textContent = "any class (drawn from p(y))";
+  picker.appendChild(any);
+  if (conditional) {
+    for (let y = 0; y < model.classes; y++) {
+      const o = document.createElement("option");
+      o.value = String(y);
+      o.textContent = className(model, y);
+      if (Array.isArray(model.class_prior)) o.title = `p(y) = ${fmt(model.class_prior[y])}`;
+      picker.appendChild(o);
+    }
+  }
+  picker.value = "";
+  document.getElementById("class-label").hidden = !conditional;
+  document.getElementById("guidance-label").hidden = !(conditional && model.guidance);
+  document.getElementById("guidance").value = "1";
+  // The grid draws rows as images: a conditional image model's.
+  document.getElementById("class-grid").hidden = !(conditional && Array.isArray(model.image_shape));
+  state.classGrid = (state.classGrid || 0) + 1;  // an earlier model's grid is not drawn
+  document.getElementById("class-grid-figure").hidden = true;
+  document.getElementById("class-grid-error").textContent = "";
+  delete document.getElementById("class-grid-canvas").dataset.drawn;
+}
+
+// The class grid: CLASS_GRID_PER samples of every class from one /sample request (labels
+// [0]*m + [1]*m + ...), with the sampling fields but the picked class, drawn one line per class
+// with its name. /sample's png grid is near-square, so the rows (format json) are drawn here.
+async function drawClassGrid() {
+  const m = state.current;
+  const error = document.getElementById("class-grid-error");
+  const canvas = document.getElementById("class-grid-canvas");
+  error.textContent = "";
+  const drawing = (state.classGrid = (state.classGrid || 0) + 1);  // the latest grid only
+  const { label, ...fields } = sampling();
+  const labels = [];
+  for (let y = 0; y < m.classes; y++) for (let i = 0; i < CLASS_GRID_PER; i++) labels.push(y);
+  const body = { model: m.tag, n: labels.length, ...fields, labels };
+  try {
+    const res = await runTask("sample", body, document.getElementById("class-grid-progress"));
+    if (res === null || drawing !== state.classGrid || state.current !== m) return;
+    const names = Array.from({ length: m.classes }, (_, y) => className(m, y));
+    drawImages(canvas, res.samples, CLASS_GRID_PER, names);
+    const text = `${CLASS_GRID_PER} samples of each of the ${m.classes} classes of ${m.tag}, one row per class ` +
+      `(${names.join(", ")}); seed ${fields.seed}, temperature ${fields.temperature}` +
+      (fields.steps === undefined ? "" : `, ${fields.steps} steps`) +
+      (fields.guidance === undefined ? "" : `, guidance ${fields.guidance}`) + ".";
+    canvas.setAttribute("aria-label", text);
+    document.getElementById("class-grid-caption").textContent = text;
+    document.getElementById("class-grid-figure").hidden = false;
+  } catch (e) {
+    if (drawing === state.classGrid && state.current === m) error.textContent = e.message;
+  }
 }
 
 async function drawSamples() {
   const m = state.current;
   const out = document.getElementById("sample-output");
-  const { seed, temperature, steps } = sampling();
+  const { seed, temperature, steps, label, guidance } = sampling();
   // Draws can overlap (a field changed twice, a task finishing after a later one): only the
   // latest request's grid is drawn.
   const drawing = (state.drawing = (state.drawing || 0) + 1);
@@ -233,7 +318,9 @@ async function drawSamples() {
       const img = document.createElement("img");
       img.id = "sample-grid";
       img.alt = `16 samples from ${m.tag}, seed ${seed}, temperature ${temperature}` +
-        (steps === undefined ? "" : `, ${steps} steps`);
+        (steps === undefined ? "" : `, ${steps} steps`) +
+        (label === undefined ? (isConditional(m) ? ", classes drawn from p(y)" : "") : `, class ${className(m, label)}`) +
+        (guidance === undefined ? "" : `, guidance ${guidance}`);
       img.src = "data:image/png;base64," + res.png;
       // The grid's request without its format answers the same rows (the seed fixes them):
       // the latent panel asks for them when one of the grid's images is clicked.
@@ -354,11 +441,17 @@ async function scoreFile(event) {
   }
   const kind = document.getElementById("score-kind").value || undefined;
   try {
-    const res = await api("/score", { model: state.current.tag, x: rows, kind });
+    const m = state.current;
+    const res = await api("/score", { model: m.tag, x: rows, kind });
+    if (res.kind === "classify") {
+      output.appendChild(classifyTable(m, res));
+      return;
+    }
     const table = document.createElement("table");
     table.id = "score-table";
     const isProb = res.kind === "discriminator";
-    table.innerHTML = `<caption>${res.kind} scores from ${res.model}</caption><thead><tr><th scope="col">row</th>` +
+    const given = res.given === "marginal" ? " (the marginal over p(y): no labels sent)" : "";
+    table.innerHTML = `<caption>${res.kind} scores from ${res.model}${given}</caption><thead><tr><th scope="col">row</th>` +
       `<th scope="col">${isProb ? "P(real)" : "nats"}</th>${res.bits_per_dim ? '<th scope="col">bits/dim</th>' : ""}</tr></thead>`;
     const body = document.createElement("tbody");
     res.scores.forEach((s, i) => {
@@ -371,6 +464,36 @@ async function scoreFile(event) {
   } catch (e) {
     error.textContent = e.message;
   }
+}
+
+// /score kind classify's answer: each row's most probable class by name and its posterior
+// p(y|x), with what the posterior comes from (exact likelihoods, or bounds: of the bounds).
+function classifyTable(m, res) {
+  const table = document.createElement("table");
+  table.id = "score-table";
+  table.dataset.source = res.source;
+  const source = res.source === "bound"
+    ? "from lower bounds on log p(x|y): the posterior of the bounds, not of exact likelihoods"
+    : "from exact likelihoods log p(x|y)";
+  const caption = document.createElement("caption");
+  caption.textContent = `classify: each row's most probable class under ${res.model}, its posterior p(y|x) ${source}`;
+  table.appendChild(caption);
+  const head = document.createElement("thead");
+  head.innerHTML = '<tr><th scope="col">row</th><th scope="col">class</th><th scope="col">p(class | x)</th></tr>';
+  table.appendChild(head);
+  const body = document.createElement("tbody");
+  res.labels.forEach((y, i) => {
+    const tr = document.createElement("tr");
+    tr.dataset.label = String(y);
+    for (const text of [String(i), className(m, y), fmt(res.scores[i])]) {
+      const td = document.createElement("td");
+      td.textContent = text;  // class names come from the model's data: text, never markup
+      tr.appendChild(td);
+    }
+    body.appendChild(tr);
+  });
+  table.appendChild(body);
+  return table;
 }
 
 // --- The latent space (POST /encode, POST /decode): image models with a latent_dim ------------
@@ -651,6 +774,9 @@ async function init() {
   temp.addEventListener("change", drawSamples);
   document.getElementById("seed").addEventListener("change", drawSamples);
   document.getElementById("steps").addEventListener("change", drawSamples);
+  document.getElementById("class-picker").addEventListener("change", drawSamples);
+  document.getElementById("guidance").addEventListener("change", drawSamples);
+  document.getElementById("class-grid").addEventListener("click", drawClassGrid);
   document.getElementById("sample-form").addEventListener("submit", (e) => { e.preventDefault(); drawSamples(); });
   document.getElementById("score-form").addEventListener("submit", scoreFile);
   document.getElementById("latent-form").addEventListener("submit", latentFile);
