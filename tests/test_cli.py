@@ -56,6 +56,10 @@ def test_train_sample_score_roundtrip(tmp_path, bentoml_home):
         ),
         (["train", "flow", "--data", "digits", "--labels", "y.npy"], "--labels applies to user files"),
         (["sample", "no-such-model"], "no model named 'no-such-model'"),
+        (
+            ["train", "flow", "--data", "digits", "--device", "tpu"],
+            "--device: 'tpu' is not one of cpu, cuda, auto",
+        ),
         (["train", "flow", "--data", "moons", "-o", "dequantization=variational"], "discrete data only"),
         (
             ["evaluate", "any-model", "--draws", "8", "--split", "train"],
@@ -68,6 +72,20 @@ def test_user_mistakes_get_one_line_errors(args, message):
     assert proc.returncode == 2
     assert message in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_cuda_is_refused_without_cuda_and_auto_falls_back_to_the_cpu(tmp_path, bentoml_home):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("a CUDA device answers here: --device cuda would train on it")
+    proc = genreg("train", "categorical", "--data", "digits", "--device", "cuda", "--nproc", "2", check=False)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert "--device cuda: this PyTorch" in proc.stderr and "--device cpu" in proc.stderr
+    genreg("train", "categorical", "--data", "digits", "--device", "auto", "--name", "auto-device", "--quiet")
+    from registry.runtime.store import get_model
+
+    assert get_model("auto-device").meta["train"]["device"] == "cpu"
 
 
 def test_unknown_option_lists_valid_ones():
@@ -105,6 +123,43 @@ def test_draws_on_an_exact_score_are_an_error_as_over_http(tmp_path, trained):
     proc = genreg("score", "categorical-digits", "--file", str(rows), "-k", "4", check=False)
     assert proc.returncode == 2 and proc.stdout == ""
     assert "k > 1 applies to kind 'bound' only, not 'log_prob'" in proc.stderr
+
+
+def test_conditional_sample_score_and_classify(tmp_path, trained):
+    """--label and --labels choose the class; --kind classify prints each row's class."""
+    digits = load_digits(conditional=True)
+    rows, labels = tmp_path / "rows.npy", tmp_path / "labels.npy"
+    np.save(rows, digits.test[:20])
+    np.save(labels, digits.labels["test"][:20])
+    model = "categorical-digits-cond"
+    out = tmp_path / "sevens.npy"
+    genreg("sample", model, "-n", "4", "--label", "7", "--seed", "1", "--out", str(out))
+    again = tmp_path / "again.npy"
+    np.save(tmp_path / "sevens-labels.npy", np.full(4, 7))
+    genreg(
+        "sample",
+        model,
+        "-n",
+        "4",
+        "--labels",
+        str(tmp_path / "sevens-labels.npy"),
+        "--seed",
+        "1",
+        "--out",
+        str(again),
+    )
+    np.testing.assert_array_equal(np.load(out), np.load(again))
+    given = genreg("score", model, "--file", str(rows), "--labels", str(labels))
+    marginal = genreg("score", model, "--file", str(rows))
+    # log p(x|y) of the true class is above the marginal for a confident classifier's rows
+    cond = np.array([float(line.split()[0]) for line in given.stdout.splitlines()])
+    marg = np.array([float(line.split()[0]) for line in marginal.stdout.splitlines()])
+    assert np.mean(cond > marg) > 0.7
+    classified = genreg("score", model, "--file", str(rows), "--kind", "classify")
+    predicted = np.array([int(line.split()[0]) for line in classified.stdout.splitlines()])
+    assert np.mean(predicted == digits.labels["test"][:20]) > 0.7 and "Bayes' rule" in classified.stderr
+    bad = genreg("sample", model, "--label", "10", check=False)
+    assert bad.returncode == 2 and "--label: label 10" in bad.stderr
 
 
 @pytest.mark.slow

@@ -65,6 +65,8 @@ def train(
     plugins = get_plugins()
     try:
         fam = plugins.get(family)
+        # cpu or cuda, checked before any process is launched or data loaded
+        device = distributed.resolve_device(device)
     except USER_ERRORS as exc:
         fail(str(exc))
         return

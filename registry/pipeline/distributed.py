@@ -37,6 +37,32 @@ def launch(argv: list[str], nproc: int) -> int:
     return subprocess.run([*cmd, "-m", "registry.cli", *argv], env=env).returncode
 
 
+DEVICES = ("cpu", "cuda", "auto")
+
+
+def resolve_device(device: str) -> str:
+    """``cpu`` or ``cuda``: what ``device`` (cpu, cuda or auto) trains on here. ValueError naming
+    --device for an unknown name, or for cuda where PyTorch sees no CUDA device (a CPU-only
+    wheel, no driver, or no GPU): refused before any data is loaded, never a crash mid-training.
+    ``auto`` falls back to the CPU."""
+    if device not in DEVICES:
+        raise ValueError(f"--device: {device!r} is not one of {', '.join(DEVICES)}")
+    import torch
+
+    available = torch.cuda.is_available()
+    if device == "cuda" and not available:
+        build = torch.version.cuda
+        why = (
+            f"this PyTorch ({torch.__version__}) is built without CUDA"
+            if build is None
+            else (
+                f"this PyTorch is built for CUDA {build}, but no CUDA device answers (driver or GPU missing)"
+            )
+        )
+        raise ValueError(f"--device cuda: {why}; use --device cpu, or auto to take a GPU where there is one")
+    return "cuda" if device == "cuda" or (device == "auto" and available) else "cpu"
+
+
 def join_group(device: str) -> None:
     """Join the process group torchrun set up (no-op outside one): NCCL for CUDA, else gloo."""
     if world_size() <= 1:
