@@ -1,4 +1,10 @@
-"""Generator G(z) and discriminator D(x) = sigmoid(logit(x)) as MLPs."""
+"""Generator G(z) and discriminator D(x) = sigmoid(logit(x)) as MLPs.
+
+Conditional (``classes``): G(z, y) takes the label as a one-hot block beside z, and D(x, y) is a
+projection discriminator (Miyato & Koyama 2018): logit = psi(phi(x)) + <e_y, phi(x)>, with phi
+the MLP's last hidden layer and e_y a learned vector per class, so the label asks "is this a
+real y?" of features shared by every class.
+"""
 
 from __future__ import annotations
 
@@ -41,39 +47,68 @@ class Scaler(nn.Module):
         return (x - self.mean) / self.std
 
 
+def one_hot(y: torch.Tensor, classes: int) -> torch.Tensor:
+    """(n, 1) int64 labels -> (n, classes) float one-hot (a comparison: exports as ONNX Equal)."""
+    return (y.reshape(-1, 1) == torch.arange(classes, device=y.device)).to(torch.float32)
+
+
+def _needs(y: torch.Tensor | None, classes: int) -> None:
+    if classes and y is None:
+        raise ValueError("a conditional GAN needs a label per row")
+
+
 class Generator(nn.Module):
-    def __init__(self, latent: int, dim: int, levels: int | None, hidden: int, depth: int) -> None:
+    def __init__(
+        self, latent: int, dim: int, levels: int | None, hidden: int, depth: int, classes: int = 0
+    ) -> None:
         super().__init__()
-        self.levels = levels
-        self.net = mlp(latent, hidden, dim, depth, nn.ReLU())
+        self.levels, self.classes = levels, classes
+        self.net = mlp(latent + classes, hidden, dim, depth, nn.ReLU())
         self.scaler = Scaler(dim, levels)
 
-    def forward(self, z: torch.Tensor) -> torch.Tensor:
+    def forward(self, z: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
         """Samples in the networks' units (what D sees during training)."""
-        out = self.net(z)
+        _needs(y, self.classes)
+        out = self.net(torch.cat([z, one_hot(y, self.classes)], -1) if self.classes else z)
         return torch.sigmoid(out) if self.levels else out
 
-    def sample(self, z: torch.Tensor) -> torch.Tensor:
+    def sample(self, z: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
         """Samples in data units; discrete data is rounded to its levels."""
-        y = self.forward(z)
+        out = self.forward(z, y)
         if self.levels:
-            return torch.round(y * (self.levels - 1))
-        return y * self.scaler.std + self.scaler.mean
+            return torch.round(out * (self.levels - 1))
+        return out * self.scaler.std + self.scaler.mean
 
 
 class Discriminator(nn.Module):
     def __init__(
-        self, dim: int, levels: int | None, hidden: int, depth: int, dropout: float = 0.0, slope: float = 0.2
+        self,
+        dim: int,
+        levels: int | None,
+        hidden: int,
+        depth: int,
+        dropout: float = 0.0,
+        slope: float = 0.2,
+        classes: int = 0,
     ) -> None:
         super().__init__()
+        self.classes = classes
         # Dropout keeps D from memorising ~1,250 images, which starves G of gradient.
         self.net = mlp(dim, hidden, 1, depth, dropout=dropout, slope=slope)
         self.scaler = Scaler(dim, levels)
+        if classes:
+            # The projection's class vectors e_y, one per row of a bias-free linear map.
+            self.embed = nn.Linear(classes, hidden, bias=False)
 
-    def forward(self, h: torch.Tensor) -> torch.Tensor:
+    def forward(self, h: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
         """Logit of D on inputs in the networks' units."""
-        return self.net(h).squeeze(-1)
+        _needs(y, self.classes)
+        if not self.classes:
+            return self.net(h).squeeze(-1)
+        features = self.net[:-1](h)  # phi(x): the last hidden layer
+        projection = (self.embed(one_hot(y, self.classes)) * features).sum(-1)
+        return self.net[-1](features).squeeze(-1) + projection
 
-    def logit(self, x: torch.Tensor) -> torch.Tensor:
+    def logit(self, x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
         """Logit of D on rows in data units (the exported discriminator)."""
-        return self.forward(self.scaler.to_net(x))
+        return self.forward(self.scaler.to_net(x), y)

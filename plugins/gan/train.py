@@ -1,5 +1,10 @@
 """GAN training: alternating discriminator and generator steps, the best generator kept by
-validation MMD^2 (a likelihood-free quality figure shown live in the progress bar)."""
+validation MMD^2 (a likelihood-free quality figure shown live in the progress bar).
+
+On labelled data the same game given the label: D(x, y) on real rows with their own labels
+and on fakes G(z, y) drawn with the batch's labels (so fakes follow the data's p(y)), and G
+plays against D(G(z, y), y). The validation MMD compares held-out rows with samples drawn
+with those rows' labels."""
 
 from __future__ import annotations
 
@@ -22,10 +27,18 @@ from registry.runtime.two_sample import mmd_test
 QUALITY_ROWS = 500
 
 
+def labels_of(data: Dataset, split: str, device: torch.device) -> torch.Tensor | None:
+    """A split's labels as an (n, 1) int64 column (the graphs' "y"), or None without labels."""
+    if data.labels is None:
+        return None
+    return torch.as_tensor(data.labels[split], dtype=torch.int64, device=device)[:, None]
+
+
 def train_gan(data: Dataset, config: GANConfig, control: TrainControl) -> GANModel:
     generator_rng = seed_everything(control.seed)
     device = pick_device(control)
-    gen = Generator(config.latent, data.dim, data.levels, config.hidden, config.depth)
+    classes = (data.classes or 0) if data.labels is not None else 0
+    gen = Generator(config.latent, data.dim, data.levels, config.hidden, config.depth, classes=classes)
     # A leakier discriminator with dropout stops mode collapse on digits but causes it on the
     # 2-D toys, so each kind of data keeps its own (benchmarks/RESULTS.md, GAN).
     image = data.dim > 2
@@ -36,6 +49,7 @@ def train_gan(data: Dataset, config: GANConfig, control: TrainControl) -> GANMod
         config.depth,
         dropout=0.3 if image else 0.0,
         slope=0.2 if image else 0.01,
+        classes=classes,
     )
     train = torch.as_tensor(data.train, dtype=torch.float32)
     for scaler in (gen.scaler, disc.scaler):
@@ -44,6 +58,8 @@ def train_gan(data: Dataset, config: GANConfig, control: TrainControl) -> GANMod
     gen.to(device)
     disc.to(device)
     train = train.to(device)
+    # Each row's label (None: unconditional), indexed with its row.
+    labels = labels_of(data, "train", device)
     levels = data.levels
 
     def real_batch(x: torch.Tensor) -> torch.Tensor:
@@ -63,6 +79,11 @@ def train_gan(data: Dataset, config: GANConfig, control: TrainControl) -> GANMod
     quality_z = torch.randn(
         QUALITY_ROWS, config.latent, generator=torch.Generator().manual_seed(control.seed + 1)
     )
+    val_labels = labels_of(data, "validation", device)
+    # The quality samples' labels: the held-out rows', cycled (there may be fewer than QUALITY_ROWS).
+    quality_y = (
+        None if val_labels is None else val_labels[torch.arange(QUALITY_ROWS, device=device) % len(val)]
+    )
     best = (math.inf, 0)
     best_state = (copy.deepcopy(gen.state_dict()), copy.deepcopy(disc.state_dict()))
     history: list[dict[str, float]] = []
@@ -75,17 +96,19 @@ def train_gan(data: Dataset, config: GANConfig, control: TrainControl) -> GANMod
         disc.train()
         perm = torch.randperm(len(train), generator=generator_rng).to(device)
         for i in range(0, len(train) - 1, batch_size):
-            real = real_batch(train[perm[i : i + batch_size]])
+            rows = perm[i : i + batch_size]
+            real = real_batch(train[rows])
+            y = None if labels is None else labels[rows]
             for _ in range(config.d_steps):
                 z = torch.randn(len(real), config.latent, generator=generator_rng).to(device)
-                fake = gen(z).detach()
+                fake = gen(z, y).detach()
                 # -[log D(x) + log(1 - D(G(z)))] with D = sigmoid(logit).
-                d_loss = F.softplus(-disc(real)).mean() + F.softplus(disc(fake)).mean()
+                d_loss = F.softplus(-disc(real, y)).mean() + F.softplus(disc(fake, y)).mean()
                 opt_d.zero_grad(set_to_none=True)
                 d_loss.backward()
                 opt_d.step()
             z = torch.randn(len(real), config.latent, generator=generator_rng).to(device)
-            logit_fake = disc(gen(z))
+            logit_fake = disc(gen(z, y), y)
             if config.loss == "non-saturating":
                 g_loss = F.softplus(-logit_fake).mean()  # -log D(G(z))
             else:
@@ -96,7 +119,7 @@ def train_gan(data: Dataset, config: GANConfig, control: TrainControl) -> GANMod
         if epoch % config.eval_every == 0 or epoch == epochs:
             gen.eval()
             with torch.no_grad():
-                samples = gen.sample(quality_z.to(device)).cpu().double().numpy()
+                samples = gen.sample(quality_z.to(device), quality_y).cpu().double().numpy()
             mmd = mmd_test(val, samples, permutations=0)["statistic"]
             dl, gl = float(d_loss.detach()), float(g_loss.detach())
             history.append({"epoch": epoch, "d_loss": dl, "g_loss": gl, "mmd2": mmd})

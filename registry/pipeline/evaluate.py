@@ -55,18 +55,30 @@ def held_out_rows(real: np.ndarray, rows: int, seed: int = 0) -> np.ndarray:
     return real[pick].astype(np.float64)
 
 
-def likelihood_free(loaded: LoadedModel, real: np.ndarray, seed: int = 0) -> dict[str, Any]:
+def likelihood_free(
+    loaded: LoadedModel, real: np.ndarray, seed: int = 0, labels: np.ndarray | None = None
+) -> dict[str, Any]:
     """Two-sample tests (MMD, k-NN C2ST) of held-out rows against as many model samples, and
-    the JSD lower bound from the model's own discriminator when it has one."""
-    real = held_out_rows(real, two_sample_rows(loaded, len(real)), seed)
-    fake = loaded.sample(len(real), seed=seed).astype(np.float64)
+    the JSD lower bound from the model's own discriminator when it has one. A conditional
+    model's samples are of the marginal (labels drawn from p(y)); its discriminator judges each
+    row given its class: the held-out rows' own ``labels``, the samples' drawn ones."""
+    rows = two_sample_rows(loaded, len(real))
+    real = held_out_rows(real, rows, seed)
+    fake_labels = loaded.labels_for(rows, None, seed)  # what sample() draws itself (None: unconditional)
+    fake = loaded.sample(rows, seed=seed, labels=fake_labels).astype(np.float64)
     out: dict[str, Any] = {
         "rows": len(real),
         "mmd": mmd_test(real, fake, seed=seed),
         "c2st": c2st(real, fake, seed=seed),
     }
-    if loaded.stored.graph("discriminator") is not None:
+    spec = loaded.stored.graph("discriminator")
+    if spec is not None and spec.condition is None:
         out["jsd"] = jsd_lower_bound(loaded.logits(real), loaded.logits(fake))
+    elif spec is not None and labels is not None:  # without the rows' labels D cannot judge them
+        real_labels = held_out_rows(labels, rows, seed).astype(np.int64)  # the same rows' labels
+        out["jsd"] = jsd_lower_bound(
+            loaded.logits(real, labels=real_labels), loaded.logits(fake, labels=fake_labels)
+        )
     return out
 
 
@@ -94,7 +106,8 @@ def evaluate(loaded: LoadedModel, data: Dataset, split: str = "test", seed: int 
     x = getattr(data, split)
     metrics: dict[str, Any] = {"split": split, "n": len(x)}
     if loaded.stored.graph("sampler") is not None:
-        metrics["two_sample"] = likelihood_free(loaded, x, seed=seed)
+        labels = None if data.labels is None else data.labels[split]
+        metrics["two_sample"] = likelihood_free(loaded, x, seed=seed, labels=labels)
     kinds = [k for k in ("log_prob", "bound") if k in loaded.kinds]
     if not kinds:
         return metrics
