@@ -113,3 +113,4 @@ class ARModel:
     levels: int | None
     fit: dict[str, Any]
     image_shape: tuple[int, int, int] | None = None
+    classes: int | None = None  # p(x|y) over these many class labels; None: p(x)

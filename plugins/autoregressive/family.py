@@ -27,6 +27,8 @@ class AutoregressiveFamily(TorchFamily):
     capabilities = frozenset({Capability.SAMPLE, Capability.LOG_PROB})
     Config = ARConfig
     data_parallel = True  # plugins.common.training.fit: DistributedDataParallel
+    # On labelled data: p(x|y), the label embedded into every layer (plugins.autoregressive.model).
+    conditional = True
 
     def train(self, data: Dataset, config: ARConfig, control: TrainControl) -> ARModel:
         from plugins.autoregressive.train import train_autoregressive
@@ -34,10 +36,17 @@ class AutoregressiveFamily(TorchFamily):
         return train_autoregressive(data, config.resolve(data), control)
 
     def sample(self, model: ARModel, noise: dict[str, np.ndarray]) -> np.ndarray:
-        return self._run_loop(model.net.sample, noise)
+        # The per-step draws first: the loop's step count is read from the first array; a
+        # label (n, 1) comes once for the whole loop, and the net takes it as integers.
+        draws = {k: v for k, v in noise.items() if k != "y"}
+        if model.classes:
+            draws["y"] = np.asarray(noise["y"]).reshape(-1, 1)
+        return self._run_loop(model.net.sample, draws)
 
     def log_prob(self, model: ARModel, x: np.ndarray, noise: dict[str, np.ndarray]) -> np.ndarray:
-        return self._run(model.net.log_prob, x)
+        if not model.classes:
+            return self._run(model.net.log_prob, x)
+        return self._run_labelled(model.net.log_prob, x, noise["y"])
 
     def export(self, model: ARModel, directory: Path) -> list[GraphSpec]:
         from plugins.autoregressive.export import export_autoregressive

@@ -13,6 +13,12 @@ one dimension per step. Conditionals:
 
 Sampling draws a level (or a mixture component) by Gumbel-max, argmax(log p + g): scaling g by
 a temperature T draws from softmax(log p / T), as the runtime scales all noise by T.
+
+Conditional on a class label y (the networks' ``classes``), log p(x|y) = sum_d log p(x_d | x_<d, y):
+a learned label embedding is added to every masked layer's pre-activation (MADE: a bias per
+hidden unit; PixelCNN: a bias per channel plus a few per-class maps, by position) and a per-class
+bias to every output, so the label reaches the first dimension's conditional too. These terms
+depend on y and the position only, never on x, so the autoregressive order is kept.
 """
 
 from __future__ import annotations
@@ -25,8 +31,10 @@ from torch import nn
 from torch.nn import functional as F
 
 from plugins.autoregressive.logistic import log_mass
+from plugins.common.blocks import LabelEmbedding
 
 LOG_2PI = math.log(2 * math.pi)
+LABEL_MAPS = 8  # a conditional PixelCNN's learned maps per class (its location-dependent input)
 
 
 class MaskedLinear(nn.Linear):
@@ -69,10 +77,17 @@ class PixelCNN(nn.Module):
     """
 
     def __init__(
-        self, shape: tuple[int, int], params: int, channels: int, layers: int, dropout: float
+        self,
+        shape: tuple[int, int],
+        params: int,
+        channels: int,
+        layers: int,
+        dropout: float,
+        classes: int | None = None,
     ) -> None:
         super().__init__()
         self.shape, self.dim, self.params = shape, shape[0] * shape[1], params
+        self.channels, self.classes = channels, classes
         self.first = MaskedConv2d(1, channels, 7, "A")
         self.blocks = nn.ModuleList(
             nn.Sequential(nn.GELU(), MaskedConv2d(channels, channels, 3, "B"), nn.GELU(), nn.Dropout(dropout))
@@ -83,21 +98,53 @@ class PixelCNN(nn.Module):
         )
         self.register_buffer("mean", torch.zeros(self.dim))
         self.register_buffer("std", torch.ones(self.dim))
+        if classes:  # created last: an unconditional network's initialisation stays as it was
+            self.label = LabelEmbedding(classes, channels * (layers + 1))
+            # Location-dependent conditioning (van den Oord et al., 2016): a few learned maps
+            # per class, brought to each layer by its own 1x1 convolution, so a class can say
+            # where its strokes are at every layer (a per-channel bias alone cannot).
+            self.label_maps = LabelEmbedding(classes, LABEL_MAPS * self.dim)
+            self.label_in = nn.ModuleList(
+                nn.Conv2d(LABEL_MAPS, channels, 1, bias=False) for _ in range(layers + 1)
+            )
+            self.label_out = _output_bias(classes, self.dim * params)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
         h = ((x - self.mean) / self.std).reshape(-1, 1, *self.shape)
         h = self.first(h)
-        for block in self.blocks:
-            h = h + block(h)
-        return self.head(h).permute(0, 2, 3, 1).reshape(-1, self.dim, self.params)
+        if y is None:
+            for block in self.blocks:
+                h = h + block(h)
+            return self.head(h).permute(0, 2, 3, 1).reshape(-1, self.dim, self.params)
+        # For the first (7x7) layer's output and each block's masked convolution, before its
+        # activation: a bias per channel and the class maps' 1x1 convolution. Neither sees x,
+        # so causality holds.
+        e = self.label(y).reshape(-1, len(self.blocks) + 1, self.channels, 1, 1)
+        maps = self.label_maps(y).reshape(-1, LABEL_MAPS, *self.shape)
+        h = h + e[:, 0] + self.label_in[0](maps)
+        for i, block in enumerate(self.blocks):
+            act, conv, act2, drop = block
+            h = h + drop(act2(conv(act(h)) + e[:, i + 1] + self.label_in[i + 1](maps)))
+        out = self.head(h).permute(0, 2, 3, 1).reshape(-1, self.dim, self.params)
+        return out + self.label_out(y).reshape(-1, self.dim, self.params)
+
+
+def _output_bias(classes: int, width: int) -> LabelEmbedding:
+    """A per-class bias on every output, starting at zero (the shared network's answer): a
+    class's own marginal per dimension, which the first dimensions' conditionals need most."""
+    out = LabelEmbedding(classes, width)
+    nn.init.zeros_(out.table.weight)
+    return out
 
 
 class MADE(nn.Module):
     """Maps rows (data units) to ``params`` numbers per dimension: (n, D, params)."""
 
-    def __init__(self, dim: int, params: int, hidden: int, depth: int, dropout: float) -> None:
+    def __init__(
+        self, dim: int, params: int, hidden: int, depth: int, dropout: float, classes: int | None = None
+    ) -> None:
         super().__init__()
-        self.dim, self.params = dim, params
+        self.dim, self.params, self.classes = dim, params, classes
         deg = degrees(dim, hidden, depth)
         out_deg = torch.arange(1, dim + 1).repeat_interleave(params)
         layers: list[nn.Module] = []
@@ -110,10 +157,23 @@ class MADE(nn.Module):
         self.direct = MaskedLinear(out_deg[:, None] > deg[0][None, :])
         self.register_buffer("mean", torch.zeros(dim))
         self.register_buffer("std", torch.ones(dim))
+        if classes:  # created last: an unconditional network's initialisation stays as it was
+            self.label = LabelEmbedding(classes, hidden * depth)
+            self.label_out = _output_bias(classes, dim * params)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
         h = (x - self.mean) / self.std
-        out = self.out(self.hidden(h)) + self.direct(h)
+        if y is None:
+            out = self.out(self.hidden(h)) + self.direct(h)
+            return out.reshape(-1, self.dim, self.params)
+        # The label's bias on every masked layer's pre-activation (a unit of any degree may
+        # see y: it is known before every dimension), and a per-class bias on every output.
+        e = self.label(y).chunk(len(self.hidden) // 3, dim=1)
+        a = h
+        for i in range(0, len(self.hidden), 3):
+            linear, act, drop = self.hidden[i : i + 3]
+            a = drop(act(linear(a) + e[i // 3]))
+        out = self.out(a) + self.direct(h) + self.label_out(y)
         return out.reshape(-1, self.dim, self.params)
 
 
@@ -184,8 +244,9 @@ class Autoregressive(nn.Module):
         self.levels = levels
         self.steps = network.dim  # the sampler fills one dimension per step
 
-    def log_prob(self, x: torch.Tensor) -> torch.Tensor:
-        params = self.network(x)
+    def log_prob(self, x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+        """log p(x), or log p(x|y) for a conditional network's (n, 1) labels ``y``."""
+        params = self.network(x) if y is None else self.network(x, y)
         if self.levels:
             log_p = self.conditional.level_log_probs(params)  # (n, D, L)
             idx = x.round().clamp(0, self.levels - 1).long()[..., None]
@@ -193,15 +254,19 @@ class Autoregressive(nn.Module):
         z = (x - self.network.mean) / self.network.std
         return (self.conditional.log_density(params, z) - torch.log(self.network.std)).sum(-1)
 
-    def step(self, state: torch.Tensor, step: torch.Tensor, *noise: torch.Tensor) -> torch.Tensor:
-        """Fill dimension ``step`` of ``state`` (data units) with a draw from its conditional.
+    def step(
+        self, state: torch.Tensor, step: torch.Tensor, *noise: torch.Tensor, y: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Fill dimension ``step`` of ``state`` (data units) with a draw from its conditional
+        (given the labels ``y`` of a conditional network, the same at every step).
 
         Discrete data: noise is (g,), Gumbel draws over the levels. Continuous: (g, z), Gumbel
         draws over the mixture components and one standard normal.
         """
         dims = torch.arange(state.shape[1], device=state.device)
         current = dims[None, :] == step  # (n, D): the dimension this step fills
-        params = (self.network(state) * current.to(state.dtype)[:, :, None]).sum(1)  # (n, P)
+        out = self.network(state) if y is None else self.network(state, y)
+        params = (out * current.to(state.dtype)[:, :, None]).sum(1)  # (n, P)
         if self.levels:
             value = _gumbel_choice(self.conditional.level_log_probs(params), noise[0])
         else:
@@ -215,11 +280,13 @@ class Autoregressive(nn.Module):
         return torch.where(current, value[:, None], state)
 
     def sample(self, noise: dict[str, torch.Tensor], steps: int) -> torch.Tensor:
-        """The PyTorch reference of the runtime's loop: ``noise`` arrays are (steps, n, dim)."""
+        """The PyTorch reference of the runtime's loop: ``noise`` arrays are (steps, n, dim);
+        a conditional network's labels ``noise["y"]`` (n, 1) are fed to every step."""
         names = ("g",) if self.levels else ("g", "z")
         n = noise["g"].shape[1]
+        y = noise["y"].long() if "y" in noise else None
         state = torch.zeros(n, self.network.dim)
         for t in range(steps):
             step = torch.full((n, 1), t, dtype=torch.int64)
-            state = self.step(state, step, *(noise[name][t] for name in names))
+            state = self.step(state, step, *(noise[name][t] for name in names), y=y)
         return state

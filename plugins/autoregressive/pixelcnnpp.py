@@ -8,6 +8,9 @@ gated residual blocks. Within a pixel the channels are ordered R, G, B by the mi
 likelihood is exact and normalised over the pixel's L^3 values.
 
 Sampling fills one pixel (all of its channels) per step: h x w steps of the step graph.
+
+Conditional on a class label (``classes``): a label embedding biases the gates of every block of
+both streams (PixelCNN++'s conditioning), the same at every pixel, so causality is kept.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from plugins.autoregressive.pixel_mixture import PixelLogisticMixture
+from plugins.common.blocks import LabelEmbedding
 from plugins.common.causal import (
     DownRightShiftedConv2d,
     DownShiftedConv2d,
@@ -38,9 +42,11 @@ class PixelCNNpp(nn.Module):
         channels: int,
         blocks: int,
         dropout: float,
+        classes: int | None = None,
     ) -> None:
         super().__init__()
         self.shape, self.levels, self.params = shape, levels, params
+        self.channels, self.classes = channels, classes
         self.pixels = shape[0] * shape[1]
         self.dim = self.pixels * shape[2]
         cin = shape[2] + 1  # and a plane of ones, which tells the zero padding from a zero value
@@ -54,6 +60,9 @@ class PixelCNNpp(nn.Module):
             GatedResidual(channels, DownRightShiftedConv2d, True, dropout) for _ in range(blocks)
         )
         self.head = nn.Conv2d(channels, params, 1)
+        if classes:  # created last: an unconditional network's initialisation stays as it was
+            # [a, b] gate biases of every block of the two streams
+            self.label = LabelEmbedding(classes, 2 * blocks * 2 * channels)
 
     @property
     def reach(self) -> int:
@@ -63,18 +72,25 @@ class PixelCNNpp(nn.Module):
         which takes the stream above in, one more (tests/test_pixelcnnpp.py measures it)."""
         return 4 + 2 * len(self.up_blocks)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
         """Rows of images, or of windows of whole image rows (fewer rows, the same width):
         causal convolutions pad only above and beside, so a window's last row has exactly
-        the parameters it has in the whole image when the window spans ``reach`` rows."""
+        the parameters it has in the whole image when the window spans ``reach`` rows.
+        ``y``: a conditional network's (n, 1) labels."""
         _, w, c = self.shape
         p = planes(x, (x.shape[1] // (w * c), w, c)) * (2.0 / (self.levels - 1)) - 1.0
         p = torch.cat([p, torch.ones_like(p[:, :1])], 1)
         up = down_shift(self.up_in(p))
         left = down_shift(self.left_in_up(p)) + right_shift(self.left_in(p))
-        for up_block, left_block in zip(self.up_blocks, self.left_blocks, strict=True):
-            up = up_block(up)
-            left = left_block(left, up)
+        if y is None:
+            for up_block, left_block in zip(self.up_blocks, self.left_blocks, strict=True):
+                up = up_block(up)
+                left = left_block(left, up)
+        else:
+            e = self.label(y).reshape(-1, len(self.up_blocks), 2, 2 * self.channels)
+            for i, (up_block, left_block) in enumerate(zip(self.up_blocks, self.left_blocks, strict=True)):
+                up = up_block(up, cond=e[:, i, 0])
+                left = left_block(left, up, cond=e[:, i, 1])
         out = self.head(F.elu(left))
         return out.permute(0, 2, 3, 1).reshape(x.shape[0], -1, self.params)
 
@@ -92,11 +108,15 @@ class PixelAutoregressive(nn.Module):
     def _pixels(self, x: torch.Tensor) -> torch.Tensor:
         return x.round().clamp(0, self.levels - 1).reshape(-1, self.network.pixels, self.network.shape[2])
 
-    def log_prob(self, x: torch.Tensor) -> torch.Tensor:
-        return self.mixture.log_prob(self.network(x), self._pixels(x)).sum(-1)
+    def log_prob(self, x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+        """log p(x), or log p(x|y) for a conditional network's (n, 1) labels ``y``."""
+        return self.mixture.log_prob(self.network(x, y), self._pixels(x)).sum(-1)
 
-    def step(self, state: torch.Tensor, step: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
-        """Fill pixel ``step`` (all its channels) of ``state`` (levels) from its conditional."""
+    def step(
+        self, state: torch.Tensor, step: torch.Tensor, g: torch.Tensor, y: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Fill pixel ``step`` (all its channels) of ``state`` (levels) from its conditional
+        (given the labels ``y`` of a conditional network, the same at every step)."""
         n, (h, w, c) = state.shape[0], self.network.shape
         # Only the rows the pixel can see: a window of `reach` whole rows ending at its own (or
         # the image's first rows), the same parameters as the whole image for a fraction of it.
@@ -108,7 +128,7 @@ class PixelAutoregressive(nn.Module):
         window = torch.gather(state.reshape(n, h, w * c), 1, index).reshape(n, rows * w * c)
         local = (row - start) * w + (step - row * w)  # the pixel's index in the window
         index = local.reshape(-1, 1, 1).expand(n, 1, self.mixture.params)
-        params = torch.gather(self.network(window), 1, index)[:, 0]  # (n, P): this pixel's
+        params = torch.gather(self.network(window, y), 1, index)[:, 0]  # (n, P): this pixel's
         pixel = self.mixture.sample(params, g)  # (n, C)
         current = torch.arange(self.network.pixels, device=state.device)[None, :, None] == step.reshape(
             -1, 1, 1
@@ -117,9 +137,11 @@ class PixelAutoregressive(nn.Module):
         return filled.reshape(n, -1)
 
     def sample(self, noise: dict[str, torch.Tensor], steps: int) -> torch.Tensor:
-        """The PyTorch reference of the runtime's loop: ``noise["g"]`` is (steps, n, C x L)."""
+        """The PyTorch reference of the runtime's loop: ``noise["g"]`` is (steps, n, C x L);
+        a conditional network's labels ``noise["y"]`` (n, 1) are fed to every step."""
         n = noise["g"].shape[1]
+        y = noise["y"].long() if "y" in noise else None
         state = torch.zeros(n, self.network.dim)
         for t in range(steps):
-            state = self.step(state, torch.full((n, 1), t, dtype=torch.int64), noise["g"][t])
+            state = self.step(state, torch.full((n, 1), t, dtype=torch.int64), noise["g"][t], y)
         return state

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
 
 from plugins.autoregressive.config import ARConfig, ARModel
@@ -27,8 +28,13 @@ EVAL_ROWS = 4096  # validation rows scored at once
 
 
 def build(
-    dim: int, levels: int | None, config: ARConfig, shape: tuple[int, ...] | None = None
+    dim: int,
+    levels: int | None,
+    config: ARConfig,
+    shape: tuple[int, ...] | None = None,
+    classes: int | None = None,
 ) -> Autoregressive | PixelAutoregressive:
+    """The network for the config; ``classes``: conditional on that many class labels."""
     shape = image_shape(shape)  # (h, w), as stored before channels, is one channel
     if config.network == "conv" and shape is not None and shape[2] > 1:
         if not levels or config.conditional != "logistic":
@@ -38,7 +44,9 @@ def build(
                 "conditional=logistic"
             )
         mixture = PixelLogisticMixture(levels, shape[2], config.components)
-        network = PixelCNNpp(shape, levels, mixture.params, config.channels, config.layers, config.dropout)
+        network = PixelCNNpp(
+            shape, levels, mixture.params, config.channels, config.layers, config.dropout, classes
+        )
         return PixelAutoregressive(network, mixture)
     if levels:
         conditional = (
@@ -51,9 +59,11 @@ def build(
     if config.network == "conv":
         if shape is None:
             raise ValueError("network=conv needs image data (an image shape); use network=made")
-        network = PixelCNN(shape[:2], conditional.params, config.channels, config.layers, config.dropout)
+        network = PixelCNN(
+            shape[:2], conditional.params, config.channels, config.layers, config.dropout, classes
+        )
     else:
-        network = MADE(dim, conditional.params, config.hidden, config.depth, config.dropout)
+        network = MADE(dim, conditional.params, config.hidden, config.depth, config.dropout, classes)
     return Autoregressive(network, conditional, levels)
 
 
@@ -71,24 +81,49 @@ def train_autoregressive(data: Dataset, config: ARConfig, control: TrainControl)
     )
     device = pick_device(control)
     torch.manual_seed(control.seed)
-    net = build(data.dim, data.levels, config, data.image_shape)
+    classes = data.classes
+    net = build(data.dim, data.levels, config, data.image_shape, classes)
     train = torch.as_tensor(data.train, dtype=torch.float32)
     if isinstance(net, Autoregressive):  # PixelCNN++ scales its input to [-1, 1] itself
         net.network.mean.copy_(train.mean(0))
         net.network.std.copy_(train.std(0) + (0.5 if data.levels else 1e-3))
     net.to(device)
-    train = train.to(device)
-    val = torch.as_tensor(data.validation, dtype=torch.float32, device=device)
+    val = torch.as_tensor(data.validation, dtype=torch.float32)
+    if data.labels is not None:
+        # Each row's label rides as one more column, so every batch (and every data-parallel
+        # rank's share of it) keeps its rows' labels; log_prob splits it off again.
+        train = _with_labels(train, data.labels["train"])
+        val = _with_labels(val, data.labels["validation"])
+    train, val = train.to(device), val.to(device)
     nats_to_bpd = 1.0 / (data.dim * math.log(2))
+    dim = data.dim
+
+    def log_prob(rows: torch.Tensor) -> torch.Tensor:
+        if classes is None:
+            return net.log_prob(rows)
+        return net.log_prob(rows[:, :dim], rows[:, dim:].round().long())
 
     def loss_fn(batch: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-        return -net.log_prob(batch).mean() * nats_to_bpd
+        return -log_prob(batch).mean() * nats_to_bpd
 
     def validate() -> float:
         with torch.no_grad():
-            out = [net.log_prob(val[i : i + EVAL_ROWS]) for i in range(0, len(val), EVAL_ROWS)]
+            out = [log_prob(val[i : i + EVAL_ROWS]) for i in range(0, len(val), EVAL_ROWS)]
             return float(-torch.cat(out).mean() * nats_to_bpd)
 
     result = fit_config(net, train, config, loss_fn=loss_fn, validate=validate, control=control)
     net.cpu().eval()
-    return ARModel(config, net, data.dim, data.levels, fit=result.__dict__, image_shape=data.image_shape)
+    return ARModel(
+        config,
+        net,
+        data.dim,
+        data.levels,
+        fit=result.__dict__,
+        image_shape=data.image_shape,
+        classes=classes,
+    )
+
+
+def _with_labels(x: torch.Tensor, labels: np.ndarray) -> torch.Tensor:
+    """(n, D) rows and their n labels -> (n, D + 1), the label last (exact in float32)."""
+    return torch.cat([x, torch.as_tensor(labels, dtype=torch.float32).reshape(-1, 1)], 1)

@@ -68,3 +68,19 @@ class Upsample(nn.Module):
 
     def forward(self, h: torch.Tensor) -> torch.Tensor:
         return self.conv(h)
+
+
+class LabelEmbedding(nn.Module):
+    """A learned vector per class label: (n, 1) int64 labels -> (n, width).
+
+    ``classes`` counts every label the network takes (a null class for classifier-free
+    guidance is one more). The families add it (or slices of it) to their hidden layers'
+    pre-activations, so the label reaches every layer of a conditional network.
+    """
+
+    def __init__(self, classes: int, width: int) -> None:
+        super().__init__()
+        self.table = nn.Embedding(classes, width)
+
+    def forward(self, y: torch.Tensor) -> torch.Tensor:
+        return self.table(y.reshape(-1).long())

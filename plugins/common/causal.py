@@ -61,7 +61,9 @@ class GatedResidual(nn.Module):
     """x + a * sigmoid(b), [a, b] = conv(elu(conv(elu(x)) + nin(elu(aux)))): PixelCNN++'s block.
 
     ``conv`` is a causal convolution class; ``aux`` (optional) is a stream that is causal for
-    the same pixel (the row stream feeding the row-and-left stream)."""
+    the same pixel (the row stream feeding the row-and-left stream); ``cond`` (optional, (n,
+    2 x channels)) a per-channel bias on [a, b] before the gate, the same at every pixel (a
+    class label's embedding, as PixelCNN++'s conditioning h)."""
 
     def __init__(self, channels: int, conv: type[nn.Conv2d], aux: bool, dropout: float) -> None:
         super().__init__()
@@ -70,9 +72,14 @@ class GatedResidual(nn.Module):
         self.drop = nn.Dropout(dropout)
         self.second = conv(channels, 2 * channels)
 
-    def forward(self, x: torch.Tensor, aux: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, aux: torch.Tensor | None = None, cond: torch.Tensor | None = None
+    ) -> torch.Tensor:
         h = self.first(F.elu(x))
         if self.aux is not None and aux is not None:
             h = h + self.aux(F.elu(aux))
-        a, b = self.second(self.drop(F.elu(h))).chunk(2, dim=1)
+        gates = self.second(self.drop(F.elu(h)))
+        if cond is not None:
+            gates = gates + cond[:, :, None, None]
+        a, b = gates.chunk(2, dim=1)
         return x + a * torch.sigmoid(b)
