@@ -23,9 +23,9 @@ class _Sampler:
     def plan_sample(self, n: int) -> SimpleNamespace:
         return SimpleNamespace(seconds=n * self.per_row)
 
-    def plan_score(self, rows: int, kind: str) -> SimpleNamespace:
+    def plan_score(self, rows: int, kind: str, passes: int = 1) -> SimpleNamespace:
         assert kind == "bound"
-        return SimpleNamespace(seconds=rows * self.per_row)
+        return SimpleNamespace(seconds=rows * passes * self.per_row)
 
 
 def test_the_two_sample_tests_draw_what_their_time_allows():
