@@ -91,3 +91,4 @@ class FlowModel:
     levels: int | None
     fit: dict[str, Any]
     dequantizer: Any = None  # plugins.flow.dequantize.VariationalDequantizer, when variational
+    classes: int | None = None  # p(x|y) over these many class labels; None: p(x)

@@ -92,8 +92,13 @@ class VariationalDequantizer(nn.Module):
 
 
 def variational_log_weight(
-    flow: nn.Module, dequantizer: VariationalDequantizer, x: torch.Tensor, eps: torch.Tensor
+    flow: nn.Module,
+    dequantizer: VariationalDequantizer,
+    x: torch.Tensor,
+    eps: torch.Tensor,
+    label: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """log p(x + u) - log q(u|x) with u = h(eps; x): one draw of the variational bound."""
+    """log p(x + u) - log q(u|x) with u = h(eps; x): one draw of the variational bound (of
+    log p(x|label) for a conditional flow; q is q(u|x) either way, a valid choice of q)."""
     u, log_q = dequantizer(x, eps)
-    return flow.log_prob(x + u) - log_q
+    return flow.log_prob(x + u, label) - log_q

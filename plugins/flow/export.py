@@ -1,6 +1,10 @@
 """The flow's ONNX graphs: sampler (z -> x), scorer (x[, u] -> log-likelihood or bound), and
 the latent space's: the encoder z = f(x) (on discrete data f(x + u), u drawn as the scorer's,
-answered with x + u) and the decoder, its exact inverse."""
+answered with x + u) and the decoder, its exact inverse.
+
+A conditional flow's sampler and scorer take the class label y too ((n, 1) int64, the last
+input). It exports no encoder or decoder and claims neither (plugins.flow.family): its latent
+f(x; y) depends on the label, which the serving runtime's latent graphs do not take."""
 
 from __future__ import annotations
 
@@ -13,7 +17,7 @@ from torch import nn
 from plugins.common.graph import Traced
 from plugins.flow.config import FlowModel
 from plugins.flow.dequantize import variational_log_weight
-from registry.contract.family import GraphSpec, LatentPart, NoiseInput
+from registry.contract.family import Condition, GraphSpec, LatentPart, NoiseInput
 from registry.pipeline.export import export_torch
 
 
@@ -56,6 +60,23 @@ class _LogProb(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.flow.log_prob(x)
+
+
+def conditional_functions(model: FlowModel) -> dict[str, Callable[..., torch.Tensor]]:
+    """A conditional flow's sampler and scorer, the label ``y`` last (export and reference)."""
+    flow, dequantizer = model.flow, model.dequantizer
+
+    def bound(x: torch.Tensor, u: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return flow.log_prob(x + u, y)
+
+    def variational(x: torch.Tensor, eps: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return variational_log_weight(flow, dequantizer, x, eps, y)
+
+    if not model.levels:
+        scorer: Callable[..., torch.Tensor] = flow.log_prob
+    else:
+        scorer = bound if dequantizer is None else variational
+    return {"sampler": flow.sample, "scorer": scorer}
 
 
 def latent_functions(model: FlowModel) -> dict[tuple[str, str], Callable[..., torch.Tensor]]:
@@ -110,7 +131,43 @@ def latent_graphs(model: FlowModel, directory: Path, noise: NoiseInput | None) -
     ]
 
 
+def export_conditional(model: FlowModel, directory: Path) -> list[GraphSpec]:
+    """The sampler (z, y -> x) and scorer (x[, noise], y -> log p(x|y) or a bound on it)."""
+    flow = model.flow.eval()
+    d = model.dim
+    example = torch.zeros(4, d)
+    y = torch.zeros(4, 1, dtype=torch.int64)
+    condition = Condition(classes=model.classes)
+    fns = conditional_functions(model)
+    modules = {"flow": flow} | ({"dequantizer": model.dequantizer.eval()} if model.dequantizer else {})
+    z = NoiseInput(name="z", dist="normal", dim=d)
+    export_torch(Traced(fns["sampler"], flow=flow), {"z": example, "y": y}, "x", directory / "sampler.onnx")
+    if not model.levels:
+        noise, kind = [], "log_prob"
+    elif model.dequantizer is None:
+        noise, kind = [NoiseInput(name="u", dist="uniform", dim=d)], "bound"
+    else:
+        noise, kind = [NoiseInput(name="eps", dist="normal", dim=d)], "bound"
+    inputs = {"x": example} | {n.name: example + 0.5 for n in noise} | {"y": y}
+    export_torch(Traced(fns["scorer"], **modules), inputs, "log_likelihood", directory / "scorer.onnx")
+    return [
+        GraphSpec(
+            role="sampler", file="sampler.onnx", x_input=None, noise=[z], output="x", condition=condition
+        ),
+        GraphSpec(
+            role="scorer",
+            file="scorer.onnx",
+            kind=kind,
+            noise=noise,
+            output="log_likelihood",
+            condition=condition,
+        ),
+    ]
+
+
 def export_flow(model: FlowModel, directory: Path) -> list[GraphSpec]:
+    if model.classes:
+        return export_conditional(model, directory)
     flow = model.flow.eval()
     d = model.dim
     example = torch.zeros(4, d)

@@ -26,6 +26,9 @@ class FlowFamily(TorchFamily):
     )
     Config = FlowConfig
     data_parallel = True  # plugins.common.training.fit: DistributedDataParallel
+    # On labelled data: p(x|y), the label in every coupling and a per-class base Gaussian. Such
+    # a model neither encodes nor decodes (model_capabilities): its latent depends on y.
+    conditional = True
 
     def train(self, data: Dataset, config: FlowConfig, control: TrainControl) -> FlowModel:
         from plugins.flow.train import train_flow
@@ -34,19 +37,32 @@ class FlowFamily(TorchFamily):
 
     def model_capabilities(self, model: FlowModel) -> set[Capability]:
         score = Capability.BOUND if model.levels else Capability.LOG_PROB
+        if model.classes:
+            # The honest option: the runtime's encoder and decoder take no label, and a
+            # conditional flow's z = f(x; y) means nothing without one, so none is claimed.
+            return {Capability.SAMPLE, score}
         return {Capability.SAMPLE, score, Capability.ENCODE, Capability.DECODE}
 
     def sample(self, model: FlowModel, noise: dict[str, np.ndarray]) -> np.ndarray:
+        if model.classes:
+            return self._run_labelled(model.flow.sample, noise["z"], noise["y"])
         return self._run(model.flow.sample, noise["z"])
 
     def log_prob(self, model: FlowModel, x: np.ndarray, noise: dict[str, np.ndarray]) -> np.ndarray:
         if model.levels:
             raise ValueError("a flow on discrete data has a bound, not an exact log_prob")
+        if model.classes:
+            return self._run_labelled(model.flow.log_prob, x, noise["y"])
         return self._run(model.flow.log_prob, x)
 
     def bound(self, model: FlowModel, x: np.ndarray, noise: dict[str, np.ndarray]) -> np.ndarray:
         # One log importance weight per row: log p(x + u) with u ~ U[0,1)^D, or
         # log p(x + u) - log q(u|x) with u = h(eps; x) ~ q; its mean over draws is the bound.
+        if model.classes:
+            from plugins.flow.export import conditional_functions
+
+            name = "u" if model.dequantizer is None else "eps"
+            return self._run_labelled(conditional_functions(model)["scorer"], x, noise[name], noise["y"])
         if model.dequantizer is None:
             return self._run(lambda a, u: model.flow.log_prob(a + u), x, noise["u"])
         from plugins.flow.dequantize import variational_log_weight

@@ -3,6 +3,11 @@
 Every log-determinant is computed in closed form so the forward (scoring) pass exports to
 ONNX without linalg ops; the inverse (sampling) pass uses matrices inverted once, outside
 the graph, by :meth:`Flow.freeze_inverse`.
+
+Conditional on a class label (``classes``; the reference is normflows' ClassCondFlow, and
+Glow's class-conditional prior): every coupling's conditioner takes a learned label embedding
+beside the half it keeps, and the base is a Gaussian with a mean and a scale per class,
+N(mu_y, diag(sigma_y^2)), so log p(x|y) is exact through the change of variables as before.
 """
 
 from __future__ import annotations
@@ -12,9 +17,13 @@ import math
 import torch
 from torch import nn
 
+from plugins.common.blocks import LabelEmbedding
 from plugins.flow.spline import UNIT_DERIVATIVE_LOGIT, spline_forward, spline_inverse
 
 LOG_2PI = math.log(2 * math.pi)
+# Width of a conditional flow's label embedding, the couplings' extra input: at least as many
+# dimensions as classes lets each coupling's first layer give every class its own bias.
+LABEL_WIDTH = 32
 
 
 class ActNorm(nn.Module):
@@ -235,33 +244,62 @@ class Flow(nn.Module):
         transform: str = "affine",
         bins: int = 8,
         tail_bound: float = 4.0,
+        classes: int | None = None,
     ) -> None:
         super().__init__()
         self.dim = dim
+        self.classes = classes
         generator = torch.Generator().manual_seed(seed)
         self.pre = Preprocess(dim, levels, alpha)
+        context = LABEL_WIDTH if classes else 0
         steps: list[nn.Module] = []
         for _ in range(n_blocks):
             steps += [
                 ActNorm(dim),
                 InvertibleLinear(dim, generator),
                 Coupling(
-                    dim, hidden, depth, dropout, clamp, transform=transform, bins=bins, tail_bound=tail_bound
+                    dim,
+                    hidden,
+                    depth,
+                    dropout,
+                    clamp,
+                    transform=transform,
+                    bins=bins,
+                    tail_bound=tail_bound,
+                    context=context,
                 ),
             ]
         self.steps = nn.ModuleList(steps)
+        if classes:  # created last: an unconditional flow's initialisation stays as it was
+            self.label = LabelEmbedding(classes, LABEL_WIDTH)
+            # Each class's base mean and log-scale, starting at N(0, I).
+            self.base = LabelEmbedding(classes, 2 * dim)
+            nn.init.zeros_(self.base.table.weight)
 
-    def _forward(self, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def _forward(
+        self, y: torch.Tensor, label: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         h, log_det = self.pre(y)
+        context = None if label is None else self.label(label)
         for step in self.steps:
-            h, ld = step(h)
+            h, ld = step(h, context) if context is not None and isinstance(step, Coupling) else step(h)
             log_det = log_det + ld
         return h, log_det
 
-    def log_prob(self, y: torch.Tensor) -> torch.Tensor:
-        """Log-density of y (dequantised x for discrete data), in nats per row."""
-        h, log_det = self._forward(y)
-        log_base = -0.5 * (h * h).sum(1) - 0.5 * self.dim * LOG_2PI
+    def _base(self, label: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(mean, log-scale) of class ``label``'s base Gaussian, (n, dim) each."""
+        return self.base(label).chunk(2, dim=1)
+
+    def log_prob(self, y: torch.Tensor, label: torch.Tensor | None = None) -> torch.Tensor:
+        """Log-density of y (dequantised x for discrete data), in nats per row; given the
+        (n, 1) class ``label`` of a conditional flow, log p(y|label)."""
+        h, log_det = self._forward(y, label)
+        if label is None:
+            log_base = -0.5 * (h * h).sum(1) - 0.5 * self.dim * LOG_2PI
+        else:
+            mean, log_scale = self._base(label)
+            s = (h - mean) * torch.exp(-log_scale)
+            log_base = -0.5 * (s * s).sum(1) - log_scale.sum(1) - 0.5 * self.dim * LOG_2PI
         return log_base + log_det
 
     def transform(self, y: torch.Tensor) -> torch.Tensor:
@@ -280,9 +318,17 @@ class Flow(nn.Module):
             if isinstance(step, InvertibleLinear):
                 step.freeze_inverse()
 
-    def sample(self, z: torch.Tensor) -> torch.Tensor:
-        """Maps base noise to data units; call :meth:`freeze_inverse` after training first."""
-        h = z
+    def sample(self, z: torch.Tensor, label: torch.Tensor | None = None) -> torch.Tensor:
+        """Maps standard normal noise to data units (of class ``label``, (n, 1), for a
+        conditional flow); call :meth:`freeze_inverse` after training first."""
+        h, context = z, None
+        if label is not None:
+            mean, log_scale = self._base(label)
+            h, context = mean + torch.exp(log_scale) * z, self.label(label)
         for step in reversed(self.steps):
-            h = step.inverse(h)
+            h = (
+                step.inverse(h, context)
+                if context is not None and isinstance(step, Coupling)
+                else step.inverse(h)
+            )
         return self.pre.inverse(h)

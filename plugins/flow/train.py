@@ -1,10 +1,13 @@
 """Training the flow: maximum likelihood on continuous data; on discrete data, the
-dequantisation bound with uniform noise or with a learned q(u|x) trained jointly."""
+dequantisation bound with uniform noise or with a learned q(u|x) trained jointly. On labelled
+data the flow is p(x|y) (the dequantiser stays q(u|x): any q gives a bound, and one shared by
+the classes cancels from their comparison when they are scored on the same draws)."""
 
 from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -38,6 +41,7 @@ def train_flow(data: Dataset, config: FlowConfig, control: TrainControl) -> Flow
         transform=config.coupling,
         bins=config.bins,
         tail_bound=config.tail_bound,
+        classes=data.classes,
     )
     dequantizer = (
         VariationalDequantizer(
@@ -58,18 +62,27 @@ def train_flow(data: Dataset, config: FlowConfig, control: TrainControl) -> Flow
         flow.pre.mean.copy_(train.mean(0))
         flow.pre.std.copy_(train.std(0) + 1e-6)
     module.to(device)
-    train = train.to(device)
-    val = torch.as_tensor(data.validation, dtype=torch.float32, device=device)
+    val = torch.as_tensor(data.validation, dtype=torch.float32)
+    dim = data.dim
+    if data.labels is not None:
+        # Each row's label rides as one more column, so every batch (and every data-parallel
+        # rank's share of it) keeps its rows' labels; log_weight splits it off again.
+        train = _with_labels(train, data.labels["train"])
+        val = _with_labels(val, data.labels["validation"])
+    train, val = train.to(device), val.to(device)
     nats_to_bpd = 1.0 / (data.dim * math.log(2))
 
-    def log_weight(batch: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+    def log_weight(rows: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+        batch = rows[:, :dim]
+        label = rows[:, dim:].round().long() if rows.shape[1] > dim else None
         if dequantizer is not None:
-            return variational_log_weight(flow, dequantizer, batch, noise)
+            return variational_log_weight(flow, dequantizer, batch, noise, label)
         if data.discrete:
-            return flow.log_prob(batch + noise)
-        return flow.log_prob(batch)
+            return flow.log_prob(batch + noise, label)
+        return flow.log_prob(batch, label)
 
     def draw(shape: torch.Size, generator: torch.Generator) -> torch.Tensor:
+        shape = torch.Size([shape[0], dim])  # the data's columns, not a label's
         if dequantizer is not None:
             return torch.randn(shape, generator=generator).to(device)
         return torch.rand(shape, generator=generator).to(device)
@@ -88,4 +101,17 @@ def train_flow(data: Dataset, config: FlowConfig, control: TrainControl) -> Flow
     result = fit_config(module, train, config, loss_fn=loss_fn, validate=validate, control=control)
     module.cpu().eval()
     flow.freeze_inverse()
-    return FlowModel(config, flow, data.dim, data.levels, fit=result.__dict__, dequantizer=dequantizer)
+    return FlowModel(
+        config,
+        flow,
+        data.dim,
+        data.levels,
+        fit=result.__dict__,
+        dequantizer=dequantizer,
+        classes=data.classes,
+    )
+
+
+def _with_labels(x: torch.Tensor, labels: np.ndarray) -> torch.Tensor:
+    """(n, D) rows and their n labels -> (n, D + 1), the label last (exact in float32)."""
+    return torch.cat([x, torch.as_tensor(labels, dtype=torch.float32).reshape(-1, 1)], 1)
