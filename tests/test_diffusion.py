@@ -313,3 +313,105 @@ def _stored(client):
 
     tag = next(m["tag"] for m in client.get("/models").json()["models"] if m["name"] == "diffusion-digits")
     return get_model(tag)
+
+
+# --- p(x|y) with classifier-free guidance (issue 27) -------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def conditional_digits(bentoml_home):
+    """A tiny conditional diffusion on digits (seconds of training; parity checked on storing):
+    semantics, not quality (benchmarks/guidance.py measures what guidance does)."""
+    from plugins.diffusion.family import DiffusionFamily
+    from registry.contract.family import TrainControl
+    from registry.datasets import load_dataset
+    from registry.pipeline.train import train_and_store
+
+    data = load_dataset("digits", conditional=True)
+    family = DiffusionFamily()
+    # Four strata in the scorer: the conditional evaluation runs every class twice (the marginal).
+    config = family.Config(channels=16, blocks=1, score_strata=4)
+    control = TrainControl(seed=0, epochs=1, progress=False)
+    return train_and_store(family, data, config, control, name="diffusion-digits-cond"), data
+
+
+def test_label_dropout_replaces_a_share_of_labels_with_the_null_class():
+    from plugins.diffusion.train import drop_labels
+
+    y = torch.arange(20000).remainder(10)[:, None]
+    dropped = drop_labels(y, 10, 0.15, torch.Generator().manual_seed(0))
+    null = dropped == 10
+    assert abs(float(null.float().mean()) - 0.15) < 0.01
+    assert torch.equal(dropped[~null], y[~null])  # the others keep their own label
+    assert torch.equal(dropped, drop_labels(y, 10, 0.15, torch.Generator().manual_seed(0)))
+
+
+def test_conditional_diffusion_graphs_take_labels_and_a_guidance_scale(conditional_digits):
+    stored, _ = conditional_digits
+    assert stored.meta["config"]["p_uncond"] == 0.15
+    scorer, sampler = stored.graph("scorer", "bound"), stored.graph("sampler")
+    assert (scorer.condition.classes, scorer.condition.null, scorer.condition.guidance) == (10, True, None)
+    assert (sampler.condition.classes, sampler.condition.null, sampler.condition.guidance) == (
+        10,
+        True,
+        "guidance",
+    )
+    assert scorer.estimates == ["average"]  # per label as unconditionally: no log mean exp
+    parity = stored.meta["parity"]  # labels 0..10 (the null class too), guidance 2
+    assert parity["scorer:bound"] < 1e-3 and parity["sampler_mismatch_share"] <= 0.01
+
+
+def test_conditional_diffusion_samples_follow_labels_and_guidance(conditional_digits):
+    stored, _ = conditional_digits
+    loaded = LoadedModel(stored)
+    threes, sevens = np.full(6, 3), np.full(6, 7)
+    a = loaded.sample(6, seed=1, steps=20, labels=threes, guidance=3.0)
+    assert a.shape == (6, 64) and set(np.unique(a)) <= set(range(17))
+    assert np.array_equal(a, loaded.sample(6, seed=1, steps=20, labels=threes, guidance=3.0))
+    assert not np.array_equal(a, loaded.sample(6, seed=1, steps=20, labels=sevens, guidance=3.0))
+    # w = 0 is the unconditional model: the label drops out of the step exactly.
+    np.testing.assert_array_equal(
+        loaded.sample(6, seed=1, steps=20, labels=threes, guidance=0.0),
+        loaded.sample(6, seed=1, steps=20, labels=sevens, guidance=0.0),
+    )
+    # No scale asked: the conditional model (w = 1).
+    np.testing.assert_array_equal(
+        loaded.sample(6, seed=1, steps=20, labels=threes),
+        loaded.sample(6, seed=1, steps=20, labels=threes, guidance=1.0),
+    )
+    for bad in (-1.0, 21.0):
+        with pytest.raises(InputError) as err:
+            loaded.sample(2, seed=0, labels=[1, 2], guidance=bad)
+        assert err.value.field == "guidance"
+
+
+def test_conditional_diffusion_scores_bound_the_marginal_and_classify(conditional_digits):
+    stored, data = conditional_digits
+    loaded = LoadedModel(stored)
+    x, y = data.test[:12], data.labels["test"][:12]
+    given = score(loaded, x, "bound", seed=3, labels=y)
+    assert given.given == "labels" and given.estimate == "average"
+    assert np.all(np.isfinite(given.scores)) and np.all(given.scores < 0)
+    # The null class K scores the unconditional model: a bound of its own, not a label's.
+    null = loaded.point_scores(x, "bound", seed=3, labels=np.full(len(x), 10))
+    assert np.all(np.isfinite(null)) and not np.allclose(null, given.scores)
+    # Each label's bound with the marginal's seed (its common noise), then the marginal: from
+    # average-only bounds it is sum_y q(y) [B_y + log p(y) - log q(y)] (a bound for any q), so
+    # it lies between the smallest joint term and log sum_y exp(B_y + log p(y)), row by row.
+    per_label = np.stack(
+        [score(loaded, x, "bound", seed=3, labels=np.full(len(x), c)).scores for c in range(10)], 1
+    )
+    joint = per_label + loaded.class_log_prior()[None, :]
+    np.testing.assert_allclose(per_label[np.arange(len(x)), y], given.scores, rtol=1e-12)
+    marginal = score(loaded, x, "bound", seed=3)
+    assert marginal.given == "marginal"
+    top = joint.max(1)
+    log_sum_exp = top + np.log(np.exp(joint - top[:, None]).sum(1))
+    assert np.all(marginal.scores <= log_sum_exp + 1e-9)
+    assert np.all(marginal.scores >= joint.min(1) - 1e-9)
+    classify = score(loaded, x, "classify", seed=3)
+    assert classify.probabilities.shape == (12, 10) and classify.source == "bound"
+    np.testing.assert_allclose(classify.probabilities.sum(1), 1.0, atol=1e-9)
+    np.testing.assert_array_equal(classify.labels, classify.probabilities.argmax(1))
+    evaluated = stored.metrics["test"]["conditional"]
+    assert evaluated["classes"] == 10 and evaluated["classify"]["source"] == "bound"

@@ -3,6 +3,12 @@
 Rows are flat (channels-last for images) on the way in and out. The maths that uses these
 numbers (the schedule, the denoiser's posterior, the bound, a sampling step) is in
 :mod:`plugins.diffusion.process`.
+
+A conditional network (``classes`` K) also takes the label y, an (n, 1) int64 column in 0..K,
+K being the null class ("no label") of classifier-free guidance: its embedding is added to the
+time embedding (as DDPM/ADM do), so one network is both eps(z_t, t, y) and eps(z_t, t, null).
+Without ``classes`` a network has no label embedding at all: the unconditional weights, the
+random draws of their initialisation and the graphs are those it always had.
 """
 
 from __future__ import annotations
@@ -11,14 +17,24 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from plugins.common.blocks import Downsample, TimeResBlock, Upsample, fourier
+from plugins.common.blocks import Downsample, LabelEmbedding, TimeResBlock, Upsample, fourier
 from plugins.common.causal import planes
 
 
 class MLPDenoiser(nn.Module):
-    """(z (n, D), features (n, D), gamma (n, 1)) -> (n, D, out): an MLP with FiLM-free time input."""
+    """(z (n, D), features (n, D), gamma (n, 1)[, y (n, 1)]) -> (n, D, out): an MLP with FiLM-free
+    time input (the label's embedding added to the time's features)."""
 
-    def __init__(self, dim: int, out: int, hidden: int, depth: int, dropout: float, embed: int = 32) -> None:
+    def __init__(
+        self,
+        dim: int,
+        out: int,
+        hidden: int,
+        depth: int,
+        dropout: float,
+        embed: int = 32,
+        classes: int | None = None,
+    ) -> None:
         super().__init__()
         self.dim, self.out, self.embed = dim, out, embed
         layers: list[nn.Module] = [nn.Linear(2 * dim + embed, hidden), nn.SiLU()]
@@ -28,9 +44,16 @@ class MLPDenoiser(nn.Module):
         self.head = nn.Linear(hidden, dim * out)
         nn.init.zeros_(self.head.weight)
         nn.init.zeros_(self.head.bias)
+        # Created last, so that an unconditional network's initial weights are unchanged.
+        self.label = LabelEmbedding(classes + 1, embed) if classes else None
 
-    def forward(self, z: torch.Tensor, features: torch.Tensor, gamma: torch.Tensor) -> torch.Tensor:
-        h = torch.cat([z, features, fourier(gamma, self.embed)], -1)
+    def forward(
+        self, z: torch.Tensor, features: torch.Tensor, gamma: torch.Tensor, y: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        t = fourier(gamma, self.embed)
+        if self.label is not None and y is not None:
+            t = t + self.label(y)
+        h = torch.cat([z, features, t], -1)
         return self.head(self.body(h)).reshape(-1, self.dim, self.out)
 
 
@@ -44,7 +67,13 @@ class _ImageDenoiser(nn.Module):
     c * out * p^2 planes on the way out, so no convolution runs at full resolution."""
 
     def __init__(
-        self, shape: tuple[int, int, int], out: int, channels: int, embed: int, patch: int = 1
+        self,
+        shape: tuple[int, int, int],
+        out: int,
+        channels: int,
+        embed: int,
+        patch: int = 1,
+        classes: int | None = None,
     ) -> None:
         super().__init__()
         if shape[0] % patch or shape[1] % patch:
@@ -57,17 +86,32 @@ class _ImageDenoiser(nn.Module):
         self.head = nn.Conv2d(channels, shape[2] * out * patch**2, 3, padding=1)
         nn.init.zeros_(self.head.weight)
         nn.init.zeros_(self.head.bias)
+        self.classes = classes
+        self.label: nn.Module | None = None  # made by the subclass after its blocks (see label_embedding)
+
+    def label_embedding(self) -> None:
+        """The label's table (K + 1 entries, the last the null class), made after the body's
+        blocks: an unconditional network draws the same initial weights as it always did, and a
+        conditional one those weights plus the table."""
+        if self.classes:
+            self.label = LabelEmbedding(self.classes + 1, self.embed)
 
     def body(self, h: torch.Tensor, e: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 
-    def forward(self, z: torch.Tensor, features: torch.Tensor, gamma: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self, z: torch.Tensor, features: torch.Tensor, gamma: torch.Tensor, y: torch.Tensor | None = None
+    ) -> torch.Tensor:
         height, width, c = self.shape
         # z's channels, then the features': with one channel this is the stack of the two.
         h = torch.cat([planes(z, self.shape), planes(features, self.shape)], 1)
         if self.patch > 1:
             h = F.pixel_unshuffle(h, self.patch)
-        h = self.body(self.inp(h), self.time(fourier(gamma, self.embed)))
+        h = self.inp(h)  # before the embedding: the unconditional graph's order of operations
+        e = self.time(fourier(gamma, self.embed))
+        if self.label is not None and y is not None:
+            e = e + self.label(y)
+        h = self.body(h, e)
         h = self.head(F.silu(self.norm(h)))
         if self.patch > 1:
             h = F.pixel_shuffle(h, self.patch)
@@ -86,9 +130,11 @@ class ConvDenoiser(_ImageDenoiser):
         blocks: int,
         dropout: float,
         embed: int = 64,
+        classes: int | None = None,
     ) -> None:
-        super().__init__(shape, out, channels, embed)
+        super().__init__(shape, out, channels, embed, classes=classes)
         self.blocks = nn.ModuleList(TimeResBlock(channels, channels, embed, dropout) for _ in range(blocks))
+        self.label_embedding()
 
     def body(self, h: torch.Tensor, e: torch.Tensor) -> torch.Tensor:
         for block in self.blocks:
@@ -120,8 +166,9 @@ class UNetDenoiser(_ImageDenoiser):
         dropout: float,
         embed: int = 64,
         patch: int = 1,
+        classes: int | None = None,
     ) -> None:
-        super().__init__(shape, out, channels, embed, patch)
+        super().__init__(shape, out, channels, embed, patch, classes)
         inner = (shape[0] // patch, shape[1] // patch, shape[2])
         widths = [channels * m for m in mults[: unet_levels(inner, len(mults))]]
         self.blocks, self.levels = blocks, len(widths)
@@ -144,6 +191,7 @@ class UNetDenoiser(_ImageDenoiser):
                 self.upsample.append(Upsample(width, widths[i - 1]))
                 width = widths[i - 1]
         self.out_conv = nn.Conv2d(width, channels, 1) if width != channels else nn.Identity()
+        self.label_embedding()
 
     def body(self, h: torch.Tensor, e: torch.Tensor) -> torch.Tensor:
         kept = []

@@ -35,6 +35,12 @@ patches-rgb: 6.73 bits/dim against 6.67, on a U-Net whose speed, not its output,
 to be what held both back.) (n, D, 16) work in place of (n, D, 256); the denoiser may be any
 function of z_t: the bound stays a bound whatever it computes.
 
+A conditional diffusion (``classes`` K) is p(x|y): the denoiser also takes the label, and the
+bound above holds for each label as it stands (the network is any function of z_t and y), so a
+scorer of label y is an unbiased estimate of the bound on log P(x|y), and of label K (the null
+class of classifier-free guidance) of the bound on the unconditional model's log P(x). Sampling
+may be guided: the step's noise prediction is eps(z, null) + w (eps(z, y) - eps(z, null)).
+
 The networks are in :mod:`plugins.diffusion.model`.
 """
 
@@ -66,9 +72,13 @@ class Diffusion(nn.Module):
         gamma_max: float,
         bound_steps: int,
         predict: str = "levels",
+        classes: int | None = None,
     ) -> None:
         super().__init__()
         self.network = network
+        # p(x|y) with labels 0..classes-1, and `classes` itself the null label (the unconditional
+        # model the same network learned by label dropout); None: an unconditional model.
+        self.classes = classes
         self.dim, self.levels = dim, levels
         # "levels": a categorical over the levels; "gaussian": a Gaussian guess times the evidence,
         # on the lattice (discrete data; see the module's docstring); "epsilon": the noise itself
@@ -128,23 +138,47 @@ class Diffusion(nn.Module):
         _, c, logits = self.lattice(m, precision)
         return (F.softmax(logits, -1) * c).sum(-1)
 
-    def denoise(self, z: torch.Tensor, gamma: torch.Tensor) -> torch.Tensor:
-        """x_hat(z_t) in scaled units, (n, D); ``gamma`` is (n, 1)."""
+    def net(
+        self, z: torch.Tensor, features: torch.Tensor, gamma: torch.Tensor, y: torch.Tensor | None
+    ) -> torch.Tensor:
+        """The network's numbers, given the label where there is one (an unconditional network,
+        or a stand-in of the tests, takes three inputs)."""
+        return self.network(z, features, gamma) if y is None else self.network(z, features, gamma, y)
+
+    def denoise(self, z: torch.Tensor, gamma: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+        """x_hat(z_t) in scaled units, (n, D); ``gamma`` is (n, 1), ``y`` (n, 1) labels or None."""
         alpha, sigma = self.alpha_sigma(gamma)
         if self.predict == "gaussian":
             snr = torch.exp(-gamma)  # the evidence's precision about x: alpha^2 / sigma^2
             rounded = self.lattice_mean(z / alpha, snr)
-            out = self.network(z, rounded, gamma)
+            out = self.net(z, rounded, gamma, y)
             # A noise prediction gives the continuous estimate, the second output the log of its
             # precision relative to the evidence's; both 0 (a zero head) is evidence alone.
             return self.lattice_mean((z - sigma * out[..., 0]) / alpha, snr * torch.exp(out[..., 1]))
         if self.predict == "levels":
             evidence = self.level_logits(z, gamma)
             rounded = (F.softmax(evidence, -1) * self.centres).sum(-1)
-            logits = evidence + self.network(z, rounded, gamma)
+            logits = evidence + self.net(z, rounded, gamma, y)
             return (F.softmax(logits, -1) * self.centres).sum(-1)
-        eps_hat = self.network(z, z, gamma)[..., 0]
+        eps_hat = self.net(z, z, gamma, y)[..., 0]
         return (z - sigma * eps_hat) / alpha
+
+    def guided_denoise(
+        self, z: torch.Tensor, gamma: torch.Tensor, y: torch.Tensor, w: torch.Tensor
+    ) -> torch.Tensor:
+        """Classifier-free guidance: x_hat of eps(z, null) + w (eps(z, y) - eps(z, null)).
+
+        eps_hat = (z - alpha x_hat) / sigma is affine in x_hat with the same z for both
+        predictions, so mixing the two x_hat with weights (1 - w, w) is exactly mixing their
+        noise predictions: the one formula for every parameterisation (levels, gaussian,
+        epsilon). Both predictions come from one network call on the rows stacked twice (the
+        labels, then the null class): one pass of twice the batch, not two passes.
+        """
+        null = torch.full_like(y, self.classes)
+        both = self.denoise(torch.cat([z, z]), torch.cat([gamma, gamma]), torch.cat([y, null]))
+        # chunk, not both[:len(z)]: a traced len() would fix the exported graph's batch size.
+        conditional, unconditional = both.chunk(2)
+        return unconditional + w * (conditional - unconditional)
 
     # -- the bound ---------------------------------------------------------------------
     def prior_kl(self, x: torch.Tensor) -> torch.Tensor:
@@ -182,8 +216,10 @@ class Diffusion(nn.Module):
         s = sigma[:, 0] / alpha[:, 0]
         return self.dim * (-0.5 - torch.log(s) - 0.5 * LOG_2PI)
 
-    def diffusion_loss(self, x: torch.Tensor, u: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
-        """The T-step diffusion term per row, estimated at M stratified steps.
+    def diffusion_loss(
+        self, x: torch.Tensor, u: torch.Tensor, eps: torch.Tensor, y: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """The T-step diffusion term per row, estimated at M stratified steps (given label ``y``).
 
         ``u`` (n, M) uniforms pick step i_m in the m-th of M equal strata of 1..T; ``eps``
         (n, M * D) the noise of each. The mean over the M strata is unbiased for
@@ -203,18 +239,19 @@ class Diffusion(nn.Module):
         t = (i / T).reshape(-1, 1)
         g_t = self.gamma(t)
         xr = x.repeat_interleave(m, 0)
+        yr = None if y is None else y.repeat_interleave(m, 0)
         e = eps.reshape(n * m, self.dim)
         alpha, sigma = self.alpha_sigma(g_t)
         z = alpha * xr + sigma * e
         # SNR(s) - SNR(t) = SNR(t) (exp(g_t - g_s) - 1), and SNR(t) ||x - x_hat||^2 is
         # ||eps - eps_hat||^2: the error is taken where it is computed without cancellation.
         if self.predict != "epsilon":
-            err = torch.exp(-g_t)[:, 0] * ((xr - self.denoise(z, g_t)) ** 2).sum(-1)
+            err = torch.exp(-g_t)[:, 0] * ((xr - self.denoise(z, g_t, yr)) ** 2).sum(-1)
         else:
             # ||eps - eps_hat||^2 with ||eps||^2 replaced by its expectation D: unbiased for the
             # same bound, without the chi-square noise of the low-noise steps, where eps_hat is
             # near 0 and each step added D +- sqrt(2D) times a weight of about 9 nats.
-            eps_hat = self.network(z, z, g_t)[..., 0]
+            eps_hat = self.net(z, z, g_t, yr)[..., 0]
             err = self.dim - 2.0 * (e * eps_hat).sum(-1) + (eps_hat**2).sum(-1)
         # g_t - g_s is the constant (gamma_max - gamma_min) / T of a linear schedule: taken in
         # double precision here, since the difference of two float32 gammas near 13 carried a
@@ -222,13 +259,22 @@ class Diffusion(nn.Module):
         per_step = 0.5 * T * math.expm1((self.gamma_max - self.gamma_min) / T) * err
         return per_step.reshape(n, m).mean(1)
 
-    def bound(self, x: torch.Tensor, u: torch.Tensor, eps: torch.Tensor, eps0: torch.Tensor) -> torch.Tensor:
-        """One unbiased estimate per row of the lower bound on log P(x) (nats; data units in)."""
+    def bound(
+        self,
+        x: torch.Tensor,
+        u: torch.Tensor,
+        eps: torch.Tensor,
+        eps0: torch.Tensor,
+        y: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """One unbiased estimate per row of the lower bound on log P(x) (nats; data units in),
+        or on log P(x|y) given labels ``y`` (n, 1) (the null class: the unconditional model's).
+        Only the diffusion term sees the label: the prior and the decoder are the schedule's."""
         xs = self.scale(x)
         return (
             self.reconstruction(xs, eps0)
             - self.prior_kl(xs)
-            - self.diffusion_loss(xs, u, eps)
+            - self.diffusion_loss(xs, u, eps, y)
             + self.log_jacobian()
         )
 
@@ -241,12 +287,16 @@ class Diffusion(nn.Module):
         eps: torch.Tensor,
         z1: torch.Tensor,
         dec: torch.Tensor,
+        y: torch.Tensor | None = None,
+        guidance: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """One ancestral step of an S-step sampler: step j of S goes from t = (S - j)/S to s.
 
         Step 0 starts from z_1 = ``z1`` (the state is ignored); the last step (s = 0) returns a
         draw of p(x | z_0) in data units made from ``dec``. Each is its own draw, so one step
-        (S = 1, first and last at once) samples the 1-step model too.
+        (S = 1, first and last at once) samples the 1-step model too. A conditional model's
+        step takes labels ``y`` (n, 1), and with ``guidance`` w (n, 1) the guided prediction
+        (:meth:`guided_denoise`): w = 0 the unconditional model, 1 the conditional one.
         """
         S = steps.to(state.dtype)
         j = step.to(state.dtype)
@@ -255,7 +305,10 @@ class Diffusion(nn.Module):
         g_t, g_s = self.gamma((S - j) / S), self.gamma((S - j - 1.0) / S)
         alpha_t, _ = self.alpha_sigma(g_t)
         alpha_s, sigma_s = self.alpha_sigma(g_s)
-        x_hat = self.denoise(z, g_t)
+        if y is not None and guidance is not None:
+            x_hat = self.guided_denoise(z, g_t, y, guidance)
+        else:
+            x_hat = self.denoise(z, g_t, y)
         # q(z_s | z_t, x): c = 1 - SNR(t)/SNR(s) = 1 - exp(-(gamma_max - gamma_min) / S), the
         # same for every step of a linear schedule (and exact, unlike a difference of gammas);
         # mean alpha_s ((1 - c) z_t / alpha_t + c x), variance c sigma_s^2.
@@ -284,11 +337,14 @@ class Diffusion(nn.Module):
         return (z0 / alpha + sigma / alpha * e) * self.std + self.mean
 
     def sample(self, noise: dict[str, torch.Tensor], steps: int) -> torch.Tensor:
-        """The PyTorch reference of the runtime's loop: ``noise`` arrays are (steps, n, D)."""
+        """The PyTorch reference of the runtime's loop: ``noise`` arrays are (steps, n, D); a
+        conditional model's labels "y" (n, 1) and guidance scale "guidance" (n, 1), where
+        given, are the same at every step."""
         n = noise["eps"].shape[1]
         state = torch.zeros(n, self.dim)
         total = torch.full((n, 1), steps, dtype=torch.int64)
+        y, w = noise.get("y"), noise.get("guidance")
         for j in range(steps):
             step = torch.full((n, 1), j, dtype=torch.int64)
-            state = self.step(state, step, total, noise["eps"][j], noise["z1"][j], noise["dec"][j])
+            state = self.step(state, step, total, noise["eps"][j], noise["z1"][j], noise["dec"][j], y, w)
         return state

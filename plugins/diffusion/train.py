@@ -1,5 +1,11 @@
 """Training the diffusion model: minimise the T-step variational bound (in bits/dim), early-stopped
-on the validation bound estimated with fixed noise."""
+on the validation bound estimated with fixed noise.
+
+On labelled data it is the bound on log P(x|y), with label dropout: each training row's label is
+replaced by the null class with probability ``p_uncond``, so the one network learns the
+conditional and the unconditional noise prediction (classifier-free guidance). The labels
+travel as one more column of the training tensor, split off in the loss, so that the shared
+loop (and its data-parallel split of each batch) keeps each row's label with it."""
 
 from __future__ import annotations
 
@@ -36,7 +42,11 @@ def validation_strata(rows: int, dim: int, config: DiffusionConfig) -> int:
 
 
 def build(
-    dim: int, levels: int | None, config: DiffusionConfig, shape: tuple[int, ...] | None = None
+    dim: int,
+    levels: int | None,
+    config: DiffusionConfig,
+    shape: tuple[int, ...] | None = None,
+    classes: int | None = None,
 ) -> Diffusion:
     shape = image_shape(shape)  # (h, w), as stored before channels, is one channel
     out = {"levels": levels, "gaussian": 2}.get(config.predict, 1) if levels else 1
@@ -44,14 +54,28 @@ def build(
         raise ValueError(f"network={config.network} needs image data (an image shape); use network=mlp")
     if config.network == "unet":
         network = UNetDenoiser(
-            shape, out, config.channels, config.mults, config.blocks, config.dropout, patch=config.patch
+            shape,
+            out,
+            config.channels,
+            config.mults,
+            config.blocks,
+            config.dropout,
+            patch=config.patch,
+            classes=classes,
         )
     elif config.network == "conv":
-        network = ConvDenoiser(shape, out, config.channels, config.blocks, config.dropout)
+        network = ConvDenoiser(shape, out, config.channels, config.blocks, config.dropout, classes=classes)
     else:
-        network = MLPDenoiser(dim, out, config.hidden, config.depth, config.dropout)
+        network = MLPDenoiser(dim, out, config.hidden, config.depth, config.dropout, classes=classes)
     return Diffusion(
-        network, dim, levels, config.gamma_min, config.gamma_max, config.bound_steps, config.predict
+        network,
+        dim,
+        levels,
+        config.gamma_min,
+        config.gamma_max,
+        config.bound_steps,
+        config.predict,
+        classes=classes,
     )
 
 
@@ -63,15 +87,25 @@ def draws(n: int, dim: int, strata: int, generator: torch.Generator) -> tuple[to
     return u, eps, eps0
 
 
+def drop_labels(y: torch.Tensor, classes: int, p_uncond: float, generator: torch.Generator) -> torch.Tensor:
+    """``y`` with each label replaced by the null class ``classes`` with probability ``p_uncond``
+    (the mask drawn on the CPU from the loop's generator, as the noise is: reproducible by seed)."""
+    drop = (torch.rand(len(y), generator=generator) < p_uncond).to(y.device)
+    return torch.where(drop[:, None], torch.full_like(y, classes), y)
+
+
 def train_diffusion(data: Dataset, config: DiffusionConfig, control: TrainControl) -> DiffusionModel:
+    classes = data.classes  # None: unlabelled data, an unconditional model
+
     def meta_loss(net: Diffusion, x: torch.Tensor) -> torch.Tensor:
         shapes = [t.shape[1:] for t in draws(1, data.dim, config.strata, torch.Generator())]
-        return net.bound(x, *(torch.zeros(len(x), *s, device="meta") for s in shapes)).mean()
+        y = None if classes is None else torch.zeros(len(x), 1, dtype=torch.int64, device="meta")
+        return net.bound(x, *(torch.zeros(len(x), *s, device="meta") for s in shapes), y).mean()
 
     check_fits(
         f"diffusion (network={config.network}) on {data.dim}-value rows",
         estimate_bytes(
-            lambda: build(data.dim, data.levels, config, data.image_shape),
+            lambda: build(data.dim, data.levels, config, data.image_shape, classes),
             meta_loss,
             data.dim,
             config.batch_size,
@@ -82,14 +116,19 @@ def train_diffusion(data: Dataset, config: DiffusionConfig, control: TrainContro
     )
     device = pick_device(control)
     torch.manual_seed(control.seed)
-    net = build(data.dim, data.levels, config, data.image_shape)
+    net = build(data.dim, data.levels, config, data.image_shape, classes)
     train = torch.as_tensor(data.train, dtype=torch.float32)
     if not data.levels:
         net.mean.copy_(train.mean(0))
         net.std.copy_(train.std(0) + 1e-3)
     net.to(device)
-    train = train.to(device)
     val = torch.as_tensor(data.validation, dtype=torch.float32, device=device)
+    val_y = None
+    if classes is not None:
+        # The label as the last column (exact in float32: class numbers are small integers).
+        train = torch.cat([train, torch.as_tensor(data.labels["train"], dtype=torch.float32)[:, None]], 1)
+        val_y = torch.as_tensor(data.labels["validation"], dtype=torch.int64, device=device)[:, None]
+    train = train.to(device)
     nats_to_bpd = 1.0 / (data.dim * math.log(2))
     # Fixed noise: the estimate that picks the best epoch moves with the model, not the draw.
     val_strata = validation_strata(len(val), data.dim, config)
@@ -101,12 +140,22 @@ def train_diffusion(data: Dataset, config: DiffusionConfig, control: TrainContro
 
     def loss_fn(batch: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         noise = [t.to(device) for t in draws(len(batch), data.dim, config.strata, generator)]
-        return -net.bound(batch, *noise).mean() * nats_to_bpd
+        if classes is None:
+            return -net.bound(batch, *noise).mean() * nats_to_bpd
+        # The noise first, then the dropout mask: the unconditional stream of draws is unchanged.
+        y = drop_labels(batch[:, -1:].long(), classes, config.p_uncond, generator)
+        return -net.bound(batch[:, :-1], *noise, y).mean() * nats_to_bpd
 
     def validate() -> float:
+        # On labelled data the conditional bound of each row's own label (no dropout): what the
+        # conditional scorer answers, and what the model is chosen by.
         with torch.no_grad():
             out = [
-                net.bound(val[i : i + chunk], *(t[i : i + chunk] for t in val_noise))
+                net.bound(
+                    val[i : i + chunk],
+                    *(t[i : i + chunk] for t in val_noise),
+                    None if val_y is None else val_y[i : i + chunk],
+                )
                 for i in range(0, len(val), chunk)
             ]
             return float(-torch.cat(out).mean() * nats_to_bpd)
@@ -114,5 +163,11 @@ def train_diffusion(data: Dataset, config: DiffusionConfig, control: TrainContro
     result = fit_config(net, train, config, loss_fn=loss_fn, validate=validate, control=control)
     net.cpu().eval()
     return DiffusionModel(
-        config, net, data.dim, data.levels, fit=result.__dict__, image_shape=data.image_shape
+        config,
+        net,
+        data.dim,
+        data.levels,
+        fit=result.__dict__,
+        image_shape=data.image_shape,
+        classes=classes,
     )
