@@ -92,7 +92,8 @@ ERRORS = {
 # What every route of genreg's may answer, whatever it is: the worker's cap on requests in flight.
 BUSY = {"429": "busy: the worker's requests in flight are at their cap; Retry-After says when to retry"}
 TASK_ERRORS = {
-    "400": "no task_id, or (get, retry) the task is not finished or was canceled",
+    "400": "no task_id",
+    "409": "(get, retry) the task is not finished, or was canceled; (get) a finished task's own 409",
     "404": "no such task: unknown, expired, another API's, or submitted with another token",
 }
 
@@ -591,17 +592,21 @@ def _labels(d: dict[str, Any], kind: str, most: int, required: bool) -> dict[str
     return given if required else {"anyOf": [given, {"type": "null"}]}
 
 
-def _sample_conditions(d: dict[str, Any], most_n: int) -> dict[str, Any]:
-    """/sample's label, labels and guidance for this model: the classes' range, or null."""
+def _sample_conditions(d: dict[str, Any], most_n: int) -> list[tuple[str, dict[str, Any], list[str]]]:
+    """/sample's label, labels and guidance for this model, as (branch suffix, properties,
+    required): null for an unconditional model; for a conditional one, either ``label`` (or
+    neither: classes drawn from p(y)) or ``labels``, never both (a 400 naming labels)."""
+    null = {"type": "null"}
     if not d.get("classes"):
-        return {"label": {"type": "null"}, "labels": {"type": "null"}, "guidance": {"type": "null"}}
+        return [("", {"label": null, "labels": null, "guidance": null}, [])]
     labels = {"type": "array", "items": _label(d), "minItems": 1, "maxItems": most_n}
-    guidance = {"type": ["number", "null"], "minimum": 0.0, "maximum": MAX_GUIDANCE}
-    return {
-        "label": {"anyOf": [_label(d), {"type": "null"}]},
-        "labels": {"anyOf": [labels, {"type": "null"}]},
-        "guidance": guidance if d.get("guidance") else {"type": "null"},
-    }
+    guidance = (
+        {"type": ["number", "null"], "minimum": 0.0, "maximum": MAX_GUIDANCE} if d.get("guidance") else null
+    )
+    return [
+        ("", {"label": {"anyOf": [_label(d), null]}, "labels": null, "guidance": guidance}, []),
+        (".labels", {"label": null, "labels": labels, "guidance": guidance}, ["labels"]),
+    ]
 
 
 def _object(properties: dict[str, Any], required: list[str]) -> dict[str, Any]:
@@ -715,15 +720,17 @@ def _exact(components: dict[str, Any], described: list[dict[str, Any]], task: bo
             n={**sample_props["n"], "maximum": most_n},
             format={**sample_props["format"], "enum": ["json", "png"] if d["image"] else ["json"]},
             steps={"enum": [*([d["steps"]] if d["steps"] <= MAX_STEPS else []), None]},
-            **_sample_conditions(d, most_n),
         )
-        sample.append((key, _object(props, ["model"])))
+        for suffix, given, need in _sample_conditions(d, most_n):
+            sample.append((key + suffix, _object({**props, **given}, ["model", *need])))
         if d["max_steps"] is not None:
             # A count that may be chosen: n x steps within the limit, as rectangles.
             for low, high, most in step_tiers(d["max_steps"], budget=sample_rows):  # capped at MAX_STEPS
                 chosen = {"type": "integer", "minimum": low, "maximum": high}
-                props = dict(props, n={**sample_props["n"], "maximum": most}, steps=chosen)
-                sample.append((f"{key}.steps{low}-{high}", _object(props, ["model", "steps"])))
+                tier = dict(props, n={**sample_props["n"], "maximum": most}, steps=chosen)
+                for suffix, given, need in _sample_conditions(d, most):
+                    branch = _object({**tier, **given}, ["model", "steps", *need])
+                    sample.append((f"{key}.steps{low}-{high}{suffix}", branch))
         # Without n_model, the real rows set how many samples are drawn (x steps).
         most_x = min(MAX_TWO_SAMPLE, sample_rows // draw_weight(d["steps"]))
         n_model = {"type": "integer", "minimum": 10, "maximum": most_x}

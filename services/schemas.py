@@ -563,7 +563,7 @@ class V2ModelReady(BaseModel):
 
 class V2TensorMetadata(BaseModel):
     name: str
-    datatype: Literal["FP32", "FP64"]
+    datatype: Literal["FP32", "FP64", "INT64"]
     shape: list[int] = Field(description="-1: any number of rows")
 
 
@@ -571,7 +571,9 @@ class V2ModelMetadata(BaseModel):
     name: str
     versions: list[str] = Field(description="stored versions, newest first")
     platform: str
-    inputs: list[V2TensorMetadata] = Field(description="x (score); none to sample")
+    inputs: list[V2TensorMetadata] = Field(
+        description="x (score), z (decode), y (a conditional model's labels); none to sample"
+    )
     outputs: list[V2TensorMetadata]
     parameters: dict[str, str | int] = Field(
         description="family, kinds, operations; steps (step samplers) and max_steps (a count that may be "

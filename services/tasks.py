@@ -8,7 +8,7 @@ For an API ``NAME``:
   executed_at) with the time it finished, its progress (steps of a step sampler, draws of a
   k-draw score, rows of another) and, for a failure, the reason;
 - ``GET /NAME/get?task_id=`` answers the synchronous call's answer, byte for byte (its error,
-  with its status code, for a failed task; 400 while it is unfinished or if it was canceled);
+  with its status code, for a failed task; 409 while it is unfinished or if it was canceled);
 - ``PUT /NAME/cancel?task_id=`` cancels it: its worker stops it at the next step;
 - ``POST /NAME/retry?task_id=`` submits the same body again as a new task.
 
@@ -148,7 +148,7 @@ class Tasks:
             if action == "retry":
                 if row.status in UNFINISHED:
                     raise ApiError(
-                        400, "task_id", f"task_id: task {task_id} is {row.status}, not finished", "unfinished"
+                        409, "task_id", f"task_id: task {task_id} is {row.status}, not finished", "unfinished"
                     )
                 try:
                     body = await anyio.to_thread.run_sync(self.store.body, task_id)
@@ -193,7 +193,9 @@ class Tasks:
     async def _result(self, row: TaskRow) -> Response:
         if row.status not in (COMPLETED, FAILED):
             why = "was canceled" if row.status == CANCELED else f"is {row.status}: not finished yet"
-            raise ApiError(400, "task_id", f"task_id: task {row.id} {why}", "unfinished")
+            # 409: the request is sound, the task's state is not yet (or no longer) one that has
+            # an answer; a client asks again after polling status.
+            raise ApiError(409, "task_id", f"task_id: task {row.id} {why}", "unfinished")
         try:
             file = open(self.store.result_file(row.id), "rb")
         except FileNotFoundError:

@@ -213,7 +213,7 @@ def test_the_largest_published_requests_stay_within_the_budget(trained, tmp_path
     limits = {"max_rows": 2048, "max_draws": 64, "max_n": 2048, "max_two_sample": 1000}
     env = {
         "GENREG_MODELS": "flow-digits,vae-digits,gan-8gaussians,autoregressive-digits,diffusion-digits,"
-        "categorical-digits,flow-8gaussians",
+        "categorical-digits,flow-8gaussians,categorical-digits-cond",
         "GENREG_REQUEST_MEMORY": str(BUDGET_MIB << 20),
         "GENREG_MAX_ROWS": str(limits["max_rows"]),
         "GENREG_MAX_DRAWS": str(limits["max_draws"]),
@@ -231,7 +231,7 @@ def test_the_largest_published_requests_stay_within_the_budget(trained, tmp_path
     ):
         worker = max(srv.workers(), key=lambda pid: status_kib(pid, "VmRSS"))
         models = {m["name"]: m for m in client.get("/models").json()["models"]}
-        assert len(models) == 7
+        assert len(models) == 8
         digits = client.post("/sample", json={"model": "categorical-digits", "n": 200, "seed": 1}).json()[
             "samples"
         ]

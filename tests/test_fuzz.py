@@ -9,6 +9,7 @@ accepts and checks the answers' shapes. The long run (2,000+ requests) is benchm
 from __future__ import annotations
 
 import json
+import os
 import re
 import subprocess
 import sys
@@ -33,10 +34,13 @@ HEADERS = {"content-type": "application/json"}
 # What the schema-driven runs are pointed at: one model for each shape of branch the document
 # publishes (continuous rows and a newer version with a critic; image rows at 17 levels with a
 # bound, k tiers and a chosen step count; a bound with both estimates; a bound with the average
-# only and steps 1..16; a fixed step loop; a discriminator-only model). Their work grows with
+# only and steps 1..16; a fixed step loop; a discriminator-only model; a conditional model: labels,
+# classify). Their work grows with
 # every served model: schemathesis's coverage phase enumerates each branch's boundaries (about
 # 2,000 requests to each of /sample, /score and /two_sample_test with all 14 shared models).
-FUZZED = "flow-8gaussians,diffusion-digits,vae-digits,counted-blob,ar-small,gan-8gaussians"
+FUZZED = (
+    "flow-8gaussians,diffusion-digits,vae-digits,counted-blob,ar-small,gan-8gaussians,categorical-digits-cond"
+)
 FUZZ_BODY_BYTES = 150 * 1024
 
 
@@ -144,7 +148,10 @@ def test_schemathesis_every_check_every_phase(fuzz_server, tmp_path):
         "--report-dir",
         str(tmp_path),
     ]
-    done = subprocess.run(cmd, capture_output=True, text=True, timeout=1200, cwd=tmp_path)
+    # The labelled operations' acceptance check (tests/schemathesis_hooks.py: see there).
+    env = dict(os.environ, SCHEMATHESIS_HOOKS="schemathesis_hooks")
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(Path(__file__).parent), env.get("PYTHONPATH")]))
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=1200, cwd=tmp_path, env=env)
     summary = done.stdout[-6000:]
     assert done.returncode == 0, summary
     found = re.search(r"(\d+) generated, (\d+) passed", done.stdout)

@@ -59,6 +59,8 @@ def _score_v2(client, model: dict, x: np.ndarray, binary: bool, **params) -> tri
 def _outs(params: dict, estimates: list[str] = ()) -> list[str]:
     if params.get("kind") == "discriminator":
         return ["scores"]
+    if params.get("kind") == "classify":  # Bayes' rule over a conditional model's classes
+        return ["scores", "labels", "probabilities"]
     # elbo beside the importance-weighted bound (a bound's default where its scorer supports it)
     weighted = params.get("kind") == "bound" and "importance_weighted" in estimates
     return ["scores", "bits_per_dim", *(["elbo"] if params.get("k", 1) > 1 and weighted else [])]
@@ -81,6 +83,8 @@ def test_model_metadata_comes_from_the_stored_description(client, served):
             expected = {"x": {"name": "x", "datatype": "FP32", "shape": [-1, dim]}}
             if model["latent_dim"] is not None:  # decode's input
                 expected["z"] = {"name": "z", "datatype": "FP32", "shape": [-1, model["latent_dim"]]}
+            if model["classes"]:  # a conditional model's labels
+                expected["y"] = {"name": "y", "datatype": "INT64", "shape": [-1]}
             assert inputs == expected
             assert outputs["scores"]["datatype"] == "FP64"
             assert ("elbo" in outputs) == ("importance_weighted" in model["estimates"])
@@ -113,6 +117,8 @@ def test_scoring_matches_score_for_every_model_and_kind(server, client, served):
                     stated = {"kind": kind, "k": k} | (
                         {"estimate": ref["estimate"]} if kind == "bound" else {}
                     )
+                    # a conditional model's marginal, or the source of a classification
+                    stated |= {key: ref[key] for key in ("given", "source") if ref.get(key) is not None}
                     assert reply["model_name"] == name and reply["parameters"] == stated
                     for output in _outs({"kind": kind, "k": k}, model["estimates"]):
                         key = "bits_per_dim" if output == "bits_per_dim" else output
@@ -250,7 +256,9 @@ def test_errors_follow_the_rules_of_score_and_sample(server):
         "parameters.n",
         "unknown",
     )
-    _error(_infer(http, "flow-8gaussians", {"inputs": [{**ok, "name": "y"}]}), 400, "inputs:", "'y'")
+    _error(_infer(http, "flow-8gaussians", {"inputs": [{**ok, "name": "w"}]}), 400, "inputs:", "'w'")
+    # y is a conditional model's labels: an unconditional model says it takes none
+    _error(_infer(http, "flow-8gaussians", {"inputs": [{**ok, "name": "y"}]}), 400, "y:", "not conditional")
     _error(
         _infer(http, "flow-8gaussians", {"inputs": [ok], "outputs": [{"name": "samples"}]}), 400, "outputs:"
     )
