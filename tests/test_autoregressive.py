@@ -12,6 +12,7 @@ import math
 import numpy as np
 import pytest
 import torch
+from conditional_contract import check_conditional_contract
 
 from plugins.autoregressive.config import ARConfig
 from plugins.autoregressive.model import DiscretizedLogistic
@@ -238,8 +239,6 @@ def test_conditional_autoregressive_on_digits(train_model):
     a seeded sample and a label's samples repeat by seed, the scorer answers exact log p(x|y),
     the marginal is log sum_y p(y) p(x|y) of the per-label scores, and the Bayes classifier
     answers p(y|x)."""
-    from registry.datasets import load_dataset
-    from registry.runtime.scoring import score
 
     stored = train_model(
         "autoregressive", "digits", 1, channels=8, layers=1, conditional=True, name="ar-cond"
@@ -248,27 +247,7 @@ def test_conditional_autoregressive_on_digits(train_model):
     assert {stored.graph("sampler").condition.classes, stored.graph("scorer").condition.classes} == {10}
     assert stored.meta["parity"]["sampler_mismatch_share"] <= 1e-3
     assert stored.metrics["test"]["conditional"]["classify"]["source"] == "log_prob"
-    loaded = LoadedModel(stored)
-    a, b = np.full(6, 3), np.full(6, 8)
-    assert np.array_equal(loaded.sample(6, seed=1, labels=a), loaded.sample(6, seed=1, labels=a))
-    assert not np.array_equal(loaded.sample(6, seed=1, labels=a), loaded.sample(6, seed=1, labels=b))
-    data = load_dataset("digits", conditional=True)
-    x, y = data.test[:20], data.labels["test"][:20]
-    given = score(loaded, x, "log_prob", labels=y)
-    assert given.given == "labels" and np.all(np.isfinite(given.scores))
-    per_class = np.stack(
-        [score(loaded, x, "log_prob", labels=np.full(len(x), c)).scores for c in range(10)], 1
-    )
-    np.testing.assert_allclose(per_class[np.arange(len(x)), y], given.scores, atol=1e-4)
-    joint = per_class + loaded.class_log_prior()[None, :]
-    top = joint.max(1)
-    expected = top + np.log(np.exp(joint - top[:, None]).sum(1))
-    marginal = score(loaded, x, "log_prob")
-    assert marginal.given == "marginal"
-    np.testing.assert_allclose(marginal.scores, expected, atol=1e-4)
-    classified = score(loaded, x, "classify")
-    np.testing.assert_allclose(classified.probabilities.sum(1), 1.0, atol=1e-9)
-    assert np.array_equal(classified.labels, joint.argmax(1))
+    check_conditional_contract(LoadedModel(stored), "log_prob")
 
 
 @pytest.mark.parametrize(("network", "shape"), [("made", (3, 4)), ("conv", (3, 4)), ("conv", (3, 4, 3))])

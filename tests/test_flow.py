@@ -7,6 +7,7 @@ import math
 import numpy as np
 import pytest
 import torch
+from conditional_contract import check_conditional_contract
 
 from plugins.flow.model import Flow
 from registry.contract.family import TrainControl
@@ -262,29 +263,7 @@ def test_conditional_flow_on_digits(train_model, dequantization):
     assert stored.graph("encoder") is None and stored.graph("decoder") is None
     assert {stored.graph("sampler").condition.classes, stored.graph("scorer").condition.classes} == {10}
     assert stored.metrics["test"]["conditional"]["classify"]["source"] == "bound"
-    loaded = LoadedModel(stored)
-    a, b = np.full(6, 3), np.full(6, 8)
-    assert np.array_equal(loaded.sample(6, seed=1, labels=a), loaded.sample(6, seed=1, labels=a))
-    assert not np.array_equal(loaded.sample(6, seed=1, labels=a), loaded.sample(6, seed=1, labels=b))
-    data = load_dataset("digits", conditional=True)
-    x, y = data.test[:20], data.labels["test"][:20]
-    given = score(loaded, x, "bound", seed=4, labels=y)
-    assert given.given == "labels" and np.all(np.isfinite(given.scores))
-    per_class = np.stack(
-        [score(loaded, x, "bound", seed=4, labels=np.full(len(x), c)).scores for c in range(10)], 1
-    )
-    np.testing.assert_allclose(per_class[np.arange(len(x)), y], given.scores, atol=1e-4)
-    joint = per_class + loaded.class_log_prior()[None, :]
-    top = joint.max(1)
-    expected = top + np.log(np.exp(joint - top[:, None]).sum(1))
-    marginal = score(loaded, x, "bound", seed=4)
-    assert marginal.given == "marginal"
-    np.testing.assert_allclose(marginal.scores, expected, atol=1e-4)
-    # A bound on log sum_y p(y) p(x|y): above each class's own term, below the best one + log K.
-    assert np.all(marginal.scores >= top - 1e-9) and np.all(marginal.scores <= top + math.log(10) + 1e-9)
-    classified = score(loaded, x, "classify", seed=4)
-    np.testing.assert_allclose(classified.probabilities.sum(1), 1.0, atol=1e-9)
-    assert np.array_equal(classified.labels, joint.argmax(1))
+    check_conditional_contract(LoadedModel(stored), "bound")
 
 
 def test_conditional_flow_density_is_normalised_per_label(train_model):

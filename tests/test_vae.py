@@ -8,6 +8,7 @@ from typing import ClassVar
 
 import numpy as np
 import pytest
+from conditional_contract import check_conditional_contract
 
 from registry.datasets import load_dataset
 from registry.pipeline.surgery import elbo_surgery, encode, mig
@@ -172,7 +173,6 @@ def test_conditional_vae_on_digits(train_model, arch):
     take the label (parity checked in training), it claims no latent space, the label changes a
     seeded sample, its marginal is log sum_y p(y) w_y of the per-label log weights (common
     noise: the same draws for every class), and its Bayes classifier answers p(y|x)."""
-    from registry.runtime.scoring import score
 
     stored = train_model(
         "vae", "digits", 3, arch=arch, hidden=32, latent=4, conditional=True, name=f"vae-cond-{arch}"
@@ -182,26 +182,4 @@ def test_conditional_vae_on_digits(train_model, arch):
     assert {stored.graph("sampler").condition.classes, stored.graph("scorer").condition.classes} == {10}
     test = stored.metrics["test"]
     assert "surgery" not in test and test["conditional"]["classify"]["source"] == "bound"
-    loaded = LoadedModel(stored)
-    a, b = np.full(6, 3), np.full(6, 8)
-    assert np.array_equal(loaded.sample(6, seed=1, labels=a), loaded.sample(6, seed=1, labels=a))
-    assert not np.array_equal(loaded.sample(6, seed=1, labels=a), loaded.sample(6, seed=1, labels=b))
-    data = load_dataset("digits", conditional=True)
-    x, y = data.test[:20], data.labels["test"][:20]
-    given = score(loaded, x, "bound", seed=4, labels=y)
-    assert given.given == "labels" and np.all(np.isfinite(given.scores))
-    per_class = np.stack(
-        [score(loaded, x, "bound", seed=4, labels=np.full(len(x), c)).scores for c in range(10)], 1
-    )
-    assert np.allclose(per_class[np.arange(len(x)), y], given.scores)
-    joint = per_class + loaded.class_log_prior()[None, :]
-    top = joint.max(1)
-    expected = top + np.log(np.exp(joint - top[:, None]).sum(1))
-    marginal = score(loaded, x, "bound", seed=4)
-    assert marginal.given == "marginal"
-    np.testing.assert_allclose(marginal.scores, expected, atol=1e-4)
-    # A bound on log sum_y p(y) p(x|y): above each class's own term, below the best one + log K.
-    assert np.all(marginal.scores >= top - 1e-9) and np.all(marginal.scores <= top + math.log(10) + 1e-9)
-    classified = score(loaded, x, "classify", seed=4)
-    np.testing.assert_allclose(classified.probabilities.sum(1), 1.0, atol=1e-9)
-    assert np.array_equal(classified.labels, joint.argmax(1))
+    check_conditional_contract(LoadedModel(stored), "bound")

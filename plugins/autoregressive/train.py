@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import math
 
-import numpy as np
 import torch
 
 from plugins.autoregressive.config import ARConfig, ARModel
@@ -19,7 +18,7 @@ from plugins.autoregressive.model import (
 from plugins.autoregressive.pixel_mixture import PixelLogisticMixture
 from plugins.autoregressive.pixelcnnpp import PixelAutoregressive, PixelCNNpp
 from plugins.common.memory import check_fits, estimate_bytes
-from plugins.common.training import fit_config, pick_device
+from plugins.common.training import fit_config, pick_device, split_labels, with_labels
 from registry.contract.dataset import Dataset
 from registry.contract.family import TrainControl
 from registry.runtime.images import image_shape
@@ -92,16 +91,15 @@ def train_autoregressive(data: Dataset, config: ARConfig, control: TrainControl)
     if data.labels is not None:
         # Each row's label rides as one more column, so every batch (and every data-parallel
         # rank's share of it) keeps its rows' labels; log_prob splits it off again.
-        train = _with_labels(train, data.labels["train"])
-        val = _with_labels(val, data.labels["validation"])
+        train = with_labels(train, data.labels["train"])
+        val = with_labels(val, data.labels["validation"])
     train, val = train.to(device), val.to(device)
     nats_to_bpd = 1.0 / (data.dim * math.log(2))
     dim = data.dim
 
     def log_prob(rows: torch.Tensor) -> torch.Tensor:
-        if classes is None:
-            return net.log_prob(rows)
-        return net.log_prob(rows[:, :dim], rows[:, dim:].round().long())
+        x, y = split_labels(rows, dim)
+        return net.log_prob(x) if y is None else net.log_prob(x, y)
 
     def loss_fn(batch: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         return -log_prob(batch).mean() * nats_to_bpd
@@ -122,8 +120,3 @@ def train_autoregressive(data: Dataset, config: ARConfig, control: TrainControl)
         image_shape=data.image_shape,
         classes=classes,
     )
-
-
-def _with_labels(x: torch.Tensor, labels: np.ndarray) -> torch.Tensor:
-    """(n, D) rows and their n labels -> (n, D + 1), the label last (exact in float32)."""
-    return torch.cat([x, torch.as_tensor(labels, dtype=torch.float32).reshape(-1, 1)], 1)

@@ -31,6 +31,24 @@ def seed_everything(seed: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed)
 
 
+def with_labels(rows: torch.Tensor, labels: np.ndarray | None) -> torch.Tensor:
+    """Rows with each row's class label as one more, last, column (None: the rows as they are).
+
+    The shared minibatch loop (:func:`fit`) and a data-parallel rank's share of each batch then
+    keep every label with its row; class numbers are small integers, exact in float32.
+    """
+    if labels is None:
+        return rows
+    return torch.cat([rows, torch.as_tensor(labels, dtype=torch.float32).reshape(-1, 1).to(rows.device)], 1)
+
+
+def split_labels(rows: torch.Tensor, dim: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(the data's ``dim`` columns, the (n, 1) int64 labels after them, or None without any)."""
+    if rows.shape[1] == dim:
+        return rows, None
+    return rows[:, :dim], rows[:, dim:].round().long()
+
+
 def pick_device(control: TrainControl) -> torch.device:
     name = control.device
     if name == "auto":

@@ -14,7 +14,7 @@ import math
 import torch
 
 from plugins.common.memory import check_fits, estimate_bytes
-from plugins.common.training import fit_config, pick_device
+from plugins.common.training import fit_config, pick_device, split_labels, with_labels
 from plugins.diffusion.config import DiffusionConfig, DiffusionModel
 from plugins.diffusion.model import ConvDenoiser, MLPDenoiser, UNetDenoiser
 from plugins.diffusion.process import Diffusion
@@ -126,7 +126,7 @@ def train_diffusion(data: Dataset, config: DiffusionConfig, control: TrainContro
     val_y = None
     if classes is not None:
         # The label as the last column (exact in float32: class numbers are small integers).
-        train = torch.cat([train, torch.as_tensor(data.labels["train"], dtype=torch.float32)[:, None]], 1)
+        train = with_labels(train, data.labels["train"])
         val_y = torch.as_tensor(data.labels["validation"], dtype=torch.int64, device=device)[:, None]
     train = train.to(device)
     nats_to_bpd = 1.0 / (data.dim * math.log(2))
@@ -143,8 +143,9 @@ def train_diffusion(data: Dataset, config: DiffusionConfig, control: TrainContro
         if classes is None:
             return -net.bound(batch, *noise).mean() * nats_to_bpd
         # The noise first, then the dropout mask: the unconditional stream of draws is unchanged.
-        y = drop_labels(batch[:, -1:].long(), classes, config.p_uncond, generator)
-        return -net.bound(batch[:, :-1], *noise, y).mean() * nats_to_bpd
+        x, y = split_labels(batch, data.dim)
+        y = drop_labels(y, classes, config.p_uncond, generator)
+        return -net.bound(x, *noise, y).mean() * nats_to_bpd
 
     def validate() -> float:
         # On labelled data the conditional bound of each row's own label (no dropout): what the

@@ -7,11 +7,10 @@ from __future__ import annotations
 
 import math
 
-import numpy as np
 import torch
 from torch import nn
 
-from plugins.common.training import fit_config, pick_device
+from plugins.common.training import fit_config, pick_device, split_labels, with_labels
 from plugins.flow.config import FlowConfig, FlowModel
 from plugins.flow.dequantize import VariationalDequantizer, variational_log_weight
 from plugins.flow.model import Flow
@@ -67,14 +66,13 @@ def train_flow(data: Dataset, config: FlowConfig, control: TrainControl) -> Flow
     if data.labels is not None:
         # Each row's label rides as one more column, so every batch (and every data-parallel
         # rank's share of it) keeps its rows' labels; log_weight splits it off again.
-        train = _with_labels(train, data.labels["train"])
-        val = _with_labels(val, data.labels["validation"])
+        train = with_labels(train, data.labels["train"])
+        val = with_labels(val, data.labels["validation"])
     train, val = train.to(device), val.to(device)
     nats_to_bpd = 1.0 / (data.dim * math.log(2))
 
     def log_weight(rows: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
-        batch = rows[:, :dim]
-        label = rows[:, dim:].round().long() if rows.shape[1] > dim else None
+        batch, label = split_labels(rows, dim)
         if dequantizer is not None:
             return variational_log_weight(flow, dequantizer, batch, noise, label)
         if data.discrete:
@@ -110,8 +108,3 @@ def train_flow(data: Dataset, config: FlowConfig, control: TrainControl) -> Flow
         dequantizer=dequantizer,
         classes=data.classes,
     )
-
-
-def _with_labels(x: torch.Tensor, labels: np.ndarray) -> torch.Tensor:
-    """(n, D) rows and their n labels -> (n, D + 1), the label last (exact in float32)."""
-    return torch.cat([x, torch.as_tensor(labels, dtype=torch.float32).reshape(-1, 1)], 1)

@@ -10,7 +10,7 @@ import math
 
 import torch
 
-from plugins.common.training import fit_config, pick_device
+from plugins.common.training import fit_config, pick_device, split_labels, with_labels
 from plugins.vae.config import VAEConfig, VAEModel
 from plugins.vae.model import VAE
 from registry.contract.dataset import Dataset
@@ -44,8 +44,7 @@ def train_vae(data: Dataset, config: VAEConfig, control: TrainControl) -> VAEMod
     if labelled:
         assert data.labels is not None
         # Labels (small integers, exact in float32) as the last column; split off in the loss.
-        y_train = torch.as_tensor(data.labels["train"], dtype=torch.float32)[:, None]
-        train = torch.cat([train, y_train], 1)
+        train = with_labels(train, data.labels["train"])
         val_y = torch.as_tensor(data.labels["validation"], dtype=torch.int64, device=device)[:, None]
     train = train.to(device)
     nats_to_bpd = 1.0 / (data.dim * math.log(2))
@@ -54,9 +53,7 @@ def train_vae(data: Dataset, config: VAEConfig, control: TrainControl) -> VAEMod
     ).to(device)
 
     def loss_fn(batch: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-        y = None
-        if labelled:
-            batch, y = batch[:, :-1], batch[:, -1:].round().to(torch.int64)
+        batch, y = split_labels(batch, data.dim)
         mean, log_var = vae.encode(batch, y)
         eps = torch.randn(mean.shape, generator=generator).to(device)
         z = mean + torch.exp(0.5 * log_var) * eps
