@@ -148,6 +148,8 @@ def plugins() -> None:
     reg = get_plugins()
     for name, entry in sorted(reg.families.items()):
         caps = ",".join(sorted(c.value for c in entry.family.capabilities))
+        # capabilities as data: a family that trains p(x|y) on labelled data says so
+        caps += ",conditional" if entry.family.conditional else ""
         typer.echo(f"{name:<14} {caps:<30} {entry.distribution} ({entry.plugin})  {entry.family.description}")
     for err in reg.errors:
         typer.secho(
