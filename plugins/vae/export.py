@@ -67,11 +67,35 @@ def export_vae(model: VAEModel, directory: Path) -> list[GraphSpec]:
     d, k = model.dim, vae.latent
     x = torch.zeros(4, d)
     z = torch.randn(4, k)
-    u_dist = "uniform" if model.levels else "normal"
+    u = NoiseInput(name="u", dist="uniform" if model.levels else "normal", dim=d)
+    # A conditional VAE's sampler and scorer take "y"; it serves no latent space (below).
+    condition = Condition(classes=vae.classes) if vae.classes else None
+    y = {"y": torch.arange(4, dtype=torch.int64)[:, None] % vae.classes} if vae.classes else {}
+    sampler, scorer = (
+        (_ClassSampler(vae), _ClassScorer(vae)) if vae.classes else (_Sampler(vae), _Scorer(vae))
+    )
+    export_torch(sampler, {"z": z, "u": torch.rand(4, d), **y}, "x", directory / "sampler.onnx")
+    export_torch(scorer, {"x": x, "eps": z + 0.1, **y}, "log_weight", directory / "scorer.onnx")
+    served = [
+        GraphSpec(
+            role="sampler",
+            file="sampler.onnx",
+            x_input=None,
+            noise=[NoiseInput(name="z", dist="normal", dim=k), u],
+            output="x",
+            condition=condition,
+        ),
+        GraphSpec(
+            role="scorer",
+            file="scorer.onnx",
+            kind="bound",
+            noise=[NoiseInput(name="eps", dist="normal", dim=k)],
+            output="log_weight",
+            condition=condition,
+        ),
+    ]
     if vae.classes:
-        return _export_conditional(vae, directory, x, z, u_dist)
-    export_torch(_Sampler(vae), {"z": z, "u": torch.rand(4, d)}, "x", directory / "sampler.onnx")
-    export_torch(_Scorer(vae), {"x": x, "eps": z + 0.1}, "log_weight", directory / "scorer.onnx")
+        return served
     latent = latent_functions(vae)
     export_torch(
         Traced(latent["encoder", "gaussian"], vae=vae), {"x": x + 1}, "stats", directory / "encoder.onnx"
@@ -82,22 +106,8 @@ def export_vae(model: VAEModel, directory: Path) -> list[GraphSpec]:
     export_torch(
         Traced(latent["decoder", "mean"], vae=vae), {"z": z + 0.2}, "x", directory / "decoder_mean.onnx"
     )
-    u = NoiseInput(name="u", dist=u_dist, dim=d)
     return [
-        GraphSpec(
-            role="sampler",
-            file="sampler.onnx",
-            x_input=None,
-            noise=[NoiseInput(name="z", dist="normal", dim=k), u],
-            output="x",
-        ),
-        GraphSpec(
-            role="scorer",
-            file="scorer.onnx",
-            kind="bound",
-            noise=[NoiseInput(name="eps", dist="normal", dim=k)],
-            output="log_weight",
-        ),
+        *served,
         GraphSpec(
             role="encoder",
             file="encoder.onnx",
@@ -109,33 +119,4 @@ def export_vae(model: VAEModel, directory: Path) -> list[GraphSpec]:
         # A draw of x|z is the sampler's with z chosen: the same graph, its z fed, not drawn.
         GraphSpec(role="decoder", file="sampler.onnx", kind="sample", x_input="z", noise=[u], output="x"),
         GraphSpec(role="decoder", file="decoder.onnx", kind="params", x_input="z", output="params"),
-    ]
-
-
-def _export_conditional(
-    vae: nn.Module, directory: Path, x: torch.Tensor, z: torch.Tensor, u_dist: str
-) -> list[GraphSpec]:
-    """A conditional VAE's served graphs: the sampler and the scorer, each taking "y"."""
-    d, k = x.shape[1], z.shape[1]
-    condition = Condition(classes=vae.classes)
-    y = {"y": torch.arange(4, dtype=torch.int64)[:, None] % vae.classes}
-    export_torch(_ClassSampler(vae), {"z": z, "u": torch.rand(4, d), **y}, "x", directory / "sampler.onnx")
-    export_torch(_ClassScorer(vae), {"x": x, "eps": z + 0.1, **y}, "log_weight", directory / "scorer.onnx")
-    return [
-        GraphSpec(
-            role="sampler",
-            file="sampler.onnx",
-            x_input=None,
-            noise=[NoiseInput(name="z", dist="normal", dim=k), NoiseInput(name="u", dist=u_dist, dim=d)],
-            output="x",
-            condition=condition,
-        ),
-        GraphSpec(
-            role="scorer",
-            file="scorer.onnx",
-            kind="bound",
-            noise=[NoiseInput(name="eps", dist="normal", dim=k)],
-            output="log_weight",
-            condition=condition,
-        ),
     ]
