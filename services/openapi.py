@@ -692,9 +692,11 @@ def _exact(components: dict[str, Any], described: list[dict[str, Any]], task: bo
             labelled = kind == "discriminator" and d.get("conditional_discriminator")
             if labelled:
                 required = [*required, "labels"]
-            # rows x k within the draw budget for every kind (k = 1 but for a bound)
+            # rows x k within the draw budget for every kind (k = 1 but for a bound, and for a
+            # classification computed from one)
+            drawn = kind == "bound" or (kind == "classify" and "log_prob" not in d["kinds"])
             limit = d.get(f"{limits}score_rows", {}).get(kind, MAX_DRAW_ROWS)  # this model's (measured) limit
-            tiers = draw_tiers(budget=limit) if kind == "bound" else [(1, min(MAX_ROWS, limit))]
+            tiers = draw_tiers(budget=limit) if drawn else [(1, min(MAX_ROWS, limit))]
             for most_k, most_rows in tiers:
                 props = {
                     "model": model,
@@ -703,7 +705,7 @@ def _exact(components: dict[str, Any], described: list[dict[str, Any]], task: bo
                     "seed": seed,
                     "k": {"type": "integer", "minimum": 1, "maximum": most_k},
                     # a bound's estimates; none for another kind (400 naming estimate)
-                    "estimate": {"enum": [*d["estimates"], None]} if kind == "bound" else {"type": "null"},
+                    "estimate": {"enum": [*d["estimates"], None]} if drawn else {"type": "null"},
                     "labels": _labels(d, kind, most_rows, labelled),
                 }
                 tier = f".k{most_k}" if len(tiers) > 1 else ""

@@ -22,6 +22,7 @@ from pydantic import (
     ValidationInfo,
     WithJsonSchema,
     create_model,
+    model_validator,
 )
 
 from registry.runtime.budget import REQUEST_MEMORY, RESERVE
@@ -183,6 +184,19 @@ class SampleRequest(_Strict):
         ),
     )
 
+    @model_validator(mode="before")
+    @classmethod
+    def _n_from_labels(cls, data: Any) -> Any:
+        # One sample per label where n is not given (as V2's y): {"labels": [0, 1, 2]} draws three.
+        if (
+            isinstance(data, dict)
+            and "n" not in data
+            and isinstance(data.get("labels"), list)
+            and data["labels"]
+        ):
+            return {**data, "n": len(data["labels"])}
+        return data
+
 
 class ScoreRequest(_Strict):
     model: str = Field(pattern=MODEL_REF)
@@ -295,7 +309,11 @@ class ScoreResponse(BaseModel):
         None, description="kind=bound: which estimate `scores` are (the k draws' average or log mean exp)"
     )
     elbo: list[Number] | None = Field(
-        None, description="with k > 1 and estimate importance_weighted: the plain average over draws"
+        None,
+        description=(
+            "with k > 1 and estimate importance_weighted: the plain average over draws (a conditional "
+            "model's marginal: the log-sum-exp over classes of each class's average, weighted by p(y))"
+        ),
     )
     # Over the rows: mean score and its standard error (nats, and bits/dim for likelihoods);
     # a standard error needs two rows or more.

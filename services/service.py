@@ -143,19 +143,10 @@ def _sample_labels(
     """The class of each of n samples (None: a conditional model draws them from p(y)); 400
     naming ``label``, ``labels`` or ``guidance`` for what the model cannot take."""
     try:
-        if label is not None and labels is not None:
-            raise InputError(
-                "labels",
-                "labels: send label (one class for every sample) or labels (one per sample), not both",
-            )
         loaded.check_guidance(guidance)
-        if label is not None:
-            return np.full(n, loaded.check_labels([label], what="label")[0], dtype=np.int64)
-        if labels is not None:
-            return loaded.check_labels(labels, n, what="labels")
+        return loaded.sample_labels(n, label, labels)
     except InputError as exc:
         raise ApiError(400, exc.field, str(exc), f"invalid_{exc.field}") from None
-    return None
 
 
 def _sample_count(loaded: LoadedModel, n: int, steps: int | None, field: str = "n") -> int:
@@ -680,7 +671,13 @@ class Genreg:
 
     @staticmethod
     def _score_check(
-        loaded: LoadedModel, x: Any, kind: str | None, k: int, estimate: str | None, labels: Any = None
+        loaded: LoadedModel,
+        x: Any,
+        kind: str | None,
+        k: int,
+        estimate: str | None,
+        labels: Any = None,
+        labels_field: str = "labels",
     ) -> tuple[scoring.Checked, Plan, str, str]:
         """The checked request (registry.runtime.scoring.check, within the model's limit), its
         plan, and the field and words that name its size; ApiError for a refusal."""
@@ -698,6 +695,7 @@ class Genreg:
                 estimate=estimate,
                 why=_limit_source(limit),
                 labels=labels,
+                labels_field=labels_field,
             )
         except CapabilityError as exc:
             raise ApiError(422, exc.field, str(exc), "missing_capability") from None
@@ -719,15 +717,17 @@ class Genreg:
         estimate: str | None = None,
         protocol: str = "genreg",
         labels: Any = None,
+        labels_field: str = "labels",
     ) -> Scores:
-        """registry.runtime.scoring's check and compute, its refusals as ApiError."""
+        """registry.runtime.scoring's check and compute, its refusals as ApiError (``labels_field``:
+        what the request calls its labels)."""
         checked, plan, field, what = await _checked(
-            x, self._score_check, loaded, x, kind, k, estimate, labels
+            x, self._score_check, loaded, x, kind, k, estimate, labels, labels_field
         )
         run = functools.partial(self._score, loaded, checked, seed, protocol, plan)
         async with self._admit(plan, field, what):
             role = "discriminator" if checked.kind == "discriminator" else "scorer"
-            result = await _call(run, loaded, role, checked.graph_rows)
+            result = await _call(run, loaded, role, checked.graph_rows, calls=checked.passes)
         await self._release(plan)
         return result
 

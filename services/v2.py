@@ -133,6 +133,7 @@ class V2Api(Protocol):
         estimate: str | None = ...,
         protocol: str = ...,
         labels: Any = ...,
+        labels_field: str = ...,
     ) -> Scores: ...
 
     async def sample(
@@ -338,6 +339,7 @@ async def _score(
         estimate=opts.estimate,
         protocol=PROTOCOL,
         labels=labels,
+        labels_field="y",
     )
     outputs = [Output("scores", np.asarray(result.scores, dtype=np.float64))]
     if result.probabilities is not None and result.labels is not None:

@@ -42,6 +42,8 @@ PLAN: list[tuple[str, str, int | None, dict[str, Any]]] = [
     ("categorical", "digits", None, {}),
     # p(x|y) per class: the exact reference of a conditional model (tests/test_conditional.py).
     ("categorical", "digits", None, {"name": "categorical-digits-cond", "conditional": True}),
+    # A conditional bound family: its marginal and its classifier come from log importance weights.
+    ("vae", "digits", 10, {"name": "vae-digits-cond", "conditional": True}),
     ("gaussian", "digits", None, {}),
     # A poor model (independent pixels) for a critic (conftest): a separate name keeps
     # gaussian-digits itself without a discriminator.

@@ -182,6 +182,34 @@ def test_bad_labels_are_400s_naming_the_field(http, path, body, field):
 
 
 @pytest.mark.slow
+def test_a_bound_family_classifies_from_its_bound_with_k_draws(http):
+    """A conditional VAE: the marginal and the classifier come from log importance weights; k
+    draws and the estimate apply (and are published) as for its bound."""
+    digits = load_digits(conditional=True)
+    x = digits.test[:30].tolist()
+    name = "vae-digits-cond"
+    info = next(m for m in http.get("/models").json()["models"] if m["name"] == name)
+    assert info["kinds"] == ["bound", "classify"] and info["latent_dim"] is None
+    doc = http.get("/docs.json").json()["components"]["schemas"]
+    tiers = [key for key in doc if key.startswith(f"ScoreRequest.{name}.classify")]
+    assert len(tiers) > 1 and any(doc[t]["properties"]["k"]["maximum"] > 1 for t in tiers)
+    one = post(http, "/score", {"model": name, "x": x, "kind": "classify", "seed": 3}).json()
+    many = post(http, "/score", {"model": name, "x": x, "kind": "classify", "k": 8, "seed": 3}).json()
+    assert one["source"] == many["source"] == "bound" and many["k"] == 8
+    assert many["estimate"] == "importance_weighted"
+    assert np.mean(np.array(many["labels"]) == digits.labels["test"][:30]) > 0.6
+    marginal = post(http, "/score", {"model": name, "x": x, "k": 8, "seed": 3}).json()
+    given = post(http, "/score", {"model": name, "x": x, "k": 8, "seed": 3, "labels": many["labels"]}).json()
+    assert marginal["given"] == "marginal" and given["given"] == "labels"
+    # the marginal is at least the most probable class's joint term
+    prior = np.log(info["class_prior"])[np.array(many["labels"])]
+    assert np.all(np.array(marginal["scores"]) >= np.array(given["scores"]) + prior - 1e-6)
+    # labels alone set n
+    drawn = post(http, "/sample", {"model": name, "labels": [0, 1, 2], "seed": 1}).json()["samples"]
+    assert len(drawn) == 3
+
+
+@pytest.mark.slow
 def test_classify_on_an_unconditional_model_is_a_422_listing_its_kinds(http):
     r = post(http, "/score", {"model": "categorical-digits", "x": [[0] * 64], "kind": "classify"})
     assert r.status_code == 422 and "log_prob" in r.json()["error"]
@@ -217,6 +245,12 @@ def _v2_labels(client, http) -> None:
     samples = client.infer(COND, [labels], parameters={"seed": 2}).as_numpy("samples")
     per_label = post(http, "/sample", {"model": COND, "n": 4, "labels": [0, 1, 2, 3], "seed": 2}).json()
     np.testing.assert_array_equal(samples, np.array(per_label["samples"], dtype=np.float32))
+    # classify finds the labels itself: y beside x is refused, naming y
+    y_too = [triton.InferInput("x", list(x.shape), "FP32"), triton.InferInput("y", [len(y)], "INT64")]
+    y_too[0].set_data_from_numpy(x)
+    y_too[1].set_data_from_numpy(y)
+    with pytest.raises(Exception, match="y: kind 'classify' answers"):
+        client.infer(COND, y_too, parameters={"kind": "classify"})
     with pytest.raises(Exception, match="y: label 10"):
         bad = triton.InferInput("y", [1], "INT64")
         bad.set_data_from_numpy(np.array([10], dtype=np.int64))

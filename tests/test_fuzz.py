@@ -34,12 +34,13 @@ HEADERS = {"content-type": "application/json"}
 # What the schema-driven runs are pointed at: one model for each shape of branch the document
 # publishes (continuous rows and a newer version with a critic; image rows at 17 levels with a
 # bound, k tiers and a chosen step count; a bound with both estimates; a bound with the average
-# only and steps 1..16; a fixed step loop; a discriminator-only model; a conditional model: labels,
-# classify). Their work grows with
+# only and steps 1..16; a fixed step loop; a discriminator-only model; conditional models: labels,
+# classify from an exact likelihood and from a bound, with k and estimate). Their work grows with
 # every served model: schemathesis's coverage phase enumerates each branch's boundaries (about
 # 2,000 requests to each of /sample, /score and /two_sample_test with all 14 shared models).
 FUZZED = (
-    "flow-8gaussians,diffusion-digits,vae-digits,counted-blob,ar-small,gan-8gaussians,categorical-digits-cond"
+    "flow-8gaussians,diffusion-digits,vae-digits,counted-blob,ar-small,gan-8gaussians,"
+    "categorical-digits-cond,vae-digits-cond"
 )
 FUZZ_BODY_BYTES = 150 * 1024
 

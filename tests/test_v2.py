@@ -114,11 +114,11 @@ def test_scoring_matches_score_for_every_model_and_kind(server, client, served):
                 for binary in (False, True):
                     got = _score_v2(client, model, x, binary, kind=kind, k=k, seed=5)
                     reply = got.get_response()
-                    stated = {"kind": kind, "k": k} | (
-                        {"estimate": ref["estimate"]} if kind == "bound" else {}
-                    )
-                    # a conditional model's marginal, or the source of a classification
-                    stated |= {key: ref[key] for key in ("given", "source") if ref.get(key) is not None}
+                    # a bound's estimate (a classification's from a bound too), a conditional
+                    # model's marginal, or the source of a classification
+                    stated = {"kind": kind, "k": k} | {
+                        key: ref[key] for key in ("estimate", "given", "source") if ref.get(key) is not None
+                    }
                     assert reply["model_name"] == name and reply["parameters"] == stated
                     for output in _outs({"kind": kind, "k": k}, model["estimates"]):
                         key = "bits_per_dim" if output == "bits_per_dim" else output

@@ -1,5 +1,6 @@
 """Image blocks shared by the families' networks: a time embedding, residual convolutions that take
-it, and down- and up-sampling. Each family's ``model.py`` composes them; the maths of a family
+it, down- and up-sampling, and a class label's inputs (an embedding, a one-hot). Each family's
+``model.py`` composes them; the maths of a family
 (a schedule, a bound, a likelihood) stays in its own modules."""
 
 from __future__ import annotations
@@ -84,3 +85,8 @@ class LabelEmbedding(nn.Module):
 
     def forward(self, y: torch.Tensor) -> torch.Tensor:
         return self.table(y.reshape(-1).long())
+
+
+def one_hot(y: torch.Tensor, classes: int) -> torch.Tensor:
+    """(n, 1) int64 labels -> (n, classes) float one-hot (a comparison: exports as ONNX Equal)."""
+    return (y.reshape(-1, 1) == torch.arange(classes, device=y.device)).to(torch.float32)

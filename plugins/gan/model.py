@@ -11,6 +11,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from plugins.common.blocks import one_hot
+
 
 def mlp(
     inp: int,
@@ -45,11 +47,6 @@ class Scaler(nn.Module):
         if self.levels:
             return x / (self.levels - 1)
         return (x - self.mean) / self.std
-
-
-def one_hot(y: torch.Tensor, classes: int) -> torch.Tensor:
-    """(n, 1) int64 labels -> (n, classes) float one-hot (a comparison: exports as ONNX Equal)."""
-    return (y.reshape(-1, 1) == torch.arange(classes, device=y.device)).to(torch.float32)
 
 
 def _needs(y: torch.Tensor | None, classes: int) -> None:

@@ -14,12 +14,9 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from plugins.common.blocks import one_hot
+
 LOG_2PI = math.log(2 * math.pi)
-
-
-def one_hot(y: torch.Tensor, classes: int) -> torch.Tensor:
-    """(n, 1) int64 labels -> (n, classes) float one-hot (a comparison: exports as ONNX Equal)."""
-    return (y.reshape(-1, 1) == torch.arange(classes, device=y.device)).to(torch.float32)
 
 
 def _mlp(inp: int, hidden: int, out: int, depth: int) -> nn.Sequential:

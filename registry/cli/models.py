@@ -195,15 +195,9 @@ def _option_error(exc: Exception) -> str:
 def _sample_labels(loaded, n: int, label: int | None, labels: Path | None) -> np.ndarray | None:
     """The class of each of n samples from --label or --labels (None: drawn from p(y))."""
     from registry.datasets.files import read_labels
-    from registry.runtime.rows import InputError
 
-    if label is not None and labels is not None:
-        raise InputError("labels", "labels: give --label (one class for all) or --labels (a file), not both")
-    if label is not None:
-        return np.full(n, loaded.check_labels([label], what="label")[0], dtype=np.int64)
-    if labels is not None:
-        return loaded.check_labels(read_labels(labels, "--labels", n, f"-n {n}"), n)
-    return None
+    rows = None if labels is None else read_labels(labels, "--labels", n, f"-n {n}")
+    return loaded.sample_labels(n, label, rows)
 
 
 def _summary_line(label: str, s: dict[str, float | None]) -> str:

@@ -239,7 +239,7 @@ class LoadedModel:
         """The plan of scoring ``rows`` rows (``k`` draws each for a bound) as ``kind``, each
         row run ``passes`` times (a conditional model's classes: registry.runtime.scoring.passes)."""
         role = "discriminator" if kind == "discriminator" else "scorer"
-        if kind == "classify":
+        if kind == "classify":  # computed from the exact likelihood where there is one
             kind = "log_prob" if "log_prob" in self.stored.capabilities else "bound"
         spec = self.stored.graph(role, None if role == "discriminator" else kind)
         if spec is None:
@@ -328,14 +328,17 @@ class LoadedModel:
     ) -> np.ndarray:
         """n samples in data units; ``steps`` picks a step sampler's count (None: its default).
 
-        A conditional model samples class ``labels[i]`` in row i (checked: :meth:`check_labels`;
-        None: labels drawn from p(y)); ``guidance`` is a guided sampler's scale (None: 1).
+        A conditional model samples class ``labels[i]`` in row i (InputError naming labels for
+        labels it cannot take; None: labels drawn from p(y)); ``guidance`` is a guided sampler's
+        scale (None: 1).
         """
         spec = self.stored.graph("sampler")
         if spec is None:
             raise CapabilityError(f"{self.stored.tag} cannot sample; it can score: {', '.join(self.kinds)}")
         count = self.steps(steps)
         self.check_guidance(guidance)
+        if labels is not None:
+            labels = self.check_labels(labels, n)
         plan = self.plan_sample(n, count)
         rng = np.random.default_rng(seed)
         given = condition_feeds(spec, self.labels_for(n, labels, seed), guidance)
@@ -350,6 +353,21 @@ class LoadedModel:
     def check_labels(self, labels: object, rows: int | None = None, what: str = "labels") -> np.ndarray:
         """Labels this model can take (InputError naming ``what`` otherwise): see rows.check_labels."""
         return check_labels(labels, self.classes, rows, what)
+
+    def sample_labels(self, n: int, label: int | None, labels: object) -> np.ndarray | None:
+        """The class of each of n samples from a request's ``label`` (one for all) or ``labels``
+        (one per sample), checked (InputError naming the field; both at once naming labels);
+        None: neither, so a conditional model draws them from p(y)."""
+        if label is not None and labels is not None:
+            raise InputError(
+                "labels",
+                "labels: send label (one class for every sample) or labels (one per sample), not both",
+            )
+        if label is not None:
+            return np.full(n, self.check_labels([label], what="label")[0], dtype=np.int64)
+        if labels is not None:
+            return self.check_labels(labels, n, what="labels")
+        return None
 
     def check_guidance(self, guidance: float | None) -> None:
         """InputError naming ``guidance`` unless the sampler is guided (or none is asked for)."""

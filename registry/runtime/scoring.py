@@ -188,6 +188,7 @@ def check(
     estimate: str | None = None,
     why: str = "",
     labels: Any = None,
+    labels_field: str = "labels",
 ) -> Checked:
     """Every check of a scoring request, in this order: the kind (CapabilityError), the rows
     against the model's data (InputError naming ``what``), the ``labels`` (one class per row, for
@@ -196,20 +197,22 @@ def check(
     weighed by :func:`draw_weight`) may not exceed ``max_draw_rows``; then ``estimate`` (a
     bound's only; CapabilityError naming ``estimate`` where the scorer's draws do not support
     it). Without ``estimate`` a bound is the tightest the scorer supports. ``why`` says where
-    ``max_draw_rows`` comes from, in the refusal."""
+    ``max_draw_rows`` comes from, in the refusal; ``labels_field`` is what the request calls
+    its labels (V2: y)."""
     kind = resolve_kind(loaded, kind)
     rows = check_rows(x, loaded.stored.data, what=what)
     y = None
     if labels is not None:
         if kind == "classify":
             raise InputError(
-                "labels", "labels: kind 'classify' answers each row's class; send the rows alone"
+                labels_field, f"{labels_field}: kind 'classify' answers each row's class; send the rows alone"
             )
-        y = loaded.check_labels(labels, len(rows))
+        y = loaded.check_labels(labels, len(rows), what=labels_field)
     elif kind == "discriminator" and _conditional_discriminator(loaded):
         raise InputError(
-            "labels",
-            f"labels: {loaded.stored.tag}'s discriminator judges a row given its class; send one label per row",
+            labels_field,
+            f"{labels_field}: {loaded.stored.tag}'s discriminator judges a row given its class; "
+            "send one label per row",
         )
     drawn = source_kind(loaded) if kind == "classify" else kind
     if k > 1 and drawn != "bound":
@@ -244,8 +247,9 @@ def _estimate(
 def _per_class(
     loaded: LoadedModel, checked: Checked, seed: int | None, plan: Plan | None
 ) -> tuple[np.ndarray, np.ndarray | None]:
-    """(n, classes) scores of every row against every class, with one seed for all classes (common
-    noise: their differences are the model's, not the draws'), and the plain averages."""
+    """(n, classes) scores of every row against every class, and the plain averages. One seed
+    serves every class: given a seed, the classes share their noise (their differences are the
+    model's, not the draws'); without one, each class draws afresh."""
     n, classes = len(checked.rows), loaded.classes or 0
     scores, averages = np.empty((n, classes)), np.empty((n, classes))
     for c in range(classes):
