@@ -45,10 +45,10 @@ def main() -> None:
     plugins = get_plugins()
     torchscript = export.export_torch
     print(f"{'model':<24} {'exporter':<18} {'export s':>8} {'parity s':>8} {'evaluate s':>10}  parity")
-    for family, data_name, _ in DEFAULT_MODELS:
-        name = f"{family}-{data_name}"
+    for demo in DEFAULT_MODELS:
+        name, family = demo.name, demo.family
         fam = plugins.get(family)
-        data = load_dataset(data_name)
+        data = load_dataset(demo.data, conditional=demo.conditional)
         model = fam.train(data, fam.Config(), TrainControl(seed=0, epochs=1, progress=False))
         exporters = [("torchscript", torchscript)]
         if name in compare:

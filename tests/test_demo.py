@@ -23,16 +23,15 @@ ROW = {"digits": [[0, 1] * 32], "8gaussians": [[0.5, -1.0]]}
 # Trained by the demo itself: the two baselines (served first) and one family that trains
 # while the service already answers. The other demo models come from the session's store, as
 # a second `make demo` reuses what is stored, so the test costs seconds, not minutes.
-TRAINED_HERE = {"categorical-digits", "gaussian-digits", "vae-digits"}
+TRAINED_HERE = {"categorical-digits", "gaussian-digits", "categorical-digits-cond", "vae-digits"}
 
 
 def test_the_demo_answers_before_training_ends_and_then_serves_every_model(tmp_path, trained, bentoml_home):
     port = free_port()
     home = tmp_path / "home"
-    for family, data, _ in DEFAULT_MODELS:
-        name = f"{family}-{data}"
-        if name not in TRAINED_HERE:
-            shutil.copytree(bentoml_home / "models" / name, home / "models" / name)
+    for model in DEFAULT_MODELS:
+        if model.name not in TRAINED_HERE:
+            shutil.copytree(bentoml_home / "models" / model.name, home / "models" / model.name)
     env = dict(os.environ, BENTOML_HOME=str(home), GENREG_POLL_SECONDS="0.5")
     cmd = [sys.executable, "-m", "registry.packaging.demo", "--epochs", "1", "--port", str(port)]
     start = time.monotonic()
@@ -56,11 +55,11 @@ def test_the_demo_answers_before_training_ends_and_then_serves_every_model(tmp_p
             if "all trained" in line:
                 break
         assert first_answer is not None, "".join(lines[-30:])
-        names = [f"{family}-{data}" for family, data, _ in DEFAULT_MODELS]
+        names = [m.name for m in DEFAULT_MODELS]
         served = {m["name"]: m for m in httpx.get(base + "/models", timeout=10).json()["models"]}
         assert sorted(served) == sorted(names)
-        for family, data, _ in DEFAULT_MODELS:
-            name = f"{family}-{data}"
+        for model in DEFAULT_MODELS:
+            name, data = model.name, model.data
             sample = httpx.post(base + "/sample", json={"model": name, "n": 3, "seed": 1}, timeout=30)
             assert sample.status_code == 200 and len(sample.json()["samples"]) == 3, sample.text
             scored = httpx.post(base + "/score", json={"model": name, "x": ROW[data]}, timeout=30)
