@@ -55,6 +55,11 @@ def test_train_sample_score_roundtrip(tmp_path, bentoml_home):
             "'moons' has no labels; --conditional applies to",
         ),
         (["train", "flow", "--data", "digits", "--labels", "y.npy"], "--labels applies to user files"),
+        (
+            ["train", "gaussian", "--data", "digits", "--conditional"],
+            "gaussian does not train conditionally (its graphs take no class label); conditional families: "
+            "autoregressive, categorical",
+        ),
         (["sample", "no-such-model"], "no model named 'no-such-model'"),
         (
             ["train", "flow", "--data", "digits", "--device", "tpu"],

@@ -67,6 +67,12 @@ def train(
         fam = plugins.get(family)
         # cpu or cuda, checked before any process is launched or data loaded
         device = distributed.resolve_device(device)
+        if (conditional or labels is not None) and not fam.conditional:
+            able = sorted(n for n, e in plugins.families.items() if e.family.conditional)
+            raise ValueError(
+                f"{family} does not train conditionally (its graphs take no class label); "
+                f"conditional families: {', '.join(able)}"
+            )
     except USER_ERRORS as exc:
         fail(str(exc))
         return
