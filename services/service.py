@@ -138,13 +138,18 @@ def _conditional(spec: GraphSpec | None) -> bool:
 
 
 def _sample_labels(
-    loaded: LoadedModel, n: int, label: int | None, labels: list[int] | None, guidance: float | None
+    loaded: LoadedModel,
+    n: int,
+    label: int | None,
+    labels: Any,
+    guidance: float | None,
+    labels_field: str = "labels",
 ) -> np.ndarray | None:
     """The class of each of n samples (None: a conditional model draws them from p(y)); 400
-    naming ``label``, ``labels`` or ``guidance`` for what the model cannot take."""
+    naming ``label``, the labels (``labels_field``) or ``guidance`` for what the model cannot take."""
     try:
         loaded.check_guidance(guidance)
-        return loaded.sample_labels(n, label, labels)
+        return loaded.sample_labels(n, label, labels, labels_field)
     except InputError as exc:
         raise ApiError(400, exc.field, str(exc), f"invalid_{exc.field}") from None
 
@@ -656,11 +661,12 @@ class Genreg:
         label: int | None = None,
         labels: Any = None,
         guidance: float | None = None,
+        labels_field: str = "labels",
     ) -> Any:
         """n samples (float32 rows in data units), ``steps`` the sampler's count (None: its own);
         ApiError for a request the model cannot take. ``then(samples, steps run)`` makes the
         answer from them in the same call (a PNG grid is drawn off the event loop too)."""
-        y = _sample_labels(loaded, n, label, labels, guidance)
+        y = _sample_labels(loaded, n, label, labels, guidance, labels_field)
         count, plan, what = self._sample_plan(loaded, n, steps)
         draw = functools.partial(self._draw, loaded, n, seed, temperature, count, protocol, y, guidance)
         job = draw if then is None else lambda: then(draw(), count)

@@ -50,7 +50,6 @@ from starlette.responses import Response
 from registry.runtime import latent
 from registry.runtime.images import image_shape
 from registry.runtime.models import LoadedModel
-from registry.runtime.rows import InputError
 from registry.runtime.scoring import Scores
 from services.errors import NOT_RUNNING, ApiError, error_response, json_response
 from services.jsonbody import json_object, may_hold_bools
@@ -149,6 +148,7 @@ class V2Api(Protocol):
         label: int | None = ...,
         labels: Any = ...,
         guidance: float | None = ...,
+        labels_field: str = ...,
     ) -> Any: ...
 
     async def encode(
@@ -329,7 +329,6 @@ async def _score(
     _only(tensors, "x", "scoring takes the input 'x' (rows) and, for a conditional model, 'y' (labels)", "y")
     opts = validate(V2ScoreParameters, params, bools, prefix="parameters")
     x = _rows(tensors, "x")
-    labels = _labels(loaded, tensors, len(x) if x.ndim == 2 else None)
     result = await service.score(
         loaded,
         x,
@@ -338,7 +337,7 @@ async def _score(
         seed=opts.seed,
         estimate=opts.estimate,
         protocol=PROTOCOL,
-        labels=labels,
+        labels=_labels(tensors),
         labels_field="y",
     )
     outputs = [Output("scores", np.asarray(result.scores, dtype=np.float64))]
@@ -358,18 +357,13 @@ async def _score(
     return outputs, out_params
 
 
-def _labels(loaded: LoadedModel, tensors: dict[str, np.ndarray], rows: int | None) -> np.ndarray | None:
-    """Input ``y`` as one label per row (shape [n] or [n, 1]); 400 naming y for labels the model
-    cannot take."""
+def _labels(tensors: dict[str, np.ndarray]) -> np.ndarray | None:
+    """Input ``y`` as a column of labels (shape [n] or [n, 1]); the operation's own path checks
+    them against the model, naming y."""
     y = tensors.get("y")
-    if y is None:
-        return None
-    if y.ndim == 2 and y.shape[1] == 1:
-        y = y[:, 0]
-    try:
-        return loaded.check_labels(y, rows, what="y")
-    except InputError as exc:
-        raise ApiError(400, "y", str(exc), "invalid_y") from None
+    if y is not None and y.ndim == 2 and y.shape[1] == 1:
+        return y[:, 0]
+    return y
 
 
 def _only(tensors: dict[str, np.ndarray], name: str | None, takes: str, *also: str) -> None:
@@ -419,11 +413,6 @@ async def _sample(
     if "y" in tensors and "n" not in params:
         params = {**params, "n": int(tensors["y"].shape[0]) if tensors["y"].ndim else 1}
     opts = validate(V2SampleParameters, params, bools, prefix="parameters")
-    labels = _labels(loaded, tensors, opts.n)
-    if labels is not None and opts.label is not None:
-        raise ApiError(
-            400, "y", "y: send the input y (a label per sample) or the parameter label, not both", "invalid_y"
-        )
     # The answer holds the steps run (the sampler's own count where none was asked for).
     samples, steps = await service.sample(
         loaded,
@@ -434,8 +423,9 @@ async def _sample(
         protocol=PROTOCOL,
         then=lambda x, count: (x, count),
         label=opts.label,
-        labels=labels,
+        labels=_labels(tensors),
         guidance=opts.guidance,
+        labels_field="y",
     )
     out_params: dict[str, Any] = {"n": opts.n}
     sampler = loaded.stored.graph("sampler")

@@ -354,19 +354,23 @@ class LoadedModel:
         """Labels this model can take (InputError naming ``what`` otherwise): see rows.check_labels."""
         return check_labels(labels, self.classes, rows, what)
 
-    def sample_labels(self, n: int, label: int | None, labels: object) -> np.ndarray | None:
+    def sample_labels(
+        self, n: int, label: int | None, labels: object, labels_field: str = "labels"
+    ) -> np.ndarray | None:
         """The class of each of n samples from a request's ``label`` (one for all) or ``labels``
-        (one per sample), checked (InputError naming the field; both at once naming labels);
-        None: neither, so a conditional model draws them from p(y)."""
+        (one per sample; ``labels_field``: what the request calls them, V2's y), checked
+        (InputError naming the field; both at once naming the labels); None: neither, so a
+        conditional model draws them from p(y)."""
         if label is not None and labels is not None:
             raise InputError(
-                "labels",
-                "labels: send label (one class for every sample) or labels (one per sample), not both",
+                labels_field,
+                f"{labels_field}: send label (one class for every sample) or {labels_field} (one per "
+                "sample), not both",
             )
         if label is not None:
             return np.full(n, self.check_labels([label], what="label")[0], dtype=np.int64)
         if labels is not None:
-            return self.check_labels(labels, n, what="labels")
+            return self.check_labels(labels, n, what=labels_field)
         return None
 
     def check_guidance(self, guidance: float | None) -> None:
