@@ -17,8 +17,14 @@ from registry.contract.family import FamilyConfig
 class FlowConfig(FamilyConfig):
     """Options for `genreg train flow -o key=value`. Unset ones follow the data (see resolve)."""
 
-    n_blocks: int | None = Field(None, ge=1, le=64, description="coupling blocks")
-    hidden: int | None = Field(None, ge=8, le=4096, description="conditioner width")
+    arch: Literal["auto", "mlp", "multiscale"] = Field(
+        "auto",
+        description="mlp: couplings on the flat row; multiscale: squeeze, convolutional couplings "
+        "and factor-outs on the image (auto: multiscale on colour images, else mlp)",
+    )
+    scales: int | None = Field(None, ge=1, le=6, description="multiscale: squeezes (each halves h and w)")
+    n_blocks: int | None = Field(None, ge=1, le=64, description="coupling blocks (multiscale: per scale)")
+    hidden: int | None = Field(None, ge=8, le=4096, description="conditioner width (multiscale: channels)")
     depth: int = Field(2, ge=1, le=8, description="hidden layers per conditioner")
     dropout: float | None = Field(None, ge=0, lt=1, description="conditioner dropout")
     clamp: float | None = Field(None, gt=0, le=10, description="bound on each log-scale")
@@ -49,6 +55,9 @@ class FlowConfig(FamilyConfig):
         no regularisation, batches of 2,048 and a higher peak learning rate; the per-step cost
         is mostly overhead, so large batches buy accuracy almost for free.
         """
+        colour = data.image_shape is not None and data.image_shape[2] > 1
+        if self.arch == "multiscale" or (self.arch == "auto" and colour):
+            return self._multiscale(data)
         image = data.dim > 2
         preset = (
             {
@@ -80,7 +89,43 @@ class FlowConfig(FamilyConfig):
         # Few levels (digits: 17, half the pixels at 0) put much of the mass in the edge bins,
         # which a small alpha leaves room for (the sweep: benchmarks/RESULTS.md, Dequantisation).
         preset["alpha"] = 0.001 if data.levels and data.levels <= 32 else 0.01
-        return self.with_defaults(preset)
+        return self.model_copy(update={"arch": "mlp"}).with_defaults(preset)
+
+    def _multiscale(self, data: Dataset) -> FlowConfig:
+        """Defaults on images: a Glow-style multi-scale flow.
+
+        Sized by measurement on patches-rgb (32x32x3, 20,790 training patches) on this 2-core
+        machine, where a 10-minute budget is a few epochs: 3 scales of 4 steps with 64-channel
+        conditioners (see benchmarks/RESULTS.md, "Flow, VAE and GAN at image scale"). No dropout
+        or weight decay: at this budget the flow underfits, it does not overfit.
+        """
+        from plugins.flow.multiscale import max_scales
+
+        if data.image_shape is None:
+            raise ValueError(f"arch=multiscale needs image data; {data.name!r} has no image shape")
+        most = max_scales(data.image_shape)
+        if most == 0:
+            raise ValueError(
+                f"arch=multiscale needs an even height and width; {data.name!r} is "
+                f"{data.image_shape[0]}x{data.image_shape[1]}"
+            )
+        if self.scales is not None and self.scales > most:
+            raise ValueError(f"scales={self.scales}: a {data.name!r} image can be squeezed {most} times")
+        preset = {
+            "scales": min(3, most),
+            "n_blocks": 4,
+            "hidden": 64,
+            "dropout": 0.0,
+            "weight_decay": 0.0,
+            "batch_size": 32,
+            "epochs": 200,
+            "lr": 1e-3,
+            "clamp": 2.0,
+            "patience": 20,
+            "coupling": "affine",
+            "alpha": 0.001 if data.levels and data.levels <= 32 else 0.01,
+        }
+        return self.model_copy(update={"arch": "multiscale"}).with_defaults(preset)
 
 
 @dataclass

@@ -18,81 +18,13 @@ import torch
 from torch import nn
 
 from plugins.common.blocks import LabelEmbedding
+from plugins.common.invertible import ActNorm, InvertibleLinear
 from plugins.flow.spline import UNIT_DERIVATIVE_LOGIT, spline_forward, spline_inverse
 
 LOG_2PI = math.log(2 * math.pi)
 # Width of a conditional flow's label embedding, the couplings' extra input: at least as many
 # dimensions as classes lets each coupling's first layer give every class its own bias.
 LABEL_WIDTH = 32
-
-
-class ActNorm(nn.Module):
-    """Per-dimension affine map initialised from the first batch (Glow)."""
-
-    def __init__(self, dim: int) -> None:
-        super().__init__()
-        self.loc = nn.Parameter(torch.zeros(dim))
-        self.log_scale = nn.Parameter(torch.zeros(dim))
-        self.register_buffer("initialized", torch.tensor(False))
-
-    @torch.no_grad()
-    def _init(self, h: torch.Tensor) -> None:
-        self.loc.copy_(-h.mean(0))
-        self.log_scale.copy_(-torch.log(h.std(0) + 1e-6))
-        self.initialized.fill_(True)
-
-    def forward(self, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        if self.training and not bool(self.initialized):
-            self._init(h)
-        out = (h + self.loc) * torch.exp(self.log_scale)
-        return out, self.log_scale.sum().expand(h.shape[0])
-
-    def inverse(self, h: torch.Tensor) -> torch.Tensor:
-        return h * torch.exp(-self.log_scale) - self.loc
-
-
-class InvertibleLinear(nn.Module):
-    """Glow's 1x1 convolution on a flat vector, LU-parametrised: W = P L (U + diag(s)).
-
-    The log-determinant is sum(log|s|), so no slogdet is needed in the exported graph.
-    """
-
-    def __init__(self, dim: int, generator: torch.Generator) -> None:
-        super().__init__()
-        q, _ = torch.linalg.qr(torch.randn(dim, dim, generator=generator))
-        p, lower, upper = torch.linalg.lu(q)
-        s = torch.diagonal(upper)
-        self.register_buffer("perm", p)
-        self.register_buffer("sign_s", torch.sign(s))
-        self.register_buffer("lower_mask", torch.tril(torch.ones(dim, dim), -1))
-        self.register_buffer("eye", torch.eye(dim))
-        self.lower = nn.Parameter(lower)
-        self.upper = nn.Parameter(torch.triu(upper, 1))
-        self.log_s = nn.Parameter(torch.log(torch.abs(s)))
-        self.register_buffer("w_inv", torch.eye(dim))
-        self.register_buffer("w_frozen", torch.eye(dim))
-        self.frozen = False  # a plain attribute: export must not branch on a tensor
-
-    def weight(self) -> torch.Tensor:
-        lower = self.lower * self.lower_mask + self.eye
-        upper = self.upper * self.lower_mask.T + torch.diag(self.sign_s * torch.exp(self.log_s))
-        return self.perm @ lower @ upper
-
-    def forward(self, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        # After training the product P L U is fixed: use it as one constant matrix, so PyTorch
-        # and ONNX Runtime multiply by the very same weights.
-        weight = self.w_frozen if self.frozen and not self.training else self.weight()
-        return h @ weight.T, self.log_s.sum().expand(h.shape[0])
-
-    def freeze_inverse(self) -> None:
-        with torch.no_grad():
-            weight = self.weight().double()
-            self.w_frozen.copy_(weight.float())
-            self.w_inv.copy_(torch.linalg.inv(weight).float())
-            self.frozen = True
-
-    def inverse(self, h: torch.Tensor) -> torch.Tensor:
-        return h @ self.w_inv.T
 
 
 def conditioner(n_in: int, n_out: int, hidden: int, depth: int, dropout: float) -> nn.Sequential:
@@ -111,6 +43,24 @@ def conditioner(n_in: int, n_out: int, hidden: int, depth: int, dropout: float) 
     return nn.Sequential(*layers)
 
 
+def conv_conditioner(n_in: int, n_out: int, hidden: int, dropout: float) -> nn.Sequential:
+    """Glow's convolutional conditioner: 3x3, 1x1, then a 3x3 that starts at zero (a fresh
+    coupling is the identity), so each pixel's parameters see its 5x5 neighbourhood."""
+    layers: list[nn.Module] = [
+        nn.Conv2d(n_in, hidden, 3, padding=1),
+        nn.GELU(),
+        nn.Conv2d(hidden, hidden, 1),
+        nn.GELU(),
+    ]
+    if dropout > 0:
+        layers.append(nn.Dropout(dropout))
+    last = nn.Conv2d(hidden, n_out, 3, padding=1)
+    nn.init.zeros_(last.weight)
+    nn.init.zeros_(last.bias)
+    layers.append(last)
+    return nn.Sequential(*layers)
+
+
 class Coupling(nn.Module):
     """Transforms one half of the vector elementwise, with parameters computed from the other
     half (and from an optional context vector, for conditional flows).
@@ -120,6 +70,10 @@ class Coupling(nn.Module):
     ordinary learning rates. ``transform="spline"``: a monotone rational-quadratic spline with
     ``bins`` bins on [-tail_bound, tail_bound], the identity outside (plugins.flow.spline).
     ``flip`` swaps which half is changed, for flows with no mixing layer in between.
+
+    ``conv``: the input is an image (n, c, h, w), split by channels, and the conditioner is
+    convolutional (:func:`conv_conditioner`); a context is then either a vector per row (a
+    label's embedding, the same at every pixel) or a feature map of the image's size.
     """
 
     def __init__(
@@ -135,6 +89,7 @@ class Coupling(nn.Module):
         tail_bound: float = 4.0,
         context: int = 0,
         flip: bool = False,
+        conv: bool = False,
     ) -> None:
         super().__init__()
         first = dim // 2
@@ -146,7 +101,12 @@ class Coupling(nn.Module):
         self.bins = bins
         self.tail_bound = tail_bound
         per_dim = 2 if transform == "affine" else 3 * bins - 1
-        self.net = conditioner(self.d_keep + context, self.d_change * per_dim, hidden, depth, dropout)
+        self.conv = conv
+        self.net = (
+            conv_conditioner(self.d_keep + context, self.d_change * per_dim, hidden, dropout)
+            if conv
+            else conditioner(self.d_keep + context, self.d_change * per_dim, hidden, depth, dropout)
+        )
         if transform == "spline":
             # End derivatives fixed at 1 and inner ones starting at 1: a fresh spline is the identity.
             with torch.no_grad():
@@ -162,8 +122,15 @@ class Coupling(nn.Module):
         return torch.cat([change, keep] if self.flip else [keep, change], dim=1)
 
     def _params(self, keep: torch.Tensor, context: torch.Tensor | None) -> torch.Tensor:
+        """Each changed value's parameters on the last axis: (n, d_change[, h, w], per value)."""
+        if context is not None and keep.dim() == 4 and context.dim() == 2:
+            context = context[:, :, None, None].expand(-1, -1, keep.shape[2], keep.shape[3])
         inputs = keep if context is None else torch.cat([keep, context], dim=1)
-        return self.net(inputs).view(keep.shape[0], self.d_change, -1)
+        out = self.net(inputs)
+        if not self.conv:
+            return out.view(keep.shape[0], self.d_change, -1)
+        n, _, height, width = out.shape
+        return out.view(n, self.d_change, -1, height, width).permute(0, 1, 3, 4, 2)
 
     def _affine(self, params: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         log_scale = self.clamp * torch.tanh(params[..., 0] / self.clamp)
@@ -176,9 +143,9 @@ class Coupling(nn.Module):
         params = self._params(keep, context)
         if self.transform == "affine":
             log_scale, shift = self._affine(params)
-            return self._join(keep, change * torch.exp(log_scale) + shift), log_scale.sum(1)
+            return self._join(keep, change * torch.exp(log_scale) + shift), log_scale.flatten(1).sum(1)
         change, log_det = spline_forward(change, params, self.tail_bound)
-        return self._join(keep, change), log_det.sum(1)
+        return self._join(keep, change), log_det.flatten(1).sum(1)
 
     def inverse(self, h: torch.Tensor, context: torch.Tensor | None = None) -> torch.Tensor:
         keep, change = self._split(h)

@@ -14,8 +14,28 @@ from plugins.common.training import fit_config, pick_device, split_labels, with_
 from plugins.flow.config import FlowConfig, FlowModel
 from plugins.flow.dequantize import VariationalDequantizer, variational_log_weight
 from plugins.flow.model import Flow
+from plugins.flow.multiscale import MultiScaleFlow
 from registry.contract.dataset import Dataset
 from registry.contract.family import TrainControl
+
+
+def build_flow(data: Dataset, config: FlowConfig, seed: int) -> nn.Module:
+    """The network a resolved config names: the flat coupling flow, or the multi-scale one."""
+    common = {
+        "n_blocks": config.n_blocks,
+        "hidden": config.hidden,
+        "dropout": config.dropout,
+        "clamp": config.clamp,
+        "alpha": config.alpha,
+        "seed": seed,
+        "transform": config.coupling,
+        "bins": config.bins,
+        "tail_bound": config.tail_bound,
+        "classes": data.classes,
+    }
+    if config.arch == "multiscale":
+        return MultiScaleFlow(data.image_shape, data.levels, scales=config.scales, **common)
+    return Flow(data.dim, data.levels, depth=config.depth, **common)
 
 
 def train_flow(data: Dataset, config: FlowConfig, control: TrainControl) -> FlowModel:
@@ -27,21 +47,7 @@ def train_flow(data: Dataset, config: FlowConfig, control: TrainControl) -> Flow
         )
     device = pick_device(control)
     torch.manual_seed(control.seed)
-    flow = Flow(
-        data.dim,
-        data.levels,
-        n_blocks=config.n_blocks,
-        hidden=config.hidden,
-        depth=config.depth,
-        dropout=config.dropout,
-        clamp=config.clamp,
-        alpha=config.alpha,
-        seed=control.seed,
-        transform=config.coupling,
-        bins=config.bins,
-        tail_bound=config.tail_bound,
-        classes=data.classes,
-    )
+    flow = build_flow(data, config, control.seed)
     dequantizer = (
         VariationalDequantizer(
             data.dim,
@@ -50,6 +56,7 @@ def train_flow(data: Dataset, config: FlowConfig, control: TrainControl) -> Flow
             n_blocks=config.dequant_blocks,
             transform=config.coupling,
             bins=config.bins,
+            image_shape=data.image_shape if config.arch == "multiscale" else None,
         )
         if variational
         else None
