@@ -57,7 +57,7 @@ def test_each_pixel_sees_every_earlier_pixel_and_nothing_of_its_own():
 def test_a_later_channel_depends_on_the_earlier_channels_of_its_pixel():
     """R, then G given R, then B given R and G, at 256 levels: R moves G's and B's means, and
     summing the pixel's mass over every G and B gives R's own mixture mass back."""
-    from plugins.autoregressive.logistic import log_mass
+    from plugins.common.logistic import log_mass
 
     torch.manual_seed(2)
     mix = PixelLogisticMixture(levels=256, channels=3, components=2)

@@ -30,8 +30,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from plugins.autoregressive.logistic import log_mass
 from plugins.common.blocks import LabelEmbedding
+from plugins.common.logistic import log_mass
 
 LOG_2PI = math.log(2 * math.pi)
 LABEL_MAPS = 8  # a conditional PixelCNN's learned maps per class (its location-dependent input)

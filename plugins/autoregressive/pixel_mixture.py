@@ -20,7 +20,7 @@ from __future__ import annotations
 import torch
 from torch.nn import functional as F
 
-from plugins.autoregressive.logistic import log_mass
+from plugins.common.logistic import log_mass
 
 
 def coefficients(channels: int) -> int:
