@@ -69,6 +69,10 @@ def test_train_sample_score_roundtrip(tmp_path, bentoml_home):
             ["train", "flow", "--data", "digits", "--device", "tpu"],
             "--device: 'tpu' is not one of cpu, cuda, auto",
         ),
+        (
+            ["train", "flow", "--data", "digits", "--device", "cpu", "--precision", "fp16"],
+            "--precision: 'fp16' is not one of auto, float32, bf16",
+        ),
         (["train", "flow", "--data", "moons", "-o", "dequantization=variational"], "discrete data only"),
         (
             ["evaluate", "any-model", "--draws", "8", "--split", "train"],

@@ -1,11 +1,29 @@
-"""A minibatch training loop with early stopping, a time budget and a progress bar."""
+"""A minibatch training loop with early stopping, a time budget and a progress bar.
+
+On a GPU the loop keeps the GPU fed and uses its bf16 arithmetic where no served number depends
+on it:
+
+- the families move their training tensor to the device before :func:`fit`, and every batch is
+  indexed there (the permutation is drawn on the CPU, for the same draws on every device, and
+  copied once an epoch), so no rows cross the bus per step;
+- the training loss's forward runs under ``torch.autocast(device, bfloat16)`` when the
+  precision (``TrainControl.precision``, ``genreg train --precision``) resolves to bf16: auto
+  does so on a GPU, never on the CPU. Backward, the optimiser and the weights stay float32, and
+  validation runs in plain float32 (no autocast, no TF32), as do export, parity and evaluation,
+  which run after training on the CPU;
+- a family whose maths cannot take bf16 opts out: the whole loss with ``fit(...,
+  mixed_precision=False)``, or one part of it (a flow's log-determinants, say) by computing that
+  part under ``torch.autocast(x.device.type, enabled=False)`` on ``.float()`` inputs, PyTorch's
+  own idiom, which keeps the rest of the network in bf16.
+"""
 
 from __future__ import annotations
 
 import copy
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
@@ -13,6 +31,7 @@ import torch
 from tqdm import tqdm
 
 from registry.contract.family import TrainControl
+from registry.pipeline.distributed import DEVICES, resolve_device, resolve_precision
 
 
 @dataclass
@@ -23,6 +42,10 @@ class FitResult:
     seconds: float
     stopped: str  # "early-stopping", "epochs" or "time-budget"
     processes: int = 1  # data-parallel ranks that trained it
+    # Rows (images, on image data) trained per second of the training steps, all ranks
+    # together; validation and best-state copies left out: what says whether the device is fed.
+    rows_per_second: float = 0.0
+    precision: str = "float32"  # the training loss's forward: float32, or bf16 under autocast
 
 
 def seed_everything(seed: int) -> torch.Generator:
@@ -50,13 +73,65 @@ def split_labels(rows: torch.Tensor, dim: int) -> tuple[torch.Tensor, torch.Tens
 
 
 def pick_device(control: TrainControl) -> torch.device:
+    """The device to train on. cpu, cuda or auto as the CLI takes them (ValueError naming
+    --device for cuda where PyTorch sees none, not a CUDA error mid-training; auto falls back to
+    the CPU); any other name is a torch device string a Python caller chose (``cuda:1``)."""
     name = control.device
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name in DEVICES:
+        name = resolve_device(name)
     if name == "cuda":
         # The process's own GPU (one per rank under --nproc; torch.cuda.set_device chose it).
         return torch.device("cuda", torch.cuda.current_device())
     return torch.device(name)
+
+
+def train_precision(control: TrainControl, device: torch.device) -> str:
+    """``float32`` or ``bf16``: ``control.precision`` (auto, float32, bf16) on ``device``."""
+    return resolve_precision(control.precision, "cuda" if device.type == "cuda" else "cpu")
+
+
+def loss_autocast(device: torch.device, precision: str) -> torch.autocast:
+    """The context a training loss's forward runs in: bf16 autocast for ``precision`` bf16, else
+    a disabled autocast (plain float32). For a family's own loop (the GAN's)."""
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
+
+
+def _tf32_switches() -> list[tuple[object, str, object]]:
+    """(holder, attribute, float32 value) of PyTorch's TF32 switches for matmuls and cuDNN
+    convolutions: the fp32_precision settings where this PyTorch has them (2.9 and later; mixing
+    them with the older allow_tf32 flags is an error there), else allow_tf32."""
+    cudnn_conv = getattr(torch.backends.cudnn, "conv", None)
+    if cudnn_conv is not None and hasattr(cudnn_conv, "fp32_precision"):
+        return [
+            (torch.backends.cuda.matmul, "fp32_precision", "ieee"),
+            (cudnn_conv, "fp32_precision", "ieee"),
+        ]
+    return [(torch.backends.cuda.matmul, "allow_tf32", False), (torch.backends.cudnn, "allow_tf32", False)]
+
+
+@contextmanager
+def full_float32(device: torch.device) -> Iterator[None]:
+    """Plain float32 arithmetic for what picks or reports a number (validation): no autocast,
+    and on a GPU no TF32, which PyTorch lets cuDNN's convolutions use by default."""
+    with torch.autocast(device.type, enabled=False):
+        if device.type != "cuda":
+            yield
+            return
+        switches = _tf32_switches()
+        saved = [getattr(holder, name) for holder, name, _ in switches]
+        try:
+            for holder, name, value in switches:
+                setattr(holder, name, value)
+            yield
+        finally:
+            for (holder, name, _), value in zip(switches, saved, strict=True):
+                setattr(holder, name, value)
+
+
+def _sync(device: torch.device) -> None:
+    """Wait for the device's queued work, so that a clock read after it counts that work."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
 
 
 def _world() -> tuple[int, int]:
@@ -106,6 +181,7 @@ def fit(
     patience: int,
     grad_clip: float,
     unit: str = "bits/dim",
+    mixed_precision: bool = True,
 ) -> FitResult:
     """Minimise ``loss_fn`` over shuffled minibatches of ``train``; keep the best validation state.
 
@@ -117,9 +193,13 @@ def fit(
     ``batch_size`` rows; DistributedDataParallel averages the gradients, so the group takes the
     steps one process would with the same global batch. Rank 0's validation, time budget and
     stopping decisions are broadcast, so the ranks stop together.
+
+    ``control.precision`` chooses the loss forward's arithmetic (module docstring);
+    ``mixed_precision=False`` keeps a family's loss in float32 whatever it asks.
     """
     generator = seed_everything(control.seed)
     device = train.device
+    precision = train_precision(control, device) if mixed_precision else "float32"
     rank, world = _world()
     step_module: torch.nn.Module = module
     if world > 1:
@@ -164,10 +244,14 @@ def fit(
     # agree on stopping once per epoch).
     by_steps = math.isfinite(deadline) and world == 1
     done, warm, out_of_time = 0, None, False
+    rows_trained, step_seconds = 0, 0.0
     for epoch in bar:
         module.train()
         perm = torch.randperm(len(train), generator=generator).to(device)
-        total, count = 0.0, 0
+        # The epoch's summed loss stays on the device: reading it every step would make the
+        # CPU wait for the GPU twice a step instead of once (the finiteness check).
+        total, count = torch.zeros((), device=device), 0
+        steps_start = time.monotonic()
         for i in range(0, len(train), batch_size):
             if by_steps and done >= plan[0]:
                 break  # the plan's last step: the learning rate has decayed
@@ -176,14 +260,16 @@ def fit(
                 if len(perm[i : i + batch_size]) < world:
                     break  # a last batch too small to give every rank a row
                 batch = train[share]
-                loss = step_module(batch, generator)
+                with loss_autocast(device, precision):
+                    loss = step_module(batch, generator)
                 finite = torch.tensor([float(torch.isfinite(loss))], device=loss.device)
                 torch.distributed.all_reduce(finite, op=torch.distributed.ReduceOp.MIN)
                 if not bool(finite.item()):  # every rank skips the step together
                     continue
             else:
                 batch = train[perm[i : i + batch_size]]
-                loss = loss_fn(batch, generator)
+                with loss_autocast(device, precision):
+                    loss = loss_fn(batch, generator)
                 if not torch.isfinite(loss):
                     continue
             opt.zero_grad(set_to_none=True)
@@ -191,8 +277,9 @@ def fit(
             torch.nn.utils.clip_grad_norm_(module.parameters(), grad_clip)
             opt.step()
             schedule.step()
-            total += float(loss.detach()) * len(batch)
+            total += loss.detach().float() * len(batch)
             count += len(batch)
+            rows_trained += len(perm[i : i + batch_size])  # the global batch, every rank's share
             done += 1
             if by_steps:
                 now = time.monotonic()
@@ -206,7 +293,9 @@ def fit(
                 if now > deadline:
                     out_of_time = True
                     break
+        _sync(device)
         now = time.monotonic()
+        step_seconds += now - steps_start
         if epoch == 1:
             first_epoch_end = now
         if math.isfinite(deadline) and not by_steps:  # by steps: the plan was re-cut as it ran
@@ -214,7 +303,8 @@ def fit(
             fits = epoch + int(max(deadline - now, 0.0) / max(per_epoch, 1e-6))
             epochs = max(min(fits, requested), epoch)
         module.eval()
-        val = validate()
+        with full_float32(device):
+            val = validate()
         out_of_time = out_of_time or time.monotonic() > deadline
         if world > 1:
             val, epochs, out_of_time = _agree([val, float(epochs), float(out_of_time)])
@@ -227,7 +317,7 @@ def fit(
             best = (val, epoch)
             best_state = copy.deepcopy(module.state_dict())
         bar.set_postfix_str(
-            f"train {total / max(count, 1):.3f} val {val:.3f} {unit} (best {best[0]:.3f} @ {best[1]})"
+            f"train {float(total) / max(count, 1):.3f} val {val:.3f} {unit} (best {best[0]:.3f} @ {best[1]})"
         )
         if epoch - best[1] >= patience:
             stopped = "early-stopping"
@@ -241,7 +331,16 @@ def fit(
     bar.close()
     module.load_state_dict(best_state)
     module.eval()
-    return FitResult(epoch, best[1], best[0], time.monotonic() - start, stopped, world)
+    return FitResult(
+        epoch,
+        best[1],
+        best[0],
+        time.monotonic() - start,
+        stopped,
+        world,
+        rows_per_second=rows_trained / step_seconds if step_seconds > 0 else 0.0,
+        precision=precision,
+    )
 
 
 def fit_config(
@@ -252,6 +351,7 @@ def fit_config(
     loss_fn: Callable[[torch.Tensor, torch.Generator], torch.Tensor],
     validate: Callable[[], float],
     control: TrainControl,
+    mixed_precision: bool = True,
 ) -> FitResult:
     """:func:`fit` with the optimisation settings a family config carries under the usual names
     (epochs, batch_size, lr, weight_decay, patience, grad_clip)."""
@@ -267,6 +367,7 @@ def fit_config(
         weight_decay=config.weight_decay,
         patience=config.patience,
         grad_clip=config.grad_clip,
+        mixed_precision=mixed_precision,
     )
 
 

@@ -52,6 +52,13 @@ def train(
         Path | None, typer.Option("--validation-labels", help="user data: the --validation file's classes")
     ] = None,
     device: Annotated[str, typer.Option(help="cpu, cuda or auto")] = "auto",
+    precision: Annotated[
+        str,
+        typer.Option(
+            help="the training loss's arithmetic: auto (bf16 on a GPU, float32 on the CPU), float32 or "
+            "bf16; served numbers are float32 either way"
+        ),
+    ] = "auto",
     quiet: Annotated[bool, typer.Option(help="no progress bar")] = False,
     nproc: Annotated[
         int, typer.Option(min=1, max=256, help="data-parallel processes here (torchrun; one per GPU)")
@@ -67,6 +74,7 @@ def train(
         fam = plugins.get(family)
         # cpu or cuda, checked before any process is launched or data loaded
         device = distributed.resolve_device(device)
+        precision = distributed.resolve_precision(precision, device)
         if (conditional or labels is not None) and not fam.conditional:
             able = sorted(n for n, e in plugins.families.items() if e.family.conditional)
             raise ValueError(
@@ -122,7 +130,12 @@ def train(
             dataset,
             config,
             TrainControl(
-                seed=seed, epochs=epochs, time_budget=time_budget, device=device, progress=not quiet
+                seed=seed,
+                epochs=epochs,
+                time_budget=time_budget,
+                device=device,
+                precision=precision,
+                progress=not quiet,
             ),
             name=name or default_name(family, dataset.name),
             plugin={"name": entry.plugin, "distribution": entry.distribution},

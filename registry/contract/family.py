@@ -70,6 +70,9 @@ class TrainControl:
     epochs: int | None = None
     time_budget: float | None = None
     device: str = "cpu"
+    # The training loss's arithmetic: auto (bf16 autocast on a GPU, float32 on the CPU),
+    # float32 or bf16; validation, export and every served number stay float32 whatever it is.
+    precision: str = "auto"
     progress: bool = True
     log: Callable[[str], None] = print
     extra: dict[str, Any] = field(default_factory=dict)

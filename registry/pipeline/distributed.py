@@ -63,6 +63,33 @@ def resolve_device(device: str) -> str:
     return "cuda" if device == "cuda" or (device == "auto" and available) else "cpu"
 
 
+PRECISIONS = ("auto", "float32", "bf16")
+
+
+def resolve_precision(precision: str, device: str) -> str:
+    """``float32`` or ``bf16``: the arithmetic of the training loss's forward pass on ``device``
+    (cpu or cuda, as :func:`resolve_device` answers). ``auto`` is bf16 on a GPU that has it
+    (Ampere and later) and float32 elsewhere, so the CPU's numbers never change unless bf16 is
+    asked for. ValueError naming --precision for an unknown name, or for bf16 on a GPU without it.
+
+    Only the training loss runs in bf16 (plugins.common.training.fit); validation, evaluation,
+    export and parity stay float32, so no served number depends on it."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"--precision: {precision!r} is not one of {', '.join(PRECISIONS)}")
+    if device != "cuda":
+        return "bf16" if precision == "bf16" else "float32"
+    import torch
+
+    # Pre-Ampere GPUs emulate bf16 (slowly) or refuse it: auto keeps float32 there.
+    supported = torch.cuda.is_bf16_supported()
+    if precision == "bf16" and not supported:
+        name = torch.cuda.get_device_name()
+        raise ValueError(f"--precision bf16: {name} has no bfloat16 arithmetic; use --precision float32")
+    if precision == "auto":
+        return "bf16" if supported else "float32"
+    return precision
+
+
 def join_group(device: str) -> None:
     """Join the process group torchrun set up (no-op outside one): NCCL for CUDA, else gloo."""
     if world_size() <= 1:
