@@ -103,7 +103,12 @@ def train_flow(data: Dataset, config: FlowConfig, control: TrainControl) -> Flow
             out = [log_weight(val[i : i + 4096], val_noise[i : i + 4096]) for i in range(0, len(val), 4096)]
             return float(-torch.cat(out).mean() * nats_to_bpd)
 
-    result = fit_config(module, train, config, loss_fn=loss_fn, validate=validate, control=control)
+    # float32 training even on a GPU: the objective is a change of variables, and bf16 rounding
+    # of the 1x1 convolutions' weights would apply a map other than the one whose log-determinant
+    # (from the float32 LU factors) the loss counts.
+    result = fit_config(
+        module, train, config, loss_fn=loss_fn, validate=validate, control=control, mixed_precision=False
+    )
     module.cpu().eval()
     flow.freeze_inverse()
     return FlowModel(
