@@ -415,11 +415,11 @@ def one_family(
         entry["cpu"] = {**cpu_figures, "source": f"measured here, {os.cpu_count()} cores"}
     elif name in recorded.get("families", {}):
         reference = recorded["families"][name]
-        same = reference.get("config") == figures["config"]
+        same = reference.get("config") == figures["config"] and recorded.get("data") == data.name
         entry["cpu"] = {
             **reference,
             "source": f"recorded ({recorded.get('cores')} cores, {recorded.get('when', '?')})"
-            + ("" if same else "; another config: not like for like"),
+            + ("" if same else "; other data or config: not like for like"),
         }
     say_training(name, entry)
     if providers:
@@ -474,7 +474,7 @@ def say_serving(export_seconds: float, rows: list[dict[str, Any]]) -> None:
 
 def summary(results: dict[str, Any]) -> None:
     print(f"\nsummary ({results['data']}, {results['budget']:g} s each, {results['seconds']:.0f} s in all)")
-    print("(* a CPU figure recorded with another configuration: not like for like)")
+    print("(* a CPU figure recorded on other data or with another configuration: not like for like)")
     print(f"{'family':<16}{'device':<8}{'precision':<20}{'images/s':>12}{'CPU images/s':>16}{'GPU busy':>10}")
     for name, entry in results["families"].items():
         t, cpu = entry["train"], entry.get("cpu") or {}
