@@ -1,8 +1,8 @@
 """The discretised logistic (PixelCNN++): the mass a logistic puts on one level's bin.
 
 Level l of 0..L-1 owns [l - 1/2, l + 1/2]; the end levels take the tails, so the masses of the
-L levels sum to 1 exactly. Both the per-dimension mixture (model.DiscretizedLogistic) and the
-colour pixel mixture (pixel_mixture) evaluate it here.
+L levels sum to 1 exactly. The autoregressive family's mixtures (its per-dimension one and
+PixelCNN++'s colour pixel mixture) and the VAE's image decoder evaluate it here.
 """
 
 from __future__ import annotations
@@ -36,3 +36,12 @@ def log_mass(level: torch.Tensor, mean: torch.Tensor, log_scale: torch.Tensor, l
     return torch.where(
         level < 0.5, log_sigmoid(upper), torch.where(level > levels - 1.5, log_sigmoid(-lower), middle)
     )
+
+
+def sample_level(u: torch.Tensor, mean: torch.Tensor, log_scale: torch.Tensor, levels: int) -> torch.Tensor:
+    """A level of 0..levels-1 drawn by inverting the logistic's CDF at uniform ``u``: the
+    continuous draw mean + s * logit(u), rounded to the nearest level and clipped, so that the
+    end levels take the tails and P(level) is exactly :func:`log_mass`'s. u = 0 or 1 give an
+    infinite draw, which the clip sends to an end level."""
+    draw = mean + torch.exp(log_scale) * (torch.log(u) - torch.log(1.0 - u))
+    return torch.clamp(torch.round(draw), 0.0, levels - 1.0)

@@ -1,8 +1,9 @@
 """The VAE's ONNX graphs: sampler, scorer (one importance draw), and the latent space's: the
-encoder q(z|x), the decoder's mean E[x|z], its draw (the sampler, fed a chosen z) and its
-distribution parameters (ELBO surgery reads them). A conditional VAE's sampler and scorer take
-the label "y" as well; it exports no latent graphs (plugins.vae.family says why), so the
-evaluation's ELBO surgery, latent report and MIG, which read the encoder, do not apply to it."""
+encoder q(z|x), the decoder's mean, its draw (the sampler, fed a chosen z) and, but for a
+discretised-logistic decoder, its distribution parameters (ELBO surgery reads them). A
+conditional VAE's sampler and scorer take the label "y" as well; it exports no latent graphs
+(plugins.vae.family says why), so the evaluation's ELBO surgery, latent report and MIG, which
+read the encoder, do not apply to it."""
 
 from __future__ import annotations
 
@@ -54,12 +55,14 @@ class _ClassScorer(_Scorer):
 
 def latent_functions(vae: nn.Module) -> dict[tuple[str, str], Callable[..., torch.Tensor]]:
     """(role, kind) -> the function each latent-space graph computes (export and reference)."""
-    return {
+    functions = {
         ("encoder", "gaussian"): lambda x: torch.cat(vae.encode(x), -1),  # [mean, log_var] of q(z|x)
         ("decoder", "mean"): vae.decode_mean,
         ("decoder", "sample"): vae.sample,
-        ("decoder", "params"): vae.decode,
     }
+    if vae.has_table:
+        functions["decoder", "params"] = vae.decode
+    return functions
 
 
 def export_vae(model: VAEModel, directory: Path) -> list[GraphSpec]:
@@ -101,11 +104,16 @@ def export_vae(model: VAEModel, directory: Path) -> list[GraphSpec]:
         Traced(latent["encoder", "gaussian"], vae=vae), {"x": x + 1}, "stats", directory / "encoder.onnx"
     )
     export_torch(
-        Traced(latent["decoder", "params"], vae=vae), {"z": z - 0.1}, "params", directory / "decoder.onnx"
-    )
-    export_torch(
         Traced(latent["decoder", "mean"], vae=vae), {"z": z + 0.2}, "x", directory / "decoder_mean.onnx"
     )
+    params: list[GraphSpec] = []
+    if vae.has_table:  # not a logistic's: ELBO surgery reads the scorer instead (plugins.vae.likelihood)
+        export_torch(
+            Traced(latent["decoder", "params"], vae=vae), {"z": z - 0.1}, "params", directory / "decoder.onnx"
+        )
+        params.append(
+            GraphSpec(role="decoder", file="decoder.onnx", kind="params", x_input="z", output="params")
+        )
     return [
         *served,
         GraphSpec(
@@ -118,5 +126,5 @@ def export_vae(model: VAEModel, directory: Path) -> list[GraphSpec]:
         GraphSpec(role="decoder", file="decoder_mean.onnx", kind="mean", x_input="z", output="x"),
         # A draw of x|z is the sampler's with z chosen: the same graph, its z fed, not drawn.
         GraphSpec(role="decoder", file="sampler.onnx", kind="sample", x_input="z", noise=[u], output="x"),
-        GraphSpec(role="decoder", file="decoder.onnx", kind="params", x_input="z", output="params"),
+        *params,
     ]

@@ -1,8 +1,9 @@
 """The `vae` family: VAE / beta-VAE whose score is the ELBO (or, with k draws, the IWAE bound).
 
 Whatever beta the model was trained with, its served bound uses beta = 1, so the number is a
-true lower bound on log p(x). On discrete data the decoder is a per-pixel categorical over
-the levels, so the bound is on the probability mass and its bits/dim compare with a flow's.
+true lower bound on log p(x). On discrete data the decoder is a distribution over the levels
+(a categorical per value, or a discretised-logistic mixture on colour images and above 64
+levels), so the bound is on the probability mass and its bits/dim compare with a flow's.
 
 On labelled data it is a conditional VAE, q(z|x,y) and p(x|z,y) with the prior N(0, I): its
 sampler and its scorer take the label, and each scorer draw is a log importance weight of
@@ -25,7 +26,10 @@ from registry.contract.family import Capability, GraphSpec, TrainControl
 
 class VAEFamily(TorchFamily):
     name = "vae"
-    description = "VAE / beta-VAE: Gaussian encoder, categorical or Gaussian decoder; ELBO and IWAE bounds"
+    description = (
+        "VAE / beta-VAE: Gaussian encoder, categorical, discretised-logistic or Gaussian decoder "
+        "(convolutional on colour images); ELBO and IWAE bounds"
+    )
     capabilities = frozenset({Capability.SAMPLE, Capability.BOUND, Capability.ENCODE, Capability.DECODE})
     Config = VAEConfig
     data_parallel = True  # plugins.common.training.fit: DistributedDataParallel
@@ -34,7 +38,7 @@ class VAEFamily(TorchFamily):
     def train(self, data: Dataset, config: VAEConfig, control: TrainControl) -> VAEModel:
         from plugins.vae.train import train_vae
 
-        return train_vae(data, config, control)
+        return train_vae(data, config.resolve(data), control)
 
     def model_capabilities(self, model: VAEModel) -> set[Capability]:
         if model.vae.classes:

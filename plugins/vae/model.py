@@ -1,4 +1,9 @@
-"""The VAE's networks: Gaussian encoder q(z|x); categorical (discrete data) or Gaussian decoder.
+"""The VAE's networks: a Gaussian encoder q(z|x) and a decoder of p(x|z)'s parameters.
+
+Two architectures: ``mlp`` (dense layers over the flat row) and ``conv`` (image data: residual
+convolutions, halving the height and width down to 4 or less in the encoder and doubling back
+in the decoder). The decoder's outputs are per value, (n, D, per); plugins.vae.likelihood says
+what they mean (a categorical, a discretised-logistic mixture or a Gaussian).
 
 Every function that the exported graphs use takes its noise as an argument. A conditional VAE
 (``classes``) takes the label y too: q(z|x, y) and p(x|z, y), the prior N(0, I) is shared. The
@@ -8,15 +13,13 @@ learned per-class offset of that layer); with no classes every layer is the unco
 
 from __future__ import annotations
 
-import math
-
 import torch
 from torch import nn
 from torch.nn import functional as F
 
 from plugins.common.blocks import one_hot
-
-LOG_2PI = math.log(2 * math.pi)
+from plugins.common.causal import planes
+from plugins.vae.likelihood import Gaussian, Likelihood, Params, normal_log_pdf
 
 
 def _mlp(inp: int, hidden: int, out: int, depth: int) -> nn.Sequential:
@@ -29,94 +32,125 @@ def _mlp(inp: int, hidden: int, out: int, depth: int) -> nn.Sequential:
     return nn.Sequential(*layers)
 
 
-class ConvEncoder(nn.Module):
-    """Rows (channels last) -> 2 x latent: two stride-2 convolutions, then a linear map."""
+def halvings(shape: tuple[int, int, int]) -> int:
+    """How often the conv encoder halves the height and width: while both are even and above 4
+    (32x32 -> 4x4: 3; 8x8 -> 4x4: 1; 4x4 and odd sizes: none)."""
+    h, w, _ = shape
+    n = 0
+    while h % 2 == 0 and w % 2 == 0 and min(h, w) > 4:
+        h, w, n = h // 2, w // 2, n + 1
+    return n
 
-    # The label (``extra`` one-hot columns) joins the flattened features at the first dense layer.
-    DENSE = 5
 
-    def __init__(self, shape: tuple[int, int, int], hidden: int, out: int, extra: int = 0) -> None:
+class ResBlock(nn.Module):
+    """h + conv(gelu(conv(gelu(h)))): two 3x3 convolutions on a residual path, the second
+    starting at zero, so each block begins as the identity and a deep stack trains from the start."""
+
+    def __init__(self, channels: int) -> None:
         super().__init__()
-        h, w, c = shape
-        self.shape = shape
-        width = max(8, hidden // 8)
-        self.net = nn.Sequential(
-            nn.Conv2d(c, width, 4, 2, 1),
-            nn.GELU(),
-            nn.Conv2d(width, 2 * width, 4, 2, 1),
-            nn.GELU(),
-            nn.Flatten(),
-            nn.Linear(2 * width * (h // 4) * (w // 4) + extra, hidden),
-            nn.GELU(),
-            nn.Linear(hidden, out),
-        )
+        self.conv1 = nn.Conv2d(channels, channels, 3, padding=1)
+        self.conv2 = nn.Conv2d(channels, channels, 3, padding=1)
+        nn.init.zeros_(self.conv2.weight)
+        nn.init.zeros_(self.conv2.bias)
 
-    def forward(self, x: torch.Tensor, extra: torch.Tensor | None = None) -> torch.Tensor:
-        h, w, c = self.shape
-        image = x.reshape(-1, h, w, c).permute(0, 3, 1, 2)
-        if extra is None:
-            return self.net(image)
-        features = self.net[: self.DENSE](image)
-        return self.net[self.DENSE :](torch.cat([features, extra], -1))
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        return h + self.conv2(F.gelu(self.conv1(F.gelu(h))))
 
 
-class ConvDecoder(nn.Module):
-    """latent -> per-value outputs (``per`` each), rows channels last: the encoder mirrored."""
+def _widths(channels: int, image_channels: int, stages: int) -> list[int]:
+    """Channels at each resolution, the image's own first: ``channels`` after the first halving
+    (or the stem, with none), twice as many after the second and below."""
+    return [image_channels, channels] + [2 * channels] * (stages - 1)
+
+
+class ConvEncoder(nn.Module):
+    """Rows (channels last) -> ``out`` numbers. Each halving is a stride-2 4x4 convolution
+    followed by ``blocks`` residual blocks; an image too small to halve gets a 3x3 stem and its
+    blocks at full size. One dense layer at the end (the label joins there).
+
+    No residual block runs at full size: at 32x32 a 3x3 convolution costs 4x its 16x16 twin,
+    and those dominated the step time (measured in VAEConfig.resolve's docstring)."""
 
     def __init__(
-        self, shape: tuple[int, int, int], latent: int, hidden: int, per: int, grouped: bool
+        self, shape: tuple[int, int, int], channels: int, blocks: int, out: int, extra: int = 0
     ) -> None:
         super().__init__()
         h, w, c = shape
-        self.shape, self.per, self.grouped = shape, per, grouped
-        self.width = max(8, hidden // 8)
-        self.inp = nn.Sequential(
-            nn.Linear(latent, hidden),  # latent: z's width, with a conditional VAE's label block
-            nn.GELU(),
-            nn.Linear(hidden, 2 * self.width * (h // 4) * (w // 4)),
-            nn.GELU(),
-        )
-        self.net = nn.Sequential(
-            nn.ConvTranspose2d(2 * self.width, self.width, 4, 2, 1),
-            nn.GELU(),
-            nn.ConvTranspose2d(self.width, c * per, 4, 2, 1),
-        )
+        self.shape = shape
+        stages = halvings(shape)
+        widths = _widths(channels, c, stages)
+        layers: list[nn.Module] = []
+        if stages == 0:
+            layers.append(nn.Conv2d(c, channels, 3, padding=1))
+            layers += [ResBlock(channels) for _ in range(blocks)]
+        for s in range(1, stages + 1):
+            layers.append(nn.Conv2d(widths[s - 1], widths[s], 4, stride=2, padding=1))
+            layers += [ResBlock(widths[s]) for _ in range(blocks)]
+        self.conv = nn.Sequential(*layers)
+        self.dense = nn.Linear(widths[-1] * (h >> stages) * (w >> stages) + extra, out)
+
+    def forward(self, x: torch.Tensor, extra: torch.Tensor | None = None) -> torch.Tensor:
+        features = F.gelu(self.conv(planes(x, self.shape))).flatten(1)
+        return self.dense(features if extra is None else torch.cat([features, extra], -1))
+
+
+class ConvDecoder(nn.Module):
+    """latent -> (n, D, per) per-value outputs, rows channels last: the encoder mirrored. A
+    dense layer to the smallest resolution; at each, ``blocks`` residual blocks and a stride-2
+    transposed 4x4 convolution up (the last to ``channels`` at full size); then a 3x3 head of
+    c x per planes."""
+
+    def __init__(
+        self, shape: tuple[int, int, int], latent: int, channels: int, blocks: int, per: int
+    ) -> None:
+        super().__init__()
+        h, w, c = shape
+        self.shape, self.per = shape, per
+        stages = halvings(shape)
+        widths = _widths(channels, c, stages)
+        widths[0] = channels  # the head's input: full size, ``channels`` planes
+        self.top = (widths[-1], h >> stages, w >> stages)
+        self.dense = nn.Linear(latent, widths[-1] * (h >> stages) * (w >> stages))
+        layers: list[nn.Module] = []
+        for s in range(stages, 0, -1):
+            layers += [ResBlock(widths[s]) for _ in range(blocks)]
+            layers += [nn.GELU(), nn.ConvTranspose2d(widths[s], widths[s - 1], 4, stride=2, padding=1)]
+        if stages == 0:
+            layers += [ResBlock(channels) for _ in range(blocks)]
+        layers += [nn.GELU(), nn.Conv2d(channels, c * per, 3, padding=1)]
+        self.conv = nn.Sequential(*layers)
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         h, w, c = self.shape
-        out = self.net(self.inp(z).reshape(-1, 2 * self.width, h // 4, w // 4))  # (B, c * per, h, w)
-        out = out.reshape(-1, c, self.per, h, w)
-        # As the MLP decoder lays them out: each value's levels together (B, h * w * c * levels),
-        # or each output whole, channels last ([means, log-variances]).
-        order = (0, 3, 4, 1, 2) if self.grouped else (0, 2, 3, 4, 1)
-        return out.permute(*order).reshape(z.shape[0], -1)
-
-
-def normal_log_pdf(z: torch.Tensor, mean: torch.Tensor, log_var: torch.Tensor) -> torch.Tensor:
-    """Sum over the last dimension of log N(z | mean, exp(log_var))."""
-    return (-0.5 * (LOG_2PI + log_var + (z - mean) ** 2 * torch.exp(-log_var))).sum(-1)
+        out = self.conv(self.dense(z).reshape(-1, *self.top))  # (n, c * per, h, w)
+        # (n, c, per, h, w) -> (n, h, w, c, per): a value's numbers together, rows channels last
+        out = out.reshape(-1, c, self.per, h, w).permute(0, 3, 4, 1, 2)
+        return out.reshape(z.shape[0], h * w * c, self.per)
 
 
 class VAE(nn.Module):
     def __init__(
         self,
         dim: int,
-        levels: int | None,
+        likelihood: Likelihood,
         latent: int,
         hidden: int,
         depth: int,
         conv_shape: tuple[int, int, int] | None = None,
         classes: int = 0,
+        channels: int = 32,
+        blocks: int = 1,
     ) -> None:
         super().__init__()
-        self.dim, self.levels, self.latent, self.classes = dim, levels, latent, classes
-        out = dim * levels if levels else 2 * dim
+        self.dim, self.latent, self.classes = dim, latent, classes
+        self.likelihood = likelihood
+        per = likelihood.per
         if conv_shape is None:
             self.encoder: nn.Module = _mlp(dim + classes, hidden, 2 * latent, depth)
-            self.decoder: nn.Module = _mlp(latent + classes, hidden, out, depth)
+            self.decoder: nn.Module = _mlp(latent + classes, hidden, dim * per, depth)
         else:
-            self.encoder = ConvEncoder(conv_shape, hidden, 2 * latent, extra=classes)
-            self.decoder = ConvDecoder(conv_shape, latent + classes, hidden, out // dim, grouped=bool(levels))
+            self.encoder = ConvEncoder(conv_shape, channels, blocks, 2 * latent, extra=classes)
+            self.decoder = ConvDecoder(conv_shape, latent + classes, channels, blocks, per)
         self.register_buffer("mean", torch.zeros(dim))
         self.register_buffer("std", torch.ones(dim))
 
@@ -140,33 +174,37 @@ class VAE(nn.Module):
         mean, log_var = stats.chunk(2, dim=-1)
         return mean, torch.clamp(log_var, -12.0, 8.0)
 
-    def decode(self, z: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
-        """Distribution parameters: per-pixel log-probabilities (B, D, L), or (mean, log_var) (B, 2D)."""
+    def params(self, z: torch.Tensor, y: torch.Tensor | None = None) -> Params:
+        """p(x|z)'s (p(x|z,y)'s) distribution parameters, as plugins.vae.likelihood splits them."""
         label = self._label(y)
         out = self.decoder(z if label is None else torch.cat([z, label], -1))
-        if self.levels:
-            return F.log_softmax(out.reshape(*z.shape[:-1], self.dim, self.levels), dim=-1)
-        mean, log_var = out.chunk(2, dim=-1)
-        return torch.cat(
-            [mean * self.std + self.mean, torch.clamp(log_var, -10.0, 6.0) + 2 * torch.log(self.std)], -1
-        )
+        if out.dim() == 2:  # the MLP: each value's numbers together, or a Gaussian's [means, log-variances]
+            if isinstance(self.likelihood, Gaussian):
+                out = torch.stack(out.chunk(2, -1), -1)
+            out = out.reshape(*z.shape[:-1], self.dim, self.likelihood.per)
+        return self.likelihood.split(out, self.mean, self.std)
+
+    @property
+    def levels(self) -> int | None:
+        return getattr(self.likelihood, "levels", None)
+
+    @property
+    def has_table(self) -> bool:
+        """Whether p(x|z)'s parameters are served as a graph (plugins.vae.likelihood: not the logistic's)."""
+        return hasattr(self.likelihood, "table")
+
+    def decode(self, z: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+        """The decoder-params graph: per-level log-probabilities (B, D, L) for discrete data, or
+        [means, log-variances] (B, 2D) for continuous (plugins.vae.likelihood's ``table``)."""
+        return self.likelihood.table(self.params(z, y))  # type: ignore[attr-defined]
 
     def decode_mean(self, z: torch.Tensor) -> torch.Tensor:
-        """E[x|z] in data units: the expected level (discrete data) or the Gaussian's mean."""
-        params = self.decode(z)
-        if self.levels:
-            levels = torch.arange(self.levels, dtype=params.dtype, device=params.device)
-            return (torch.exp(params) * levels).sum(-1)
-        return params.chunk(2, dim=-1)[0]
+        """The decoder-mean graph, in data units (plugins.vae.likelihood's ``mean``)."""
+        return self.likelihood.mean(self.params(z))
 
-    def log_likelihood(self, x: torch.Tensor, params: torch.Tensor) -> torch.Tensor:
+    def log_likelihood(self, x: torch.Tensor, params: Params) -> torch.Tensor:
         """log p(x|z) summed over dimensions."""
-        if self.levels:
-            levels = torch.arange(self.levels, dtype=x.dtype, device=x.device)
-            one_hot = (x.unsqueeze(-1) == levels).to(params.dtype)
-            return (one_hot * params).sum((-1, -2))
-        mean, log_var = params.chunk(2, dim=-1)
-        return normal_log_pdf(x, mean, log_var)
+        return self.likelihood.log_likelihood(x, params)
 
     def log_weight(
         self, x: torch.Tensor, eps: torch.Tensor, y: torch.Tensor | None = None
@@ -175,7 +213,7 @@ class VAE(nn.Module):
         (given y: log p(x|z,y), log p(z), log q(z|x,y), a log importance weight of p(x|y))."""
         mean, log_var = self.encode(x, y)
         z = mean + torch.exp(0.5 * log_var) * eps
-        rec = self.log_likelihood(x, self.decode(z, y))
+        rec = self.log_likelihood(x, self.params(z, y))
         prior = normal_log_pdf(z, torch.zeros_like(z), torch.zeros_like(z))
         post = normal_log_pdf(z, mean, log_var)
         return rec, prior, post
@@ -183,9 +221,4 @@ class VAE(nn.Module):
     def sample(self, z: torch.Tensor, u: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
         """Decode z and draw x from p(x|z) (p(x|z,y)) with explicit noise u (uniform for levels,
         normal else)."""
-        params = self.decode(z, y)
-        if self.levels:
-            cdf = torch.cumsum(torch.exp(params), -1)[..., :-1]
-            return (u.unsqueeze(-1) >= cdf).to(torch.float32).sum(-1)
-        mean, log_var = params.chunk(2, dim=-1)
-        return mean + torch.exp(0.5 * log_var) * u
+        return self.likelihood.sample(self.params(z, y), u)

@@ -12,6 +12,7 @@ import torch
 
 from plugins.common.training import fit_config, pick_device, split_labels, with_labels
 from plugins.vae.config import VAEConfig, VAEModel
+from plugins.vae.likelihood import Categorical, Gaussian, Likelihood, Logistic
 from plugins.vae.model import VAE
 from registry.contract.dataset import Dataset
 from registry.contract.family import TrainControl
@@ -22,22 +23,45 @@ def kl_to_prior(mean: torch.Tensor, log_var: torch.Tensor) -> torch.Tensor:
     return 0.5 * (mean**2 + torch.exp(log_var) - 1.0 - log_var).sum(-1)
 
 
-def train_vae(data: Dataset, config: VAEConfig, control: TrainControl) -> VAEModel:
-    device = pick_device(control)
-    torch.manual_seed(control.seed)
-    shape = None
-    if config.arch == "conv":
-        shape = data.image_shape
-        if shape is None or shape[0] % 4 or shape[1] % 4:
-            raise ValueError("arch=conv needs image data whose height and width are multiples of 4")
-    labelled = data.labels is not None
-    classes = (data.classes or 0) if labelled else 0
+def likelihood_of(config: VAEConfig, levels: int | None) -> Likelihood:
+    """p(x|z)'s family for a resolved config (VAEConfig.resolve checked it fits the data)."""
+    if config.decoder == "categorical":
+        assert levels is not None
+        return Categorical(levels)
+    if config.decoder == "logistic":
+        assert levels is not None
+        return Logistic(levels, config.components)
+    return Gaussian()
+
+
+def build(data: Dataset, config: VAEConfig) -> VAE:
+    """The untrained VAE of a resolved config on ``data``, normalised to its training split."""
+    assert config.latent is not None and config.channels is not None and config.blocks is not None
+    classes = (data.classes or 0) if data.labels is not None else 0
     vae = VAE(
-        data.dim, data.levels, config.latent, config.hidden, config.depth, conv_shape=shape, classes=classes
+        data.dim,
+        likelihood_of(config, data.levels),
+        config.latent,
+        config.hidden,
+        config.depth,
+        conv_shape=data.image_shape if config.arch == "conv" else None,
+        classes=classes,
+        channels=config.channels,
+        blocks=config.blocks,
     )
     train = torch.as_tensor(data.train, dtype=torch.float32)
     vae.mean.copy_(train.mean(0))
     vae.std.copy_(train.std(0) + 1e-3 if not data.levels else torch.full((data.dim,), data.levels / 4.0))
+    return vae
+
+
+def train_vae(data: Dataset, config: VAEConfig, control: TrainControl) -> VAEModel:
+    """Fit a VAE of a resolved config (VAEConfig.resolve) to ``data``."""
+    device = pick_device(control)
+    torch.manual_seed(control.seed)
+    labelled = data.labels is not None
+    vae = build(data, config)
+    train = torch.as_tensor(data.train, dtype=torch.float32)
     vae.to(device)
     val = torch.as_tensor(data.validation, dtype=torch.float32, device=device)
     val_y = None
@@ -57,7 +81,7 @@ def train_vae(data: Dataset, config: VAEConfig, control: TrainControl) -> VAEMod
         mean, log_var = vae.encode(batch, y)
         eps = torch.randn(mean.shape, generator=generator).to(device)
         z = mean + torch.exp(0.5 * log_var) * eps
-        rec = vae.log_likelihood(batch, vae.decode(z, y))
+        rec = vae.log_likelihood(batch, vae.params(z, y))
         return -(rec - config.beta * kl_to_prior(mean, log_var)).mean() * nats_to_bpd
 
     def validate() -> float:
@@ -65,7 +89,7 @@ def train_vae(data: Dataset, config: VAEConfig, control: TrainControl) -> VAEMod
         with torch.no_grad():
             mean, log_var = vae.encode(val, val_y)
             z = mean + torch.exp(0.5 * log_var) * val_eps
-            rec = vae.log_likelihood(val, vae.decode(z, val_y))
+            rec = vae.log_likelihood(val, vae.params(z, val_y))
             return float(-(rec - config.beta * kl_to_prior(mean, log_var)).mean() * nats_to_bpd)
 
     result = fit_config(vae, train, config, loss_fn=loss_fn, validate=validate, control=control)
