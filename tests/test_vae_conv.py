@@ -202,7 +202,8 @@ def test_a_conditional_conv_vae_is_normalised_for_each_label():
 def test_colour_vae_trains_exports_and_serves(train_model, tmp_path):
     """8x8x3 at 4 levels: the default conv + logistic VAE passes parity on every graph it
     serves; it serves no decoder-params graph (surgery reads the scorer); its mean decoder
-    answers levels; its seeded samples repeat; ELBO surgery adds up; the bound beats the uniform."""
+    answers values in the levels' range, one colour an image as the data; its seeded samples
+    repeat; ELBO surgery adds up; the bound beats the uniform."""
     data = _stack(tmp_path)
     stored = train_model("vae", data, 15, channels=8, latent=4, lr=3e-3, name="vae-rgb")
     config = stored.meta["config"]
@@ -214,7 +215,9 @@ def test_colour_vae_trains_exports_and_serves(train_model, tmp_path):
     x = load_dataset(data).test[:5]
     z = latent.encode(loaded, latent.check_encode(loaded, x, None), seed=0).z
     decoded = latent.decode(loaded, latent.check_decode(loaded, z, False), seed=0)
-    assert decoded.shape == (5, 192) and set(np.unique(decoded)) <= {0.0, 1.0, 2.0, 3.0}
+    assert decoded.shape == (5, 192) and decoded.min() >= 0.0 and decoded.max() <= 3.0
+    # the decoded image's every pixel the same colour, as the data's are (per channel, in levels)
+    assert np.abs(decoded.reshape(5, 64, 3) - decoded.reshape(5, 64, 3).mean(1, keepdims=True)).max() < 0.5
     drawn = loaded.sample(6, seed=4)
     assert np.array_equal(drawn, loaded.sample(6, seed=4)) and not np.array_equal(
         drawn, loaded.sample(6, seed=5)
