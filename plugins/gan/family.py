@@ -5,6 +5,8 @@ non-saturating -log D(G(z)) by default, or the minimax log(1 - D(G(z))) with -o 
 
 On labelled data it is a conditional GAN, G(z, y) against a projection discriminator D(x, y),
 trained on the same objective given the label: its sampler and its discriminator take "y".
+
+On colour images G and D are DCGAN's convolutions (arch=conv, plugins.gan.model); elsewhere MLPs.
 """
 
 from __future__ import annotations
@@ -21,7 +23,10 @@ from registry.contract.family import Capability, GraphSpec, TrainControl
 
 class GANFamily(TorchFamily):
     name = "gan"
-    description = "GAN: MLP generator and discriminator, non-saturating or minimax generator loss"
+    description = (
+        "GAN: MLP or DCGAN (colour images) generator and discriminator, non-saturating or minimax "
+        "generator loss"
+    )
     capabilities = frozenset({Capability.SAMPLE, Capability.DISCRIMINATE})
     Config = GANConfig
     conditional = True  # G(z, y) and D(x, y) on labelled data (plugins.gan.train)
@@ -29,7 +34,7 @@ class GANFamily(TorchFamily):
     def train(self, data: Dataset, config: GANConfig, control: TrainControl) -> GANModel:
         from plugins.gan.train import train_gan
 
-        return train_gan(data, config, control)
+        return train_gan(data, config.resolve(data), control)
 
     def sample(self, model: GANModel, noise: dict[str, np.ndarray]) -> np.ndarray:
         if model.generator.classes:
