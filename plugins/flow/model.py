@@ -193,7 +193,63 @@ class Preprocess(nn.Module):
         return torch.clamp(torch.floor(y), 0, self.levels - 1)
 
 
-class Flow(nn.Module):
+class LatentFlow(nn.Module):
+    """What every flow here computes from its two maps: ``_forward(y, label) -> (z, log-det)``
+    (preprocessing included) and ``_inverse(z, context) -> h`` (before the preprocessing's
+    inverse), over a standard normal base, or for a conditional flow (``self.base``, a
+    :class:`LabelEmbedding` of 2 x dim) a Gaussian with a mean and a scale per class."""
+
+    dim: int
+    pre: Preprocess
+
+    def _forward(
+        self, y: torch.Tensor, label: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        raise NotImplementedError
+
+    def _inverse(self, z: torch.Tensor, context: torch.Tensor | None) -> torch.Tensor:
+        raise NotImplementedError
+
+    def _base(self, label: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(mean, log-scale) of class ``label``'s base Gaussian, (n, dim) each."""
+        return self.base(label).chunk(2, dim=1)
+
+    def log_prob(self, y: torch.Tensor, label: torch.Tensor | None = None) -> torch.Tensor:
+        """Log-density of y (dequantised x for discrete data), in nats per row; given the
+        (n, 1) class ``label`` of a conditional flow, log p(y|label)."""
+        z, log_det = self._forward(y, label)
+        if label is None:
+            log_base = -0.5 * (z * z).sum(1) - 0.5 * self.dim * LOG_2PI
+        else:
+            mean, log_scale = self._base(label)
+            s = (z - mean) * torch.exp(-log_scale)
+            log_base = -0.5 * (s * s).sum(1) - log_scale.sum(1) - 0.5 * self.dim * LOG_2PI
+        return log_base + log_det
+
+    def transform(self, y: torch.Tensor) -> torch.Tensor:
+        """z = f(y), the latent of y (dequantised x for discrete data)."""
+        return self._forward(y)[0]
+
+    def invert(self, z: torch.Tensor) -> torch.Tensor:
+        """y = f^-1(z) exactly (no rounding to the lattice); :meth:`freeze_inverse` first."""
+        return self.pre.inverse(self._inverse(z, None), lattice=False)
+
+    def freeze_inverse(self) -> None:
+        for module in self.modules():
+            if isinstance(module, InvertibleLinear):
+                module.freeze_inverse()
+
+    def sample(self, z: torch.Tensor, label: torch.Tensor | None = None) -> torch.Tensor:
+        """Maps standard normal noise to data units (of class ``label``, (n, 1), for a
+        conditional flow); call :meth:`freeze_inverse` after training first."""
+        context = None
+        if label is not None:
+            mean, log_scale = self._base(label)
+            z, context = mean + torch.exp(log_scale) * z, self.label(label)
+        return self.pre.inverse(self._inverse(z, context))
+
+
+class Flow(LatentFlow):
     """x -> h (preprocess) -> [ActNorm, InvertibleLinear, Coupling] * K -> z ~ N(0, I)."""
 
     def __init__(
@@ -253,49 +309,13 @@ class Flow(nn.Module):
             log_det = log_det + ld
         return h, log_det
 
-    def _base(self, label: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(mean, log-scale) of class ``label``'s base Gaussian, (n, dim) each."""
-        return self.base(label).chunk(2, dim=1)
-
-    def log_prob(self, y: torch.Tensor, label: torch.Tensor | None = None) -> torch.Tensor:
-        """Log-density of y (dequantised x for discrete data), in nats per row; given the
-        (n, 1) class ``label`` of a conditional flow, log p(y|label)."""
-        h, log_det = self._forward(y, label)
-        if label is None:
-            log_base = -0.5 * (h * h).sum(1) - 0.5 * self.dim * LOG_2PI
-        else:
-            mean, log_scale = self._base(label)
-            s = (h - mean) * torch.exp(-log_scale)
-            log_base = -0.5 * (s * s).sum(1) - log_scale.sum(1) - 0.5 * self.dim * LOG_2PI
-        return log_base + log_det
-
-    def transform(self, y: torch.Tensor) -> torch.Tensor:
-        """z = f(y), the latent of y (dequantised x for discrete data)."""
-        return self._forward(y)[0]
-
-    def invert(self, z: torch.Tensor) -> torch.Tensor:
-        """y = f^-1(z) exactly (no rounding to the lattice); :meth:`freeze_inverse` first."""
+    def _inverse(self, z: torch.Tensor, context: torch.Tensor | None) -> torch.Tensor:
+        """h (before the data's preprocessing) from the latent z, the steps in reverse."""
         h = z
-        for step in reversed(self.steps):
-            h = step.inverse(h)
-        return self.pre.inverse(h, lattice=False)
-
-    def freeze_inverse(self) -> None:
-        for step in self.steps:
-            if isinstance(step, InvertibleLinear):
-                step.freeze_inverse()
-
-    def sample(self, z: torch.Tensor, label: torch.Tensor | None = None) -> torch.Tensor:
-        """Maps standard normal noise to data units (of class ``label``, (n, 1), for a
-        conditional flow); call :meth:`freeze_inverse` after training first."""
-        h, context = z, None
-        if label is not None:
-            mean, log_scale = self._base(label)
-            h, context = mean + torch.exp(log_scale) * z, self.label(label)
         for step in reversed(self.steps):
             h = (
                 step.inverse(h, context)
                 if context is not None and isinstance(step, Coupling)
                 else step.inverse(h)
             )
-        return self.pre.inverse(h)
+        return h

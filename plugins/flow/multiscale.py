@@ -17,16 +17,12 @@ has a mean and a scale per class, as in the flat flow.
 
 from __future__ import annotations
 
-import math
-
 import torch
 from torch import nn
 
 from plugins.common.blocks import LabelEmbedding
 from plugins.common.invertible import ActNorm, InvertibleLinear, squeeze, to_image, to_rows, unsqueeze
-from plugins.flow.model import LABEL_WIDTH, Coupling, Preprocess
-
-LOG_2PI = math.log(2 * math.pi)
+from plugins.flow.model import LABEL_WIDTH, Coupling, LatentFlow, Preprocess
 
 
 def max_scales(shape: tuple[int, int, int]) -> int:
@@ -38,7 +34,7 @@ def max_scales(shape: tuple[int, int, int]) -> int:
     return scales
 
 
-class MultiScaleFlow(nn.Module):
+class MultiScaleFlow(LatentFlow):
     def __init__(
         self,
         shape: tuple[int, int, int],
@@ -142,39 +138,3 @@ class MultiScaleFlow(nn.Module):
                 h = step.inverse(h, context) if isinstance(step, Coupling) else step.inverse(h)
             h = unsqueeze(h)
         return to_rows(h)
-
-    def _base(self, label: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.base(label).chunk(2, dim=1)
-
-    def log_prob(self, y: torch.Tensor, label: torch.Tensor | None = None) -> torch.Tensor:
-        """Log-density of y (dequantised x for discrete data), in nats per row; given the
-        (n, 1) class ``label`` of a conditional flow, log p(y|label)."""
-        z, log_det = self._forward(y, label)
-        if label is None:
-            log_base = -0.5 * (z * z).sum(1) - 0.5 * self.dim * LOG_2PI
-        else:
-            mean, log_scale = self._base(label)
-            s = (z - mean) * torch.exp(-log_scale)
-            log_base = -0.5 * (s * s).sum(1) - log_scale.sum(1) - 0.5 * self.dim * LOG_2PI
-        return log_base + log_det
-
-    def transform(self, y: torch.Tensor) -> torch.Tensor:
-        """z = f(y), the latent of y (dequantised x for discrete data)."""
-        return self._forward(y)[0]
-
-    def invert(self, z: torch.Tensor) -> torch.Tensor:
-        """y = f^-1(z) exactly (no rounding to the lattice); :meth:`freeze_inverse` first."""
-        return self.pre.inverse(self._inverse(z, None), lattice=False)
-
-    def freeze_inverse(self) -> None:
-        for module in self.modules():
-            if isinstance(module, InvertibleLinear):
-                module.freeze_inverse()
-
-    def sample(self, z: torch.Tensor, label: torch.Tensor | None = None) -> torch.Tensor:
-        """Maps standard normal noise to data units (of class ``label`` for a conditional flow)."""
-        context = None
-        if label is not None:
-            mean, log_scale = self._base(label)
-            z, context = mean + torch.exp(log_scale) * z, self.label(label)
-        return self.pre.inverse(self._inverse(z, context))
