@@ -36,11 +36,11 @@ def _stack(tmp_path, shape=(8, 8, 3), levels=4, n=240, seed=0, name="rgb.npy") -
 
 
 def test_defaults_follow_the_data_kind(tmp_path):
-    """Colour images get the conv network and the logistic decoder; digits, shapes and toys keep
+    """Colour images get the conv network and the local decoder; digits, shapes and toys keep
     every option they had (an MLP, latent 8, a categorical or Gaussian decoder); a grey image at
     256 levels gets the logistic over an MLP. A decoder or arch the data cannot take is refused."""
     colour = VAEConfig().resolve(load_dataset(_stack(tmp_path)))
-    assert (colour.arch, colour.decoder, colour.components) == ("conv", "logistic", 1)
+    assert (colour.arch, colour.decoder, colour.components) == ("conv", "local", 1)
     old = {"latent": 8, "hidden": 256, "depth": 2, "lr": 1e-3, "weight_decay": 1e-4, "batch_size": 64}
     old |= {"epochs": 300, "patience": 30, "arch": "mlp"}
     for name, decoder in [("digits", "categorical"), ("shapes", "categorical"), ("moons", "gaussian")]:
@@ -54,6 +54,8 @@ def test_defaults_follow_the_data_kind(tmp_path):
         VAEConfig(decoder="gaussian").resolve(load_dataset("digits"))
     with pytest.raises(ValueError, match="decoder=logistic is for discrete data"):
         VAEConfig(decoder="logistic").resolve(load_dataset("moons"))
+    with pytest.raises(ValueError, match="decoder=local needs image data; 'moons' has no image shape"):
+        VAEConfig(decoder="local").resolve(load_dataset("moons"))
     with pytest.raises(ValueError, match="arch=conv needs image data"):
         VAEConfig(arch="conv").resolve(load_dataset("moons"))
 
@@ -113,6 +115,39 @@ def test_a_seeded_draw_follows_the_masses(components):
     assert set(drawn.unique().tolist()) <= set(range(levels))
 
 
+@pytest.mark.parametrize(("shape", "components"), [((2, 2, 1), 1), ((1, 2, 2), 3)])
+def test_the_local_decoder_draws_images_from_its_conditionals(shape, components):
+    """Uniform noise, one a value, draws whole images from the product of the conditionals: over
+    40,000 draws at 3 levels each of the 81 images comes up as often as its probability (5
+    standard errors), which sums to 1; the values are coupled (the joint is not the product of
+    the marginals). The decoder mean is the first value's weighted location, and the next
+    value's is its own moved by the coefficient times the first's mean (centred)."""
+    from plugins.vae.local import LocalLogistic
+
+    levels, n = 3, 40_000
+    lik = LocalLogistic(levels, shape, components)
+    torch.manual_seed(6)
+    raw = (torch.randn(1, 4, lik.per) * 1.5).expand(n, 4, lik.per)
+    params = lik.split(raw, torch.full((4,), 1.0), torch.full((4,), 0.75))
+    drawn = lik.sample(params, torch.rand(n, 4, generator=torch.Generator().manual_seed(7)))
+    images = _every_image(4, levels)
+    mass = lik.log_likelihood(images, tuple(p[:1].expand(len(images), *p.shape[1:]) for p in params)).exp()
+    assert mass.sum().item() == pytest.approx(1.0, abs=1e-5)
+    code = (drawn * torch.tensor([27.0, 9.0, 3.0, 1.0])).sum(-1).long()
+    freq = torch.bincount(code, minlength=81).double() / n
+    assert torch.all((freq - mass).abs() <= 5 * torch.sqrt(mass * (1 - mass) / n) + 1e-4), (freq, mass)
+    table = mass.reshape(levels, levels, levels, levels)
+    first, second = table.sum((1, 2, 3)), table.sum((0, 2, 3))
+    assert (table.sum((2, 3)) - first[:, None] * second[None, :]).abs().max() > 1e-3
+    mean = lik.mean(tuple(p[:1] for p in params))[0]
+    log_w, loc, _, coef = (p[0] for p in params)
+    m0 = torch.clamp((log_w[0].exp() * loc[0]).sum(), 0, levels - 1)
+    # the second value is the first's right neighbour (2x2x1: coefficient 0, the left one) or its
+    # second channel (1x2x2: coefficient 0, the first channel's)
+    m1 = torch.clamp((log_w[1].exp() * loc[1]).sum() + coef[1, 0] * (m0 - 1.0), 0, levels - 1)
+    assert mean[:2].tolist() == pytest.approx([m0.item(), m1.item()], abs=1e-5)
+
+
 def _every_image(dim: int, levels: int) -> torch.Tensor:
     return torch.tensor(list(itertools.product(range(levels), repeat=dim)), dtype=torch.float32)
 
@@ -122,7 +157,7 @@ def _random_vae(shape, levels, decoder, components=1, classes=0, seed=0) -> VAE:
     config = VAEConfig(arch="conv", decoder=decoder, components=components, latent=1, channels=8, blocks=1)
     vae = VAE(
         math.prod(shape),
-        likelihood_of(config, levels),
+        likelihood_of(config, levels, shape),
         1,
         16,
         1,
@@ -151,7 +186,14 @@ def _given(params: tuple[torch.Tensor, ...], i: int, n: int) -> tuple[torch.Tens
 
 @pytest.mark.parametrize(
     ("shape", "levels", "decoder", "components"),
-    [((2, 2, 3), 2, "logistic", 1), ((1, 2, 3), 4, "logistic", 3), ((1, 2, 3), 4, "categorical", 1)],
+    [
+        ((2, 2, 3), 2, "logistic", 1),
+        ((1, 2, 3), 4, "logistic", 3),
+        ((1, 2, 3), 4, "categorical", 1),
+        ((2, 2, 3), 2, "local", 1),
+        ((1, 2, 3), 4, "local", 3),
+        ((3, 2, 1), 4, "local", 2),
+    ],
 )
 def test_bounds_on_every_image_of_a_tiny_space(shape, levels, decoder, components):
     """With a 1-D latent, log p(x) = log of the integral of p(x|z) p(z) dz is a quadrature: it sums
@@ -182,9 +224,10 @@ def test_bounds_on_every_image_of_a_tiny_space(shape, levels, decoder, component
     assert (exact - iwae).mean() < (exact - elbo).mean()
 
 
-def test_a_conditional_conv_vae_is_normalised_for_each_label():
+@pytest.mark.parametrize("decoder", ["logistic", "local"])
+def test_a_conditional_conv_vae_is_normalised_for_each_label(decoder):
     """p(x|z, y) sums to 1 over the images for each label and z; the label changes it."""
-    vae = _random_vae((1, 2, 3), 4, "logistic", components=2, classes=3)
+    vae = _random_vae((1, 2, 3), 4, decoder, components=2, classes=3)
     images = _every_image(6, 4)
     with torch.no_grad():
         totals, rows = [], []
@@ -200,14 +243,14 @@ def test_a_conditional_conv_vae_is_normalised_for_each_label():
 
 @pytest.mark.slow
 def test_colour_vae_trains_exports_and_serves(train_model, tmp_path):
-    """8x8x3 at 4 levels: the default conv + logistic VAE passes parity on every graph it
+    """8x8x3 at 4 levels: the default conv + local-decoder VAE passes parity on every graph it
     serves; it serves no decoder-params graph (surgery reads the scorer); its mean decoder
     answers values in the levels' range, one colour an image as the data; its seeded samples
     repeat; ELBO surgery adds up; the bound beats the uniform."""
     data = _stack(tmp_path)
     stored = train_model("vae", data, 15, channels=8, latent=4, lr=3e-3, name="vae-rgb")
     config = stored.meta["config"]
-    assert (config["arch"], config["decoder"], config["blocks"]) == ("conv", "logistic", 1)
+    assert (config["arch"], config["decoder"], config["blocks"]) == ("conv", "local", 1)
     assert {"encode", "decode"} <= set(stored.capabilities)
     assert stored.graph("decoder", "params") is None
     assert max(v for k, v in stored.meta["parity"].items() if "share" not in k) < 1e-3, stored.meta["parity"]

@@ -30,11 +30,13 @@ class VAEConfig(FamilyConfig):
         description="mlp: dense layers over the flat row; conv: residual convolutions over the image "
         "(image data only); auto: conv on colour images, else mlp",
     )
-    decoder: Literal["auto", "categorical", "logistic", "gaussian"] = Field(
+    decoder: Literal["auto", "categorical", "logistic", "local", "gaussian"] = Field(
         "auto",
-        description="p(x|z) per value: categorical (a softmax over the levels), logistic (a "
-        "discretised-logistic mixture over the levels), gaussian (continuous data); auto: logistic "
-        f"on colour images or above {CATEGORICAL_LEVELS} levels, categorical on other discrete data",
+        description="p(x|z): categorical (a softmax over the levels per value), logistic (a "
+        "discretised-logistic mixture per value), local (images: the logistic mixture with its "
+        "location moved by the pixel's earlier channels and the left, upper and upper-left pixels; "
+        "drawn in H+W-1 steps per channel), gaussian (continuous data); auto: local on colour "
+        f"images, logistic above {CATEGORICAL_LEVELS} levels, categorical on other discrete data",
     )
     components: int = Field(1, ge=1, le=16, description="logistic: mixture components per value")
     channels: int | None = Field(None, ge=4, le=1024, description="conv: channels at full resolution")
@@ -72,8 +74,13 @@ class VAEConfig(FamilyConfig):
             raise ValueError(f"arch=conv needs image data; {data.name!r} has no image shape")
         decoder = self.decoder
         if decoder == "auto":
-            logistic = data.levels is not None and (colour or data.levels > CATEGORICAL_LEVELS)
-            decoder = "gaussian" if not data.levels else "logistic" if logistic else "categorical"
+            many = data.levels is not None and data.levels > CATEGORICAL_LEVELS
+            if not data.levels:
+                decoder = "gaussian"
+            else:
+                decoder = "local" if colour else "logistic" if many else "categorical"
+        if decoder == "local" and data.image_shape is None:
+            raise ValueError(f"decoder=local needs image data; {data.name!r} has no image shape")
         if (decoder == "gaussian") != (not data.levels):
             raise ValueError(
                 f"decoder={decoder} is for {'discrete' if decoder != 'gaussian' else 'continuous'} "

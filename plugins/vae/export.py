@@ -15,6 +15,7 @@ from torch import nn
 
 from plugins.common.graph import Traced
 from plugins.vae.config import VAEModel
+from plugins.vae.local import LocalLogistic
 from registry.contract.family import Condition, GraphSpec, LatentPart, NoiseInput
 from registry.pipeline.export import export_torch
 
@@ -71,6 +72,7 @@ def export_vae(model: VAEModel, directory: Path) -> list[GraphSpec]:
     x = torch.zeros(4, d)
     z = torch.randn(4, k)
     u = NoiseInput(name="u", dist="uniform" if model.levels else "normal", dim=d)
+    chained = isinstance(vae.likelihood, LocalLogistic)  # its draws read its earlier draws
     # A conditional VAE's sampler and scorer take "y"; it serves no latent space (below).
     condition = Condition(classes=vae.classes) if vae.classes else None
     y = {"y": torch.arange(4, dtype=torch.int64)[:, None] % vae.classes} if vae.classes else {}
@@ -87,6 +89,7 @@ def export_vae(model: VAEModel, directory: Path) -> list[GraphSpec]:
             noise=[NoiseInput(name="z", dist="normal", dim=k), u],
             output="x",
             condition=condition,
+            chained=chained,
         ),
         GraphSpec(
             role="scorer",
@@ -125,6 +128,14 @@ def export_vae(model: VAEModel, directory: Path) -> list[GraphSpec]:
         ),
         GraphSpec(role="decoder", file="decoder_mean.onnx", kind="mean", x_input="z", output="x"),
         # A draw of x|z is the sampler's with z chosen: the same graph, its z fed, not drawn.
-        GraphSpec(role="decoder", file="sampler.onnx", kind="sample", x_input="z", noise=[u], output="x"),
+        GraphSpec(
+            role="decoder",
+            file="sampler.onnx",
+            kind="sample",
+            x_input="z",
+            noise=[u],
+            output="x",
+            chained=chained,
+        ),
         *params,
     ]

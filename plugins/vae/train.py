@@ -13,6 +13,7 @@ import torch
 from plugins.common.training import fit_config, pick_device, split_labels, with_labels
 from plugins.vae.config import VAEConfig, VAEModel
 from plugins.vae.likelihood import Categorical, Gaussian, Likelihood, Logistic
+from plugins.vae.local import LocalLogistic
 from plugins.vae.model import VAE
 from registry.contract.dataset import Dataset
 from registry.contract.family import TrainControl
@@ -23,8 +24,13 @@ def kl_to_prior(mean: torch.Tensor, log_var: torch.Tensor) -> torch.Tensor:
     return 0.5 * (mean**2 + torch.exp(log_var) - 1.0 - log_var).sum(-1)
 
 
-def likelihood_of(config: VAEConfig, levels: int | None) -> Likelihood:
+def likelihood_of(
+    config: VAEConfig, levels: int | None, shape: tuple[int, int, int] | None = None
+) -> Likelihood:
     """p(x|z)'s family for a resolved config (VAEConfig.resolve checked it fits the data)."""
+    if config.decoder == "local":
+        assert levels is not None and shape is not None
+        return LocalLogistic(levels, shape, config.components)
     if config.decoder == "categorical":
         assert levels is not None
         return Categorical(levels)
@@ -40,7 +46,7 @@ def build(data: Dataset, config: VAEConfig) -> VAE:
     classes = (data.classes or 0) if data.labels is not None else 0
     vae = VAE(
         data.dim,
-        likelihood_of(config, data.levels),
+        likelihood_of(config, data.levels, data.image_shape),
         config.latent,
         config.hidden,
         config.depth,

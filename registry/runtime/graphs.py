@@ -146,6 +146,9 @@ class GraphSpec(BaseModel):
     noise: list[NoiseInput] = []
     output: str
     loop: StepLoop | None = None  # a sampler applied step by step (autoregressive, diffusion)
+    # A one-call draw whose drawn values feed its later ones (a VAE's local decoder, unrolled in
+    # the graph): like a step loop's, a level flipped at a bin edge moves the draws after it.
+    chained: bool = False
     estimates: list[Estimate] = ["average", "importance_weighted"]  # a bound scorer's k-draw summaries
     parts: list[LatentPart] = []  # an encoder's output columns, in order
     condition: Condition | None = None  # the class label input of a conditional model's graph
