@@ -67,6 +67,9 @@ class VAEConfig(FamilyConfig):
         - one epoch each (equal images, load 3-5): 1 block 5.20, 0 blocks 5.80. Per image the
           block pays; the 90-s runs favour none only by seeing twice the images, and a 10-minute
           budget is many epochs, so the default keeps one.
+        - the decoder, 150 s on one thread beside other training (test ELBO): independent
+          logistics 5.547 bits/dim, the local decoder 3.592 (its coefficients unbounded: 3.958),
+          PixelCNN++'s within-pixel coupling alone 5.071. PNG is 3.924.
         """
         colour = data.image_shape is not None and data.image_shape[2] > 1
         arch = self.arch if self.arch != "auto" else "conv" if colour else "mlp"

@@ -58,6 +58,7 @@ class LocalLogistic:
         slot = torch.arange(self.coefficients)
         self.used = ((slot < ch.reshape(-1, 1)) | (slot >= c - 1)).to(torch.float32)  # (D, coefficients)
         self.steps = (h + w - 1) * c
+        self._steps_plan: list[tuple[int, int, list[int], torch.Tensor]] | None = None
 
     def split(self, raw: torch.Tensor, centre: torch.Tensor, scale: torch.Tensor) -> Params:
         """(log weights, locations, log-scales) (n, D, K) in level units, coefficients (n, D, coefficients)."""
@@ -94,21 +95,79 @@ class LocalLogistic:
         per_value = mass[..., 0] if self.components == 1 else torch.logsumexp(log_w + mass, -1)
         return per_value.sum(-1)
 
-    def _unroll(self, coef: torch.Tensor, value) -> torch.Tensor:
-        """Fill the row step by step: at step s every value is recomputed from the row so far
-        (``value(shift)``), and those of step s are kept; the earlier ones stay as they were."""
-        x = torch.zeros(coef.shape[:-1], dtype=coef.dtype, device=coef.device)
-        order = self.order.to(coef.device)
+    def _source(self, value: int, slot: int) -> int:
+        """The value that coefficient ``slot`` of ``value`` reads, or -1 for none (an unused
+        channel slot, a neighbour outside the image)."""
+        _, w, c = self.shape
+        i, j, ch = value // (w * c), (value // c) % w, value % c
+        if slot < c - 1:
+            return value - ch + slot if slot < ch else -1
+        dy, dx = NEIGHBOURS[slot - (c - 1)]
+        return ((i - dy) * w + (j - dx)) * c + ch if i >= dy and j >= dx else -1
+
+    def _plan(self) -> list[tuple[int, int, list[int], torch.Tensor]]:
+        """Per step of the draw: the range [start, end) its values take in the step-ordered row,
+        the earlier steps it reads, and for each of its values and coefficients the place of the
+        value read in [a middle-level pad, those steps' values...] (0, the pad, for no value).
+        Built once per shape."""
+        if self._steps_plan is not None:
+            return self._steps_plan
+        order = self.order.tolist()
+        rank = sorted(range(len(order)), key=lambda v: order[v])  # the values in step order
+        position = [0] * len(order)
+        for place, v in enumerate(rank):
+            position[v] = place
+        bounds = [0] * (self.steps + 1)
+        for step in order:
+            bounds[step + 1] += 1
         for step in range(self.steps):
-            x = torch.where(order == step, value(self.context(x, coef)), x)
-        return x
+            bounds[step + 1] += bounds[step]
+        plan = []
+        for step in range(self.steps):
+            start, end = bounds[step], bounds[step + 1]
+            sources = [[self._source(v, slot) for slot in range(self.coefficients)] for v in rank[start:end]]
+            reads = sorted({order[v] for row in sources for v in row if v >= 0})
+            base, size = {}, 1
+            for earlier in reads:
+                base[earlier], size = size, size + bounds[earlier + 1] - bounds[earlier]
+            local = [
+                [base[order[v]] + position[v] - bounds[order[v]] if v >= 0 else 0 for v in row]
+                for row in sources
+            ]
+            plan.append((start, end, reads, torch.tensor(local, dtype=torch.int64)))
+        self._steps_plan = plan
+        self._rank, self._position = torch.tensor(rank), torch.tensor(position)
+        return plan
+
+    def in_order(self, t: torch.Tensor) -> torch.Tensor:
+        """(n, D, ...) per-value numbers rearranged into the draw's step order."""
+        self._plan()
+        return t[:, self._rank.to(t.device)]
+
+    def _unroll(self, coef: torch.Tensor, value) -> torch.Tensor:
+        """Fill the row step by step. Each step computes its own values only: ``value(shift,
+        start, end)`` for the values at [start, end) of the step-ordered row, its shift read from
+        the few earlier steps it depends on (the pixel's earlier channels, the previous two
+        anti-diagonals). The same numbers as :meth:`context` on the whole row at each step, at a
+        step's share of the work (measured in RESULTS.md)."""
+        plan = self._plan()
+        ordered = self.in_order(coef)
+        middle = torch.full((coef.shape[0], 1), (self.levels - 1) / 2, dtype=coef.dtype, device=coef.device)
+        parts: list[torch.Tensor] = []
+        for start, end, reads, local in plan:
+            window = torch.cat([middle, *(parts[s] for s in reads)], -1) - (self.levels - 1) / 2
+            read = window[:, local.reshape(-1).to(coef.device)].reshape(-1, end - start, self.coefficients)
+            parts.append(value((ordered[:, start:end] * read).sum(-1), start, end))
+        return torch.cat(parts, -1)[:, self._position.to(coef.device)]
 
     def mean(self, params: Params) -> torch.Tensor:
         """Value by value in the draw's order, the weighted location given the earlier values'
         means, clipped to the levels' range (unrounded, as the other decoders' means)."""
         log_w, loc, _, coef = params
-        centre = loc[..., 0] if self.components == 1 else (torch.exp(log_w) * loc).sum(-1)
-        return self._unroll(coef, lambda shift: torch.clamp(centre + shift, 0.0, self.levels - 1.0))
+        centre = self.in_order(loc[..., 0] if self.components == 1 else (torch.exp(log_w) * loc).sum(-1))
+        return self._unroll(
+            coef, lambda shift, a, b: torch.clamp(centre[:, a:b] + shift, 0.0, self.levels - 1.0)
+        )
 
     def sample(self, params: Params, u: torch.Tensor) -> torch.Tensor:
         """An exact draw from p(x|z), value by value, one uniform u each (component and level)."""
@@ -123,6 +182,10 @@ class LocalLogistic:
             inner = torch.clamp((u - start) / torch.gather(w, -1, k)[..., 0], 0.0, 1.0)
             pick_loc = torch.gather(loc, -1, k)[..., 0]
             pick_scale = torch.gather(log_scale, -1, k)[..., 0]
+        inner, pick_loc, pick_scale = (self.in_order(t) for t in (inner, pick_loc, pick_scale))
         return self._unroll(
-            coef, lambda shift: sample_level(inner, pick_loc + shift, pick_scale, self.levels)
+            coef,
+            lambda shift, a, b: sample_level(
+                inner[:, a:b], pick_loc[:, a:b] + shift, pick_scale[:, a:b], self.levels
+            ),
         )
