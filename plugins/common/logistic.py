@@ -45,3 +45,15 @@ def sample_level(u: torch.Tensor, mean: torch.Tensor, log_scale: torch.Tensor, l
     infinite draw, which the clip sends to an end level."""
     draw = mean + torch.exp(log_scale) * (torch.log(u) - torch.log(1.0 - u))
     return torch.clamp(torch.round(draw), 0.0, levels - 1.0)
+
+
+def choose_component(log_w: torch.Tensor, u: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """A mixture's component and a fresh uniform, both from one uniform u per value: u falls in
+    component k's share [c_k-1, c_k) of the cumulative weights (log_w: (..., K)) with probability
+    w_k, and, given that, (u - c_k-1) / w_k is uniform again, to invert component k's CDF with.
+    Returns k (..., 1) and that uniform (...)."""
+    w = torch.exp(log_w)
+    upper = torch.cumsum(w, -1)
+    k = (u[..., None] >= upper[..., :-1]).sum(-1, keepdim=True)
+    start = torch.gather(upper - w, -1, k)[..., 0]
+    return k, torch.clamp((u - start) / torch.gather(w, -1, k)[..., 0], 0.0, 1.0)

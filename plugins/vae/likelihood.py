@@ -30,7 +30,7 @@ from typing import Protocol
 import torch
 from torch.nn import functional as F
 
-from plugins.common.logistic import log_mass, sample_level
+from plugins.common.logistic import choose_component, log_mass, sample_level
 
 LOG_2PI = math.log(2 * math.pi)
 
@@ -141,16 +141,10 @@ class Logistic:
         return torch.clamp(centre, 0.0, self.levels - 1.0)
 
     def sample(self, params: Params, u: torch.Tensor) -> torch.Tensor:
-        """One uniform u per value draws both the component and the level: u falls in component
-        k's share [c_k-1, c_k) of the cumulative weights with probability w_k, and, given that,
-        (u - c_k-1) / w_k is uniform again, which inverts component k's CDF."""
+        """One uniform u per value draws both the component and the level (choose_component)."""
         log_w, loc, log_scale = params
         if self.components == 1:
             return sample_level(u, loc[..., 0], log_scale[..., 0], self.levels)
-        w = torch.exp(log_w)
-        upper = torch.cumsum(w, -1)
-        k = (u[..., None] >= upper[..., :-1]).sum(-1, keepdim=True)  # the component u falls in
-        start = torch.gather(upper - w, -1, k)[..., 0]
-        inner = torch.clamp((u - start) / torch.gather(w, -1, k)[..., 0], 0.0, 1.0)
+        k, inner = choose_component(log_w, u)
         pick = lambda t: torch.gather(t, -1, k)[..., 0]  # noqa: E731
         return sample_level(inner, pick(loc), pick(log_scale), self.levels)

@@ -32,7 +32,7 @@ from __future__ import annotations
 import torch
 from torch.nn import functional as F
 
-from plugins.common.logistic import log_mass, sample_level
+from plugins.common.logistic import choose_component, log_mass, sample_level
 
 Params = tuple[torch.Tensor, ...]
 
@@ -175,11 +175,7 @@ class LocalLogistic:
         if self.components == 1:
             inner, pick_loc, pick_scale = u, loc[..., 0], log_scale[..., 0]
         else:
-            w = torch.exp(log_w)
-            upper = torch.cumsum(w, -1)
-            k = (u[..., None] >= upper[..., :-1]).sum(-1, keepdim=True)
-            start = torch.gather(upper - w, -1, k)[..., 0]
-            inner = torch.clamp((u - start) / torch.gather(w, -1, k)[..., 0], 0.0, 1.0)
+            k, inner = choose_component(log_w, u)
             pick_loc = torch.gather(loc, -1, k)[..., 0]
             pick_scale = torch.gather(log_scale, -1, k)[..., 0]
         inner, pick_loc, pick_scale = (self.in_order(t) for t in (inner, pick_loc, pick_scale))
