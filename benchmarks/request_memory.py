@@ -9,6 +9,9 @@ resident memory 10 s after the answer.
       --case 'diffusion-8gaussians:score:4000:64' --case 'diffusion-digits:score:64:64'
 
 A case is MODEL:score:ROWS:K (rows drawn from the model's own samples) or MODEL:sample:N:STEPS.
+``--largest MODEL`` sends, instead, the largest body the server publishes for MODEL on each
+endpoint (GET /models' limits under the server's caps; tests/servers.py's largest_bodies, the
+rule tests/test_bounded.py holds the demo models to), x from the model's own samples.
 """
 
 from __future__ import annotations
@@ -17,7 +20,6 @@ import argparse
 import os
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
@@ -25,29 +27,7 @@ import httpx
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
-from servers import running_server, status_kib  # noqa: E402
-
-
-class Sampler(threading.Thread):
-    """The peak of a process's VmRSS, sampled every ``interval`` seconds until stopped."""
-
-    def __init__(self, pid: int, interval: float = 0.02) -> None:
-        super().__init__(daemon=True)
-        self.pid, self.interval, self.peak = pid, interval, 0
-        self._done = threading.Event()
-
-    def run(self) -> None:
-        while not self._done.is_set():
-            try:
-                self.peak = max(self.peak, status_kib(self.pid, "VmRSS"))
-            except OSError:
-                return
-            time.sleep(self.interval)
-
-    def stop(self) -> int:
-        self._done.set()
-        self.join()
-        return self.peak
+from servers import PeakRSS, largest_bodies, running_server, status_kib  # noqa: E402
 
 
 def body_for(client: httpx.Client, model: str, op: str, a: int, b: int) -> tuple[str, dict]:
@@ -63,11 +43,34 @@ def body_for(client: httpx.Client, model: str, op: str, a: int, b: int) -> tuple
     return "/sample", {"model": model, "n": a, "steps": b, "seed": 0}
 
 
+def _case(case: str) -> tuple[str, str, int, int]:
+    model, op, a, b = case.split(":")
+    return model, op, int(a), int(b)
+
+
+def _largest(client: httpx.Client, model: str) -> list[tuple[str, str, dict]]:
+    """(label, path, body) for the largest published body of ``model`` on each endpoint."""
+    from services.schemas import MAX_DRAWS, MAX_N, MAX_ROWS, MAX_TWO_SAMPLE
+
+    info = next(m for m in client.get("/models").json()["models"] if m["name"] == model)
+    real = client.post("/sample", json={"model": model, "n": 256, "seed": 1}).json()["samples"]
+    caps = {"max_rows": MAX_ROWS, "max_draws": MAX_DRAWS, "max_n": MAX_N, "max_two_sample": MAX_TWO_SAMPLE}
+    plans = []
+    for path, body in largest_bodies(info, real, caps):
+        rows = len(body.get("x", body.get("z", [])))
+        label = f"{model} {path} rows={rows} n={body.get('n')} k={body.get('k')} steps={body.get('steps')}"
+        plans.append((label, path, body))
+    return plans
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--case", action="append", required=True)
+    parser.add_argument("--case", action="append", default=[])
+    parser.add_argument(
+        "--largest", action="append", default=[], help="a model: its largest published bodies"
+    )
     parser.add_argument("--after", type=float, default=10.0, help="seconds to wait before the after figure")
     args = parser.parse_args()
     log_path = Path(tempfile.mkdtemp(prefix="genreg-reqmem-")) / "server.log"
@@ -75,18 +78,19 @@ def main() -> None:
     with running_server(log_path, workers=1, **env) as server:
         (worker,) = [p for p in server.workers() if status_kib(p, "VmRSS") > 100_000] or server.workers()[-1:]
         with httpx.Client(base_url=server.base, timeout=600) as client:
-            for case in args.case:
-                model, op, a, b = case.split(":")
-                path, body = body_for(client, model, op, int(a), int(b))
+            plans = [(case, *body_for(client, *_case(case))) for case in args.case]
+            for model in args.largest:
+                plans += _largest(client, model)
+            for case, path, body in plans:
                 time.sleep(2.0)
                 idle = status_kib(worker, "VmRSS")
                 Path(f"/proc/{worker}/clear_refs").write_text("5")  # VmHWM from here
-                sampler = Sampler(worker)
+                sampler = PeakRSS(worker)
                 sampler.start()
                 start = time.perf_counter()
                 answer = client.post(path, json=body)
                 seconds = time.perf_counter() - start
-                peak = max(sampler.stop(), status_kib(worker, "VmHWM"))
+                peak = sampler.stop()
                 time.sleep(args.after)
                 after = status_kib(worker, "VmRSS")
                 detail = "" if answer.status_code == 200 else f" {answer.text[:160]}"

@@ -6,6 +6,7 @@ import os
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -13,6 +14,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
+
+from registry.runtime.scoring import draw_weight
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -103,3 +106,63 @@ def wait_ready(server: Server, timeout: float = 120) -> None:
             server.proc.kill()
             raise RuntimeError(f"server did not become ready:\n{server.log_path.read_text()[-3000:]}")
         time.sleep(0.3)
+
+
+class PeakRSS(threading.Thread):
+    """The peak of a process's resident memory, sampled every 10 ms and from the kernel's VmHWM."""
+
+    def __init__(self, pid: int) -> None:
+        super().__init__(daemon=True)
+        self.pid, self.peak, self.done = pid, 0, threading.Event()
+
+    def run(self) -> None:
+        while not self.done.is_set():
+            try:
+                self.peak = max(self.peak, status_kib(self.pid, "VmRSS"))
+            except OSError:  # the process has gone
+                return
+            time.sleep(0.01)
+
+    def stop(self) -> int:
+        self.done.set()
+        self.join()
+        return max(self.peak, status_kib(self.pid, "VmHWM"))
+
+
+def largest_bodies(info: dict, real: list, published: dict) -> list[tuple[str, dict]]:
+    """The largest body the published limits allow on each endpoint for one model: ``info`` is its
+    GET /models entry, ``real`` rows to repeat into ``x``, ``published`` the server's caps
+    (max_rows, max_draws, max_n, max_two_sample). tests/test_bounded.py and
+    benchmarks/request_memory.py send them."""
+    name, bodies = info["name"], []
+    for kind, limit in info["score_rows"].items():
+        k = 1
+        if kind == "bound":  # the largest rows x k among the published rectangles
+            k = max(
+                range(1, published["max_draws"] + 1),
+                key=lambda k: min(published["max_rows"], limit // draw_weight(k)) * k,
+            )
+        rows = min(published["max_rows"], limit // draw_weight(k))
+        x = (real * (rows // len(real) + 1))[:rows]
+        bodies.append(("/score", {"model": name, "x": x, "kind": kind, "k": k}))
+    if info["sample_rows"] is not None:
+        steps = info["max_steps"] or info["steps"]
+        n = min(published["max_n"], info["sample_rows"] // draw_weight(steps))
+        body = {"model": name, "n": n, "seed": 0}
+        if info["max_steps"]:
+            body["steps"] = steps
+        bodies.append(("/sample", body))
+        x_rows = min(published["max_two_sample"], info["sample_rows"] // draw_weight(info["steps"]))
+        x = (real * (x_rows // len(real) + 1))[:x_rows]
+        if x_rows >= 10:
+            bodies.append(("/two_sample_test", {"model": name, "x": x, "test": "mmd", "n_model": x_rows}))
+    if info["latent_dim"] is not None:  # the latent space: the published rows, drawing where it may
+        rows = min(published["max_rows"], info["latent_rows"]["encode"], info["body_rows"])
+        x = (real * (rows // len(real) + 1))[:rows]
+        draw = info["latent"] == "gaussian"
+        bodies.append(("/encode", {"model": name, "x": x, "seed": 0} | ({"sample": True} if draw else {})))
+        rows = min(published["max_rows"], info["latent_rows"]["decode"])
+        z = [[0.5] * info["latent_dim"]] * rows
+        body = {"model": name, "z": z, "seed": 0} | ({"sample": True} if info["decode_sample"] else {})
+        bodies.append(("/decode", body))
+    return bodies

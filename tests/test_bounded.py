@@ -8,19 +8,17 @@ each model, on each endpoint, stays within the memory budget, measured from outs
 
 from __future__ import annotations
 
-import threading
 import time
 from pathlib import Path
 
 import numpy as np
 import pytest
-from servers import running_server, status_kib
+from servers import PeakRSS, largest_bodies, running_server, status_kib
 
 from registry.runtime import scoring
 from registry.runtime.budget import RESERVE, TOKEN, BudgetError, Cancelled, Token, row_limit
 from registry.runtime.graphs import GraphCost, NoiseInput, draw_noise, noise_chunks
 from registry.runtime.models import LoadedModel
-from registry.runtime.scoring import draw_weight
 from registry.runtime.store import get_model
 from registry.runtime.two_sample import _off_diagonal_median, _sq_dists, mmd_test
 
@@ -150,60 +148,6 @@ BUDGET_MIB = 96
 SLACK_MIB = 16
 
 
-class _Peak(threading.Thread):
-    """The peak of a process's resident memory, sampled every 10 ms and from the kernel's VmHWM."""
-
-    def __init__(self, pid: int) -> None:
-        super().__init__(daemon=True)
-        self.pid, self.peak, self.done = pid, 0, threading.Event()
-
-    def run(self) -> None:
-        while not self.done.is_set():
-            self.peak = max(self.peak, status_kib(self.pid, "VmRSS"))
-            time.sleep(0.01)
-
-    def stop(self) -> int:
-        self.done.set()
-        self.join()
-        return max(self.peak, status_kib(self.pid, "VmHWM"))
-
-
-def _largest_bodies(info: dict, real: list, published: dict) -> list[tuple[str, dict]]:
-    """The largest body the published limits allow on each endpoint for one model."""
-    name, bodies = info["name"], []
-    for kind, limit in info["score_rows"].items():
-        k = 1
-        if kind == "bound":  # the largest rows x k among the published rectangles
-            k = max(
-                range(1, published["max_draws"] + 1),
-                key=lambda k: min(published["max_rows"], limit // draw_weight(k)) * k,
-            )
-        rows = min(published["max_rows"], limit // draw_weight(k))
-        x = (real * (rows // len(real) + 1))[:rows]
-        bodies.append(("/score", {"model": name, "x": x, "kind": kind, "k": k}))
-    if info["sample_rows"] is not None:
-        steps = info["max_steps"] or info["steps"]
-        n = min(published["max_n"], info["sample_rows"] // draw_weight(steps))
-        body = {"model": name, "n": n, "seed": 0}
-        if info["max_steps"]:
-            body["steps"] = steps
-        bodies.append(("/sample", body))
-        x_rows = min(published["max_two_sample"], info["sample_rows"] // draw_weight(info["steps"]))
-        x = (real * (x_rows // len(real) + 1))[:x_rows]
-        if x_rows >= 10:
-            bodies.append(("/two_sample_test", {"model": name, "x": x, "test": "mmd", "n_model": x_rows}))
-    if info["latent_dim"] is not None:  # the latent space: the published rows, drawing where it may
-        rows = min(published["max_rows"], info["latent_rows"]["encode"], info["body_rows"])
-        x = (real * (rows // len(real) + 1))[:rows]
-        draw = info["latent"] == "gaussian"
-        bodies.append(("/encode", {"model": name, "x": x, "seed": 0} | ({"sample": True} if draw else {})))
-        rows = min(published["max_rows"], info["latent_rows"]["decode"])
-        z = [[0.5] * info["latent_dim"]] * rows
-        body = {"model": name, "z": z, "seed": 0} | ({"sample": True} if info["decode_sample"] else {})
-        bodies.append(("/decode", body))
-    return bodies
-
-
 def test_the_largest_published_requests_stay_within_the_budget(trained, tmp_path):
     """Every demo family, the largest request /models publishes on each endpoint: each answer is
     a 200 within the deadline or an immediate refusal, the worker's peak stays within the budget
@@ -239,7 +183,7 @@ def test_the_largest_published_requests_stay_within_the_budget(trained, tmp_path
         plans = [
             (path, body)
             for info in models.values()
-            for path, body in _largest_bodies(info, toy if "8gaussians" in info["name"] else digits, limits)
+            for path, body in largest_bodies(info, toy if "8gaussians" in info["name"] else digits, limits)
         ]
         # One heavy request first: the worker's one-off allocations (imports, thread pools) are
         # then part of its idle size.
@@ -248,7 +192,7 @@ def test_the_largest_published_requests_stay_within_the_budget(trained, tmp_path
         for path, body in plans:
             idle = status_kib(worker, "VmRSS")
             Path(f"/proc/{worker}/clear_refs").write_text("5")
-            peak = _Peak(worker)
+            peak = PeakRSS(worker)
             peak.start()
             start = time.monotonic()
             answer = client.post(path, json=body)
