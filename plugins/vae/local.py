@@ -19,8 +19,9 @@ already differed by more than parity allows; every value is still free to follow
 or channel fully, or to average several. Every value conditions only on values earlier in the order
 (anti-diagonal i + j, then channel), so the product of the conditionals is a normalised p(x|z)
 and the ELBO stays a true bound. Scoring is one pass (the neighbours are shifts of x); a draw or
-the decoder mean takes (H + W - 1) x C steps, one for each (anti-diagonal, channel), each over
-the whole image (plain tensor ops, unrolled into the exported graph: 189 steps at 32x32x3).
+the decoder mean takes (H + W - 1) x C steps, one for each (anti-diagonal, channel), each
+computing its own values from the few earlier steps they read (gathers planned once per shape,
+unrolled into the exported graph: 189 steps at 32x32x3).
 
 The same parameters for every component: the coupling moves all of a value's components
 together, so a component's weight does not depend on the context and one uniform per value picks
@@ -58,7 +59,7 @@ class LocalLogistic:
         slot = torch.arange(self.coefficients)
         self.used = ((slot < ch.reshape(-1, 1)) | (slot >= c - 1)).to(torch.float32)  # (D, coefficients)
         self.steps = (h + w - 1) * c
-        self._steps_plan: list[tuple[int, int, list[int], torch.Tensor]] | None = None
+        self._plan()
 
     def split(self, raw: torch.Tensor, centre: torch.Tensor, scale: torch.Tensor) -> Params:
         """(log weights, locations, log-scales) (n, D, K) in level units, coefficients (n, D, coefficients)."""
@@ -105,13 +106,11 @@ class LocalLogistic:
         dy, dx = NEIGHBOURS[slot - (c - 1)]
         return ((i - dy) * w + (j - dx)) * c + ch if i >= dy and j >= dx else -1
 
-    def _plan(self) -> list[tuple[int, int, list[int], torch.Tensor]]:
-        """Per step of the draw: the range [start, end) its values take in the step-ordered row,
-        the earlier steps it reads, and for each of its values and coefficients the place of the
-        value read in [a middle-level pad, those steps' values...] (0, the pad, for no value).
-        Built once per shape."""
-        if self._steps_plan is not None:
-            return self._steps_plan
+    def _plan(self) -> None:
+        """Per step of the draw (``self.plan``): the range [start, end) its values take in the
+        step-ordered row, the earlier steps it reads, and for each of its values and coefficients
+        the place of the value read in [a middle-level pad, those steps' values...] (0, the pad,
+        for no value); and the row's values in step order (``_rank``) and back (``_position``)."""
         order = self.order.tolist()
         rank = sorted(range(len(order)), key=lambda v: order[v])  # the values in step order
         position = [0] * len(order)
@@ -135,13 +134,11 @@ class LocalLogistic:
                 for row in sources
             ]
             plan.append((start, end, reads, torch.tensor(local, dtype=torch.int64)))
-        self._steps_plan = plan
+        self.plan = plan
         self._rank, self._position = torch.tensor(rank), torch.tensor(position)
-        return plan
 
     def in_order(self, t: torch.Tensor) -> torch.Tensor:
         """(n, D, ...) per-value numbers rearranged into the draw's step order."""
-        self._plan()
         return t[:, self._rank.to(t.device)]
 
     def _unroll(self, coef: torch.Tensor, value) -> torch.Tensor:
@@ -150,11 +147,10 @@ class LocalLogistic:
         the few earlier steps it depends on (the pixel's earlier channels, the previous two
         anti-diagonals). The same numbers as :meth:`context` on the whole row at each step, at a
         step's share of the work (measured in RESULTS.md)."""
-        plan = self._plan()
         ordered = self.in_order(coef)
         middle = torch.full((coef.shape[0], 1), (self.levels - 1) / 2, dtype=coef.dtype, device=coef.device)
         parts: list[torch.Tensor] = []
-        for start, end, reads, local in plan:
+        for start, end, reads, local in self.plan:
             window = torch.cat([middle, *(parts[s] for s in reads)], -1) - (self.levels - 1) / 2
             read = window[:, local.reshape(-1).to(coef.device)].reshape(-1, end - start, self.coefficients)
             parts.append(value((ordered[:, start:end] * read).sum(-1), start, end))
