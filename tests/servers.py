@@ -140,9 +140,9 @@ def largest_bodies(info: dict, real: list, published: dict) -> list[tuple[str, d
         if kind == "bound":  # the largest rows x k among the published rectangles
             k = max(
                 range(1, published["max_draws"] + 1),
-                key=lambda k: min(published["max_rows"], limit // draw_weight(k)) * k,
+                key=lambda k: min(published["max_rows"], limit // draw_weight(k), info["body_rows"]) * k,
             )
-        rows = min(published["max_rows"], limit // draw_weight(k))
+        rows = min(published["max_rows"], limit // draw_weight(k), info["body_rows"])
         x = (real * (rows // len(real) + 1))[:rows]
         bodies.append(("/score", {"model": name, "x": x, "kind": kind, "k": k}))
     if info["sample_rows"] is not None:
@@ -152,7 +152,9 @@ def largest_bodies(info: dict, real: list, published: dict) -> list[tuple[str, d
         if info["max_steps"]:
             body["steps"] = steps
         bodies.append(("/sample", body))
-        x_rows = min(published["max_two_sample"], info["sample_rows"] // draw_weight(info["steps"]))
+        x_rows = min(
+            published["max_two_sample"], info["sample_rows"] // draw_weight(info["steps"]), info["body_rows"]
+        )
         x = (real * (x_rows // len(real) + 1))[:x_rows]
         if x_rows >= 10:
             bodies.append(("/two_sample_test", {"model": name, "x": x, "test": "mmd", "n_model": x_rows}))
