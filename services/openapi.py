@@ -23,7 +23,6 @@ from services.schemas import (
     MAX_N,
     MAX_ROWS,
     MAX_STEPS,
-    MAX_TWO_SAMPLE,
     MODEL_NAME,
     MODEL_REF,
     V2_PROTOCOL_PARAMETERS,
@@ -715,7 +714,8 @@ def _exact(components: dict[str, Any], described: list[dict[str, Any]], task: bo
         # The sampler's own count (steps left out, or that count): n x its steps within the
         # draw-row limit. A count it cannot run is refused (400 naming steps).
         sample_rows = d.get(f"{limits}sample_rows", MAX_DRAW_ROWS)
-        most_n = min(MAX_N, sample_rows // draw_weight(d["steps"]))
+        max_n = d["sample_n"]  # the samples one request may hold (at most GENREG_MAX_N)
+        most_n = min(max_n, sample_rows // draw_weight(d["steps"]))
         props = dict(sample_props)
         props.update(
             model=model,
@@ -727,17 +727,19 @@ def _exact(components: dict[str, Any], described: list[dict[str, Any]], task: bo
             sample.append((key + suffix, _object({**props, **given}, ["model", *need])))
         if d["max_steps"] is not None:
             # A count that may be chosen: n x steps within the limit, as rectangles.
-            for low, high, most in step_tiers(d["max_steps"], budget=sample_rows):  # capped at MAX_STEPS
+            for low, high, most in step_tiers(d["max_steps"], max_n, sample_rows):  # capped at MAX_STEPS
                 chosen = {"type": "integer", "minimum": low, "maximum": high}
                 tier = dict(props, n={**sample_props["n"], "maximum": most}, steps=chosen)
                 for suffix, given, need in _sample_conditions(d, most):
                     branch = _object({**tier, **given}, ["model", "steps", *need])
                     sample.append((f"{key}.steps{low}-{high}{suffix}", branch))
         # Without n_model, the real rows set how many samples are drawn (x steps).
-        most_x = min(MAX_TWO_SAMPLE, sample_rows // draw_weight(d["steps"]))
+        # x and n_model each within two_sample_rows: the test's memory at its largest.
+        most_two = d["two_sample_rows"]  # at most GENREG_MAX_TWO_SAMPLE
+        most_x = min(most_two, max_n, sample_rows // draw_weight(d["steps"]))
         n_model = {"type": "integer", "minimum": 10, "maximum": most_x}
         props = dict(two)
-        props.update(model=model, x=_rows(d, 10, min(MAX_TWO_SAMPLE, d["body_rows"])), n_model=n_model)
+        props.update(model=model, x=_rows(d, 10, min(most_two, d["body_rows"])), n_model=n_model)
         two_sample.append((f"{key}.n_model", _object(props, ["model", "x", "n_model"])))
         props = dict(props, x=_rows(d, 10, min(most_x, d["body_rows"])), n_model={"type": "null"})
         two_sample.append((f"{key}.rows", _object(props, ["model", "x"])))

@@ -36,6 +36,8 @@ MAX_N = int(os.environ.get("GENREG_MAX_N", "4096"))
 MAX_ROWS = int(os.environ.get("GENREG_MAX_ROWS", "4096"))
 MAX_TWO_SAMPLE = int(os.environ.get("GENREG_MAX_TWO_SAMPLE", "2000"))
 MAX_DRAWS = int(os.environ.get("GENREG_MAX_DRAWS", "1000"))
+# The most permutations of an MMD null (its memory is bounded however many: they run in chunks).
+MAX_PERMUTATIONS = 2000
 MAX_DRAW_ROWS = int(os.environ.get("GENREG_MAX_DRAW_ROWS", "262144"))  # rows x k, n x steps per request
 # The most sampling steps a request may ask of a sampler whose count may be chosen.
 MAX_STEPS = int(os.environ.get("GENREG_MAX_STEPS", "1000"))
@@ -264,7 +266,7 @@ class TwoSampleRequest(_Strict):
         None, description="model samples (default: len(x))"
     )
     seed: Int = Field(0, ge=0, lt=2**63)
-    permutations: Int = Field(200, ge=0, le=2000, description="MMD permutation null size")
+    permutations: Int = Field(200, ge=0, le=MAX_PERMUTATIONS, description="MMD permutation null size")
 
 
 # Responses. A result that is not finite (log 0 far outside a model's support, an overflow at
@@ -409,7 +411,23 @@ class ModelInfo(BaseModel):
         {},
         description=(
             "per operation (encode, decode), the most rows one request may take: GENREG_MAX_ROWS, or "
-            "fewer where the graph's measured rate would not run them in half the deadline"
+            "fewer where their JSON would not fit a body, where the graph's measured rate would not "
+            "run them in half the deadline, or where they would not fit the request memory budget"
+        ),
+    )
+    sample_n: int | None = Field(
+        None,
+        description=(
+            "the most samples one /sample may draw, whatever its steps: GENREG_MAX_N, or fewer where "
+            "the state, noise and answer they hold would not fit the request memory budget"
+        ),
+    )
+    two_sample_rows: int | None = Field(
+        None,
+        description=(
+            "the most rows of x, and of n_model, one /two_sample_test may take, whichever test: "
+            "GENREG_MAX_TWO_SAMPLE, or fewer where the rows, the samples and the test's matrices "
+            "would not fit the request memory budget"
         ),
     )
     latent_dim: int | None = Field(

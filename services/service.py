@@ -30,35 +30,44 @@ from starlette.responses import Response
 
 from registry.runtime import latent, scoring
 from registry.runtime.budget import (
-    REQUEST_MEMORY,
     BudgetError,
     Cancelled,
     Plan,
     release_memory,
     return_large_frees,
-    row_limit,
 )
-from registry.runtime.graphs import GraphCost, GraphSpec
+from registry.runtime.graphs import GraphSpec
 from registry.runtime.images import image_shape
 from registry.runtime.models import CapabilityError, LoadedModel, model_kinds, stored_classes
 from registry.runtime.png import png_grid
 from registry.runtime.remote import pull_new
 from registry.runtime.rows import InputError, check_rows
 from registry.runtime.scoring import Scores, draw_weight
-from registry.runtime.store import ModelNotFound, StoredModel, StoreError, list_models
-from registry.runtime.two_sample import c2st, c2st_bytes, mmd_bytes, mmd_test
+from registry.runtime.store import ModelNotFound, StoreError, list_models
+from registry.runtime.two_sample import c2st, mmd_test
 from services.admission import HEAVY_BYTES, MAX_HEAVY, HeavyGate
 from services.auth import BearerAuth
 from services.batching import Batcher
 from services.cache import MODEL_CONTROL, ModelCache, Watcher, allow_list
 from services.errors import ApiError, error_response, json_response
+from services.limits import (
+    TRAFFIC,
+    latent_limits,
+    limit_source,
+    row_cap,
+    sample_limit,
+    sample_n,
+    score_limit,
+    two_sample_fits,
+    two_sample_held,
+    two_sample_rows,
+    work_seconds,
+)
 from services.metrics import INFERENCE_SECONDS, MODEL_INFO, ROWS
 from services.routes import API_PATHS, ApiRoutes
 from services.schemas import (
     MAX_BODY_BYTES,
-    MAX_DRAW_ROWS,
     MAX_JSON_BYTES,
-    MAX_ROWS,
     MODEL_NAME,
     MODEL_REF,
     DecodeRequest,
@@ -71,13 +80,12 @@ from services.schemas import (
     SampleRequest,
     ScoreRequest,
     TwoSampleRequest,
-    body_rows,
     conditioning,
     sampling,
     validate,
 )
 from services.tasks import Tasks, Work
-from services.traffic import IN_TASK, MAX_CONCURRENCY, TASK_SECONDS, TIMEOUT_SECONDS, Traffic, watching
+from services.traffic import IN_TASK, MAX_CONCURRENCY, TIMEOUT_SECONDS, watching
 from services.v2 import endpoint_of
 
 log = logging.getLogger("genreg.service")
@@ -110,16 +118,6 @@ CHECK_INLINE_VALUES = 1 << 16
 POLL_SECONDS = float(os.environ.get("GENREG_POLL_SECONDS", "2"))
 # With GENREG_MODELS_FROM (genreg serve --models-from), how often to look for pushed versions.
 REMOTE_POLL_SECONDS = float(os.environ.get("GENREG_REMOTE_POLL_SECONDS", "10"))
-# This worker's requests in flight and their accounting (one per process, as the routes are).
-TRAFFIC = Traffic()
-
-
-def work_seconds(task: bool | None = None) -> float | None:
-    """The seconds a request's work may take: a task's (GENREG_TASK_SECONDS) when ``task`` (None:
-    when one runs or is being submitted in this context), else the synchronous deadline."""
-    if task is None:
-        task = IN_TASK.get()
-    return TASK_SECONDS if task else TRAFFIC.timeout
 
 
 def _can_sample(loaded: LoadedModel) -> None:
@@ -175,17 +173,10 @@ def _sample_count(loaded: LoadedModel, n: int, steps: int | None, field: str = "
             400,
             at_fault,
             f"{at_fault}: {n} samples x {count} sampling steps{counted} = {n * weight} rows exceeds "
-            f"{limit}{_limit_source(limit)}",
+            f"{limit}{limit_source(limit)}",
             f"invalid_{at_fault}",
         )
     return count
-
-
-def row_cap(model: LoadedModel | StoredModel) -> int:
-    """The most rows of x a JSON body may carry for the model (services.schemas.body_rows; the
-    request models' own caps, GENREG_MAX_ROWS and GENREG_MAX_TWO_SAMPLE, apply besides)."""
-    stored = model.stored if isinstance(model, LoadedModel) else model
-    return body_rows(int(stored.data["dim"]), stored.data.get("levels"))
 
 
 def _fits_a_body(loaded: LoadedModel, rows: int) -> None:
@@ -200,68 +191,6 @@ def _fits_a_body(loaded: LoadedModel, rows: int) -> None:
             "split them, or send binary tensors over V2",
             "invalid_x",
         )
-
-
-def _limit_source(limit: int) -> str:
-    if limit >= MAX_DRAW_ROWS:
-        return ""
-    if IN_TASK.get():
-        return (
-            f", this model's limit for a task: the rows it runs in half of {TASK_SECONDS:g} s at "
-            "its measured rate (GET /models: task_sample_rows, task_score_rows)"
-        )
-    return (
-        f", this model's limit: the rows it runs in half of the {TRAFFIC.timeout:g}-s "
-        "deadline at its measured rate (GET /models: sample_rows, score_rows); a task "
-        "(POST /NAME/submit) may run more"
-    )
-
-
-CostOf = Callable[[GraphSpec], GraphCost | None]
-
-
-def _costs(model: LoadedModel | StoredModel) -> tuple[StoredModel, CostOf]:
-    if isinstance(model, LoadedModel):
-        return model.stored, model.cost
-    return model, lambda spec: spec.cost
-
-
-def sample_limit(model: LoadedModel | StoredModel, task: bool | None = None) -> int:
-    """The most graph rows (n x steps, steps weighed by draw_weight) a request may ask of the
-    model's sampler: GENREG_MAX_DRAW_ROWS, or fewer where its measured rate says they would not
-    run in half the deadline (registry.runtime.budget.row_limit; a task's: work_seconds). A
-    stored version that is not loaded is judged by the costs stored with it."""
-    stored, cost_of = _costs(model)
-    spec = stored.graph("sampler")
-    if spec is None:
-        return MAX_DRAW_ROWS
-    info = sampling(stored)
-    most = info["max_steps"] or info["steps"] or 1
-    return row_limit(cost_of(spec), MAX_DRAW_ROWS, work_seconds(task), calls=most)
-
-
-def score_limit(model: LoadedModel | StoredModel, kind: str, task: bool | None = None) -> int:
-    """The most graph rows (rows x k, k weighed by draw_weight) a request may score as ``kind``."""
-    stored, cost_of = _costs(model)
-    role_kind = scoring.source_kind(stored) if kind == "classify" else kind
-    spec = stored.graph("discriminator") if kind == "discriminator" else stored.graph("scorer", role_kind)
-    graph_rows = row_limit(cost_of(spec) if spec is not None else None, MAX_DRAW_ROWS, work_seconds(task))
-    # A conditional model scored without labels runs each row once per class (twice for an
-    # average-only bound's marginal): the published limit holds for a request with or without them.
-    return max(1, graph_rows // scoring.passes(stored, kind))
-
-
-def latent_limits(model: LoadedModel | StoredModel) -> dict[str, int]:
-    """The most rows one /encode and one /decode may take: GENREG_MAX_ROWS, or fewer where the
-    graph's measured rate would not run them in half the deadline (as /score's limits; {} for a
-    model without a latent space). Encode and decode are never tasks."""
-    stored, cost_of = _costs(model)
-    specs = {"encode": latent.encoder(stored), "decode": latent.decoder(stored)}
-    return {
-        op: row_limit(cost_of(spec), MAX_ROWS, work_seconds(False))
-        for op, spec in specs.items()
-        if spec is not None
-    }
 
 
 async def _checked(rows: Any, check: Callable[..., Any], *args: Any) -> Any:
@@ -333,6 +262,8 @@ def model_info(loaded: LoadedModel) -> dict[str, Any]:
         "task_score_rows": {k: score_limit(loaded, k, task=True) for k in loaded.kinds},
         "body_rows": row_cap(loaded),
         "latent_rows": latent_limits(loaded),
+        "sample_n": sample_n(loaded),
+        "two_sample_rows": two_sample_rows(loaded),
     }
     return ModelInfo(**info, **limits, kinds=loaded.kinds, provider=loaded.provider).model_dump()
 
@@ -525,6 +456,8 @@ class Genreg:
                     "conditional_discriminator": _conditional(stored.graph("discriminator")),
                     "body_rows": row_cap(stored),
                     "latent_rows": latent_limits(model),
+                    "sample_n": sample_n(model),
+                    "two_sample_rows": two_sample_rows(model),
                     **sampling(stored),
                     **latent.latent_info(stored),
                     **conditioning(stored),
@@ -699,7 +632,7 @@ class Genreg:
                 k=k,
                 max_draw_rows=limit,
                 estimate=estimate,
-                why=_limit_source(limit),
+                why=limit_source(limit),
                 labels=labels,
                 labels_field=labels_field,
             )
@@ -756,8 +689,8 @@ class Genreg:
                 400,
                 field,
                 f"{field}: {len(checked.rows)} rows exceeds {limit}, this model's {operation} limit: the rows "
-                f"it runs in half the {TRAFFIC.timeout:g}-s deadline at its measured rate (GET /models: "
-                "latent_rows)",
+                f"whose JSON fits a body, that it runs in half the {TRAFFIC.timeout:g}-s deadline at its "
+                "measured rate, and that fit the request memory budget (GET /models: latent_rows)",
                 f"invalid_{field}",
             )
         return checked, _plan(lambda: latent.plan(loaded, checked))
@@ -896,20 +829,16 @@ class Genreg:
         n = req.n_model or len(real)
         field = "n_model" if req.n_model else "x"
         count = _sample_count(loaded, n, None, field)
-        plan = _plan(lambda: loaded.plan_sample(n, count))
+        held = two_sample_held(loaded.dim, len(real))
+        plan = _plan(lambda: loaded.plan_sample(n, count, held=held, field=field))
         _in_time(plan, field, f"a two-sample test drawing {n} samples x {count} steps")
-        # The test's matrices and both samples (float64), against the request's budget.
-        if req.test == "mmd":
-            need = mmd_bytes(len(real) + n, req.permutations)
-        else:
-            need = c2st_bytes(min(len(real), n))
-        need += 2 * 8 * (len(real) + n) * loaded.dim
-        if need > REQUEST_MEMORY:
+        if not two_sample_fits(loaded, len(real), n, req.test, req.permutations):
             raise ApiError(
                 400,
                 field,
-                f"{field}: a {req.test} test of {len(real)} + {n} rows needs about {need >> 20} MiB, over the "
-                f"{REQUEST_MEMORY >> 20} MiB a request may use (GENREG_REQUEST_MEMORY)",
+                f"{field}: a {req.test} test of {len(real)} + {n} rows of {loaded.dim} values would not fit "
+                f"the {loaded.budget >> 20} MiB a request may use (GENREG_REQUEST_MEMORY; GET /models: "
+                "two_sample_rows)",
                 f"invalid_{field}",
             )
         return real, n, count, plan

@@ -147,17 +147,18 @@ def largest_bodies(info: dict, real: list, published: dict) -> list[tuple[str, d
         bodies.append(("/score", {"model": name, "x": x, "kind": kind, "k": k}))
     if info["sample_rows"] is not None:
         steps = info["max_steps"] or info["steps"]
-        n = min(published["max_n"], info["sample_rows"] // draw_weight(steps))
+        n = min(published["max_n"], info["sample_n"], info["sample_rows"] // draw_weight(steps))
         body = {"model": name, "n": n, "seed": 0}
         if info["max_steps"]:
             body["steps"] = steps
         bodies.append(("/sample", body))
-        x_rows = min(
-            published["max_two_sample"], info["sample_rows"] // draw_weight(info["steps"]), info["body_rows"]
-        )
+        most = min(published["max_two_sample"], info["two_sample_rows"])
+        x_rows = min(most, info["body_rows"])
+        n_model = min(most, info["sample_n"], info["sample_rows"] // draw_weight(info["steps"]))
         x = (real * (x_rows // len(real) + 1))[:x_rows]
-        if x_rows >= 10:
-            bodies.append(("/two_sample_test", {"model": name, "x": x, "test": "mmd", "n_model": x_rows}))
+        if min(x_rows, n_model) >= 10:
+            body = {"model": name, "x": x, "test": "mmd", "n_model": n_model}
+            bodies.append(("/two_sample_test", body))
     if info["latent_dim"] is not None:  # the latent space: the published rows, drawing where it may
         rows = min(published["max_rows"], info["latent_rows"]["encode"], info["body_rows"])
         x = (real * (rows // len(real) + 1))[:rows]

@@ -199,7 +199,9 @@ def test_a_step_loop_must_be_a_sampler_with_distinct_input_names():
 @pytest.mark.slow
 def test_sample_cost_counts_the_steps_and_is_capped(trained):
     from services.errors import ApiError
-    from services.service import MAX_DRAW_ROWS, _sample_count, sample_limit
+    from services.limits import sample_limit
+    from services.schemas import MAX_DRAW_ROWS
+    from services.service import _sample_count
 
     loaded = LoadedModel(get_model("autoregressive-digits"))
     assert loaded.steps() == 64  # 10 samples run the graph 640 times

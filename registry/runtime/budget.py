@@ -125,6 +125,15 @@ def chunk_rows(budget: int, held: int, call_bytes: int, row_bytes: int) -> int:
     return max(1, free // max(1, row_bytes))
 
 
+def fitting_rows(budget: int, held_row: int, call_bytes: int, row_bytes: int, fixed: int = 0) -> int:
+    """The most rows a request may bring when each holds ``held_row`` bytes for the whole
+    request (besides ``fixed``), so that what it holds, one single-row call (``call_bytes`` +
+    ``row_bytes``) and the RESERVE fit ``budget``: the largest request that the plans' admission
+    (LoadedModel.plan) takes, and so what the service publishes (0: none)."""
+    free = budget - RESERVE - fixed - call_bytes - row_bytes
+    return max(0, free // max(1, held_row))
+
+
 def power_of_two_floor(n: float) -> int:
     return 1 << max(0, math.floor(math.log2(max(1.0, n))))
 

@@ -130,18 +130,24 @@ def check_decode(loaded: LoadedModel, z: Any, sample: bool | None) -> LatentRequ
     return LatentRequest(spec, check_rows(z, {"dim": dim}, what="z"), bool(sample))
 
 
-def _out_width(loaded: LoadedModel, spec: GraphSpec) -> int:
-    return sum(p.dim for p in spec.parts) if spec.role == "encoder" else loaded.dim
+def in_width(stored: StoredModel, spec: GraphSpec) -> int:
+    """The width of the rows ``spec`` takes: the data's (an encoder), the latent's (a decoder)."""
+    return int(stored.data["dim"]) if spec.role == "encoder" else int(latent_dim(stored) or 0)
+
+
+def held_row(stored: StoredModel, spec: GraphSpec) -> int:
+    """What one row of an /encode or /decode over ``spec`` holds for the whole request: the
+    parsed row, and its answer (float32, its float64 parts, then JSON)."""
+    out = sum(p.dim for p in spec.parts) if spec.role == "encoder" else int(stored.data["dim"])
+    return (in_width(stored, spec) + out) * HELD_VALUE_BYTES
 
 
 def plan(loaded: LoadedModel, checked: LatentRequest) -> Plan:
     """How the request's graph calls run within the request's memory budget (BudgetError naming
     ``x`` or ``z`` when even its rows would not fit)."""
     spec, rows = checked.spec, checked.rows
-    width = rows.shape[1]
-    # The parsed rows, and the answer (float32, its float64 parts, then JSON).
-    held = len(rows) * (width + _out_width(loaded, spec)) * HELD_VALUE_BYTES
-    return loaded.plan(spec, len(rows), held=held, width=width, field=spec.x_input or "x")
+    held = len(rows) * held_row(loaded.stored, spec)
+    return loaded.plan(spec, len(rows), held=held, width=rows.shape[1], field=spec.x_input or "x")
 
 
 def encode(

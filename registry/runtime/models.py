@@ -22,6 +22,7 @@ from registry.runtime.budget import (
     Plan,
     checkpoint,
     chunk_rows,
+    fitting_rows,
     progressed,
 )
 from registry.runtime.graphs import (
@@ -71,6 +72,52 @@ def stored_classes(data: dict) -> int | None:
     """How many classes a stored model is conditioned on (None: an unconditional model)."""
     classes = data.get("classes")
     return int(classes) if classes else None
+
+
+def feed_row_bytes(spec: GraphSpec, width: int) -> int:
+    """A row's inputs as fed (float32), and its noise as drawn: numpy's float64 draws and their
+    scaled copy before the cast (a Gumbel's logs, one after the other), 24 bytes a value."""
+    noise = sum(n.dim for n in spec.noise)
+    return 4 * width + 24 * noise + 16
+
+
+def sample_held(stored: StoredModel, spec: GraphSpec, n: int) -> int:
+    """What drawing ``n`` samples with the sampler ``spec`` holds for the whole request: the state
+    and the next (float32), one step's noise (drawn float64, fed float32), and the answer
+    (float32 rows, then JSON)."""
+    width = spec.loop.state_dim if spec.loop is not None else 0
+    noise = sum(d.dim for d in spec.noise)
+    return n * (8 * width + 24 * noise + int(stored.data["dim"]) * HELD_VALUE_BYTES)
+
+
+def score_held(rows: int, draws: int, width: int, passes: int = 1) -> int:
+    """What scoring ``rows`` rows (``draws`` = rows x k draws in all) holds for the whole request:
+    the parsed rows, and each draw's answer with the summaries made of it (float64), for every
+    pass (a classification's (rows, classes) posterior among them)."""
+    return rows * width * HELD_VALUE_BYTES + draws * 8 * 4 * passes
+
+
+def most_rows(
+    spec: GraphSpec,
+    cost: GraphCost | None,
+    width: int,
+    held_row: int,
+    budget: int = REQUEST_MEMORY,
+    fixed: int = 0,
+) -> int:
+    """The most rows a request holding ``held_row`` bytes a row (besides ``fixed``) may bring and
+    still be admitted by :meth:`LoadedModel.plan` over ``spec`` fed rows ``width`` wide: what the
+    service publishes as a limit (a graph stored without its cost is judged by its held bytes)."""
+    call_bytes = cost.call_bytes if cost is not None else 0
+    row_bytes = (cost.row_bytes if cost is not None else 0) + feed_row_bytes(spec, width)
+    return fitting_rows(budget, held_row, call_bytes, row_bytes, fixed)
+
+
+def admits(
+    spec: GraphSpec, cost: GraphCost | None, width: int, held: int, budget: int = REQUEST_MEMORY
+) -> bool:
+    """Whether :meth:`LoadedModel.plan` over ``spec`` takes a request holding ``held`` bytes."""
+    return most_rows(spec, cost, width, max(1, held), budget) >= 1
 
 
 class LoadedModel:
@@ -201,12 +248,6 @@ class LoadedModel:
         """Seconds per row of ``spec``'s calls: this process's large calls, else the measurement."""
         return self.bulk_row_seconds.get(spec.file, self.cost(spec).row_seconds)
 
-    def _feed_row_bytes(self, spec: GraphSpec, width: int) -> int:
-        # A row's inputs as fed (float32), and its noise as drawn: numpy's float64 draws and their
-        # scaled copy before the cast (a Gumbel's logs, one after the other), 24 bytes a value.
-        noise = sum(n.dim for n in spec.noise)
-        return 4 * width + 24 * noise + 16
-
     def plan(
         self,
         spec: GraphSpec,
@@ -223,7 +264,7 @@ class LoadedModel:
         cost = self.cost(spec)
         per_call = max(1, rows // calls)
         call_bytes = cost.call_bytes
-        row_bytes = cost.row_bytes + self._feed_row_bytes(spec, self.dim if width is None else width)
+        row_bytes = cost.row_bytes + feed_row_bytes(spec, self.dim if width is None else width)
         if held + call_bytes + row_bytes + RESERVE > self.budget:
             raise BudgetError(
                 field,
@@ -246,24 +287,19 @@ class LoadedModel:
             raise CapabilityError(
                 f"{self.stored.tag} cannot score kind {kind!r}; it has: {', '.join(self.kinds)}"
             )
-        width = self.dim if width is None else width
-        # The parsed rows, and each draw's answer with the summaries made of it (float64), for
-        # every pass (a classification's (rows, classes) posterior among them).
-        held = rows * width * HELD_VALUE_BYTES + rows * k * 8 * 4 * passes
+        held = score_held(rows, rows * k, self.dim if width is None else width, passes)
         return self.plan(spec, rows * k * passes, calls=passes, held=held, field="k" if k > 1 else "x")
 
-    def plan_sample(self, n: int, steps: int | None = None) -> Plan:
-        """The plan of drawing ``n`` samples with ``steps`` steps (None: the sampler's own)."""
+    def plan_sample(self, n: int, steps: int | None = None, held: int = 0, field: str = "n") -> Plan:
+        """The plan of drawing ``n`` samples with ``steps`` steps (None: the sampler's own),
+        ``held`` bytes being held by the request besides (BudgetError naming ``field``)."""
         spec = self.stored.graph("sampler")
         if spec is None:
             raise CapabilityError(f"{self.stored.tag} cannot sample; it can score: {', '.join(self.kinds)}")
         count = self.steps(steps)
         width = spec.loop.state_dim if spec.loop is not None else 0
-        noise = sum(d.dim for d in spec.noise)
-        # The state and the next (float32), one step's noise (drawn float64, fed float32), and
-        # the answer (float32 rows, then JSON).
-        held = n * (8 * width + 24 * noise + self.dim * HELD_VALUE_BYTES)
-        return self.plan(spec, n * count, calls=count, held=held, width=width, field="n")
+        held += sample_held(self.stored, spec, n)
+        return self.plan(spec, n * count, calls=count, held=held, width=width, field=field)
 
     def _runner(self, spec: GraphSpec, plan: Plan) -> Callable[[dict[str, np.ndarray]], np.ndarray]:
         """How ``plan``'s calls of ``spec`` run: large ones give their arena back when they end."""

@@ -40,15 +40,29 @@ def _off_diagonal_median(d2: np.ndarray) -> float:
     return float((flat[lo] + flat[hi]) / 2.0)
 
 
-def mmd_bytes(n: int, permutations: int) -> int:
-    """Peak working memory of :func:`mmd_test` over n pooled rows: two n x n float64 matrices,
-    and the permutations' memberships and kernel products."""
-    return 2 * n * n * 8 + permutations * n * (1 + 4 * 8)
+# Permutations of the MMD null evaluated together: their memberships and kernel products take
+# about 65 bytes a pooled row each, so the null's memory does not grow with ``permutations``.
+PERMUTATION_CHUNK = 32
 
 
-def c2st_bytes(n: int) -> int:
-    """Peak working memory of :func:`c2st` with n rows per sample: two n x n float64 matrices."""
-    return 2 * n * n * 8
+def mmd_bytes(n_x: int, n_y: int, dim: int, permutations: int) -> int:
+    """Peak working memory of :func:`mmd_test` over n_x + n_y rows ``dim`` wide (float64), its
+    inputs aside: the pooled copy with one squared copy or two N x N matrices (the distances),
+    then the kernel matrix with the median's copy, then with one chunk of the permutations."""
+    n = n_x + n_y
+    distances = n * dim * 8 + max(n * dim * 8, 2 * n * n * 8)
+    chunk = min(permutations, PERMUTATION_CHUNK) * n * 65
+    return max(distances, 2 * n * n * 8, n * n * 8 + chunk) + n * 128 + (64 << 10)
+
+
+def c2st_bytes(n_x: int, n_y: int, dim: int) -> int:
+    """Peak working memory of :func:`c2st` (n = min(n_x, n_y) rows from each sample, ``dim``
+    wide, float64), its inputs aside: the pooled, standardised rows, then the train and test
+    halves with one squared copy, then the N x N distances, their partial sort's indices and
+    the product they are made from."""
+    n = min(n_x, n_y)
+    rows = n * dim * 8
+    return max(4 * rows, 3 * rows + 2 * n * n * 8, 2 * rows + 2 * n * n * 8) + n * 512 + (64 << 10)
 
 
 def _mmd2_unbiased(k0: np.ndarray, member_x: np.ndarray) -> np.ndarray:
@@ -83,12 +97,18 @@ def mmd_test(x: np.ndarray, y: np.ndarray, *, permutations: int = 200, seed: int
     np.exp(k0, out=k0)
     np.fill_diagonal(k0, 0.0)
     m, total = len(x), len(pooled)
+    del pooled  # the kernel matrix is all the null needs
     observed = np.zeros((1, total), dtype=bool)
     observed[0, :m] = True
     stat = float(_mmd2_unbiased(k0, observed)[0])
     rng = np.random.default_rng(seed)
-    perms = np.argsort(rng.random((permutations, total)), axis=1) < m
-    exceed = int((_mmd2_unbiased(k0, perms) >= stat).sum())
+    # In chunks: successive draws from one generator are the draws of one large call, so the
+    # permutations (and the p-value) are those of drawing them all at once.
+    exceed = 0
+    for start in range(0, permutations, PERMUTATION_CHUNK):
+        chunk = min(PERMUTATION_CHUNK, permutations - start)
+        perms = np.argsort(rng.random((chunk, total)), axis=1) < m
+        exceed += int((_mmd2_unbiased(k0, perms) >= stat).sum())
     return {
         "test": "mmd",
         "statistic": stat,
@@ -123,14 +143,21 @@ def c2st(x: np.ndarray, y: np.ndarray, *, neighbours: int | None = None, seed: i
     if n < 10:
         raise ValueError("each sample needs at least 10 rows")
     rng = np.random.default_rng(seed)
-    x, y = x[rng.permutation(len(x))[:n]], y[rng.permutation(len(y))[:n]]
-    pooled = np.concatenate([x, y])
-    pooled = (pooled - pooled.mean(0)) / (pooled.std(0) + 1e-9)
+    take_x, take_y = rng.permutation(len(x))[:n], rng.permutation(len(y))[:n]
+    # Pooled and standardised in one array (mode clip: written in place, not through a buffer).
+    pooled = np.empty((2 * n, x.shape[1]))
+    np.take(x, take_x, axis=0, out=pooled[:n], mode="clip")
+    np.take(y, take_y, axis=0, out=pooled[n:], mode="clip")
+    pooled -= pooled.mean(0)
+    pooled /= np.sqrt(np.einsum("ij,ij->j", pooled, pooled) / len(pooled)) + 1e-9
     labels = np.concatenate([np.ones(n), np.zeros(n)])
     order = rng.permutation(2 * n)
     train, test = order[:n], order[n:]
     k = neighbours or max(1, round(math.sqrt(n)) | 1)
-    d2 = _sq_dists(pooled[test], pooled[train])
+    test_rows, train_rows = pooled[test], pooled[train]
+    del pooled
+    d2 = _sq_dists(test_rows, train_rows)
+    del test_rows, train_rows
     nearest = np.argpartition(d2, k - 1, axis=1)[:, :k]
     prob_real = labels[train][nearest].mean(1)
     predicted = prob_real > 0.5
