@@ -50,15 +50,18 @@ def _case(case: str) -> tuple[str, str, int, int]:
 
 def _largest(client: httpx.Client, model: str) -> list[tuple[str, str, dict]]:
     """(label, path, body) for the largest published body of ``model`` on each endpoint."""
+    from registry.runtime.scoring import draw_weight
     from services.schemas import MAX_DRAWS, MAX_N, MAX_ROWS, MAX_TWO_SAMPLE
 
     info = next(m for m in client.get("/models").json()["models"] if m["name"] == model)
-    real = client.post("/sample", json={"model": model, "n": 256, "seed": 1}).json()["samples"]
+    # A few of its own samples, repeated into x (as many as one published /sample allows).
+    n = max(1, min(256, info["sample_n"], info["sample_rows"] // draw_weight(info["steps"])))
+    real = client.post("/sample", json={"model": model, "n": n, "seed": 1}).json()["samples"]
     caps = {"max_rows": MAX_ROWS, "max_draws": MAX_DRAWS, "max_n": MAX_N, "max_two_sample": MAX_TWO_SAMPLE}
     plans = []
     for path, body in largest_bodies(info, real, caps):
         rows = len(body.get("x", body.get("z", [])))
-        label = f"{model} {path} rows={rows} n={body.get('n')} k={body.get('k')} steps={body.get('steps')}"
+        label = f"{model} {path} rows={rows} n={body.get('n') or body.get('n_model')} k={body.get('k')} steps={body.get('steps')} {body.get('test', '')}"
         plans.append((label, path, body))
     return plans
 

@@ -157,8 +157,9 @@ def largest_bodies(info: dict, real: list, published: dict) -> list[tuple[str, d
         n_model = min(most, info["sample_n"], info["sample_rows"] // draw_weight(info["steps"]))
         x = (real * (x_rows // len(real) + 1))[:x_rows]
         if min(x_rows, n_model) >= 10:
-            body = {"model": name, "x": x, "test": "mmd", "n_model": n_model}
-            bodies.append(("/two_sample_test", body))
+            for test in ("mmd", "c2st"):  # the MMD null's memory is one chunk's, whatever its permutations
+                body = {"model": name, "x": x, "test": test, "n_model": n_model}
+                bodies.append(("/two_sample_test", body))
     if info["latent_dim"] is not None:  # the latent space: the published rows, drawing where it may
         rows = min(published["max_rows"], info["latent_rows"]["encode"], info["body_rows"])
         x = (real * (rows // len(real) + 1))[:rows]

@@ -13,6 +13,8 @@ from typing import Any
 
 import numpy as np
 
+from registry.runtime.budget import checkpoint
+
 
 def _sq_dists(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     # The same operations as (a*a).sum(1)[:, None] + (b*b).sum(1)[None, :] - 2.0 * a @ b.T, in
@@ -106,6 +108,7 @@ def mmd_test(x: np.ndarray, y: np.ndarray, *, permutations: int = 200, seed: int
     # permutations (and the p-value) are those of drawing them all at once.
     exceed = 0
     for start in range(0, permutations, PERMUTATION_CHUNK):
+        checkpoint()  # a served request's answer may no longer be wanted (its deadline passed)
         chunk = min(PERMUTATION_CHUNK, permutations - start)
         perms = np.argsort(rng.random((chunk, total)), axis=1) < m
         exceed += int((_mmd2_unbiased(k0, perms) >= stat).sum())
