@@ -183,12 +183,15 @@ def anchors() -> tuple[float, float]:
 
 
 def serving_memory(name: str) -> float:
-    """Peak RSS (GiB) of a fresh process that loads the model and draws 16 samples."""
+    """Peak RSS (GiB) of a fresh process that loads the model and draws 16 samples: its VmHWM,
+    the high-water mark of its own address space (getrusage's ru_maxrss is not: Linux carries the
+    forking parent's peak across exec, which read 0.75 GiB for every model from a large parent)."""
     code = (
-        "import resource; from registry.runtime.models import LoadedModel; "
+        "import re; from pathlib import Path; from registry.runtime.models import LoadedModel; "
         "from registry.runtime.store import get_model; "
         f"LoadedModel(get_model({name!r})).sample(16, seed=0); "
-        "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20)"
+        "kib = int(re.search(r'VmHWM:\\s+(\\d+)', Path('/proc/self/status').read_text()).group(1)); "
+        "print(kib / 2**20)"
     )
     out = subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT, capture_output=True, text=True)
     return float(out.stdout.strip().splitlines()[-1])

@@ -17,7 +17,7 @@ The table's columns, on the 900 test patches:
   patches are the reference row (the splits come from different parts of the photographs);
 - training images/s: rows trained per second of training steps (the stored fit record);
 - `/sample` n = 16: over HTTP, one `genreg serve` worker holding every genreg model here;
-- server memory: peak RSS of a fresh process that loads the model and draws 16 samples.
+- server memory: peak RSS (VmHWM) of a fresh process that loads the model and draws 16 samples.
 """
 
 from __future__ import annotations
@@ -129,7 +129,10 @@ def table(peers: list[str], http: bool) -> None:
     for name, model in stored.items():
         test_metrics = model.metrics.get("test", {})
         bpd = test_metrics.get("bits_per_dim")
-        kind = "bound" if "bound" in model.meta.get("capabilities", []) else ""
+        capabilities = model.meta.get("capabilities", [])
+        kind = (
+            "bound" if "bound" in capabilities else "exact" if "log_prob" in capabilities else "no likelihood"
+        )
         fit = model.meta.get("train", {})
         rate = fit.get("rows_per_second") or 0.0
         start = time.perf_counter()
@@ -140,8 +143,8 @@ def table(peers: list[str], http: bool) -> None:
         shown = f"{bpd:.3f}" if bpd is not None else "no likelihood"
         served = f"{times[name]:.2f} s" if name in times else f"({took * 16 / SAMPLES:.2f} s in process)"
         lines.append(
-            f"| genreg {model.meta['family']} ({fit.get('seconds', 0):.0f} s, {kind or 'exact'}) | {shown} "
-            f"| {accuracy:.3f} | {p:.3f} | {rate:.0f} | {served} | {memory:.2f} GiB |"
+            f"| genreg {model.meta['family']} ({fit.get('seconds', 0):.0f} s, {kind}) | {shown} "
+            f"| {accuracy:.3f} | {p:.3f} | {rate:.0f} | {served} | {memory * 1024:.0f} MiB |"
         )
     for path in peers:
         peer = np.load(path, allow_pickle=False)
