@@ -240,7 +240,10 @@ def _plan(make: Callable[[], Plan]) -> Plan:
     try:
         return make()
     except BudgetError as exc:
-        raise ApiError(400, exc.field, str(exc), f"invalid_{exc.field}") from None
+        # Past a published limit: say where the limits are (services.limits publishes none that
+        # the budget refuses).
+        message = f"{exc} (GET /models: sample_n, score_rows, latent_rows, two_sample_rows)"
+        raise ApiError(400, exc.field, message, f"invalid_{exc.field}") from None
     except CapabilityError as exc:
         raise ApiError(422, exc.field, str(exc), "missing_capability") from None
 
