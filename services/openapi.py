@@ -740,9 +740,12 @@ def _exact(components: dict[str, Any], described: list[dict[str, Any]], task: bo
         n_model = {"type": "integer", "minimum": 10, "maximum": most_x}
         props = dict(two)
         props.update(model=model, x=_rows(d, 10, min(most_two, d["body_rows"])), n_model=n_model)
-        two_sample.append((f"{key}.n_model", _object(props, ["model", "x", "n_model"])))
+        # A branch whose limit is under a test's 10 rows is left out: no such request is taken.
+        if min(most_x, most_two, d["body_rows"]) >= 10:
+            two_sample.append((f"{key}.n_model", _object(props, ["model", "x", "n_model"])))
         props = dict(props, x=_rows(d, 10, min(most_x, d["body_rows"])), n_model={"type": "null"})
-        two_sample.append((f"{key}.rows", _object(props, ["model", "x"])))
+        if min(most_x, d["body_rows"]) >= 10:
+            two_sample.append((f"{key}.rows", _object(props, ["model", "x"])))
     # Names served here, with any version: not the fallback's (their versions have branches).
     names = sorted({d["name"] for d in described})
     served = {"pattern": "^(" + "|".join(re.escape(n) for n in names) + ")(:.*)?$"}
