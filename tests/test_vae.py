@@ -150,11 +150,13 @@ def test_mig_separates_disentangled_from_random_codes():
     assert mig(mixed.astype(float), factors)["mig"] < mig(codes, factors)["mig"]
 
 
-def test_conv_vae_on_images_exports_its_latent_graphs(train_model):
+@pytest.mark.parametrize("arch", ["conv", "broadcast"])
+def test_conv_vae_on_images_exports_its_latent_graphs(train_model, arch):
     """arch=conv: a convolutional encoder and decoder whose outputs are laid out as the MLP's
-    (each value's levels together, channels last): the stored graphs pass parity, and a decoded
-    traversal is an image batch of the data's shape. Data that are not images are refused."""
-    stored = train_model("vae", "shapes", arch="conv", latent=4, epochs=2, name="cvae-shapes")
+    (each value's levels together, channels last); arch=broadcast: the same encoder and a
+    spatial-broadcast decoder. The stored graphs pass parity, and a decoded traversal is an
+    image batch of the data's shape. Data that are not images are refused."""
+    stored = train_model("vae", "shapes", arch=arch, latent=4, epochs=2, name=f"{arch}-vae-shapes")
     assert {"encode", "decode"} <= set(stored.capabilities)
     assert stored.meta["parity"]["decoder:mean"] < 1e-3 and stored.meta["parity"]["encoder:gaussian"] < 1e-3
     loaded = LoadedModel(stored)
@@ -163,11 +165,11 @@ def test_conv_vae_on_images_exports_its_latent_graphs(train_model):
     grid = latent.traversal(z[0], [0, 1], np.linspace(-2, 2, 3, dtype=np.float32))
     decoded = latent.decode(loaded, latent.check_decode(loaded, grid, True), seed=0)
     assert decoded.shape == (6, 256) and set(np.unique(decoded)) <= {0.0, 1.0}
-    with pytest.raises(ValueError, match="arch=conv needs image data"):
-        train_model("vae", "8gaussians", arch="conv", epochs=1, name="cvae-toy")
+    with pytest.raises(ValueError, match=f"arch={arch} needs image data"):
+        train_model("vae", "8gaussians", arch=arch, epochs=1, name="cvae-toy")
 
 
-@pytest.mark.parametrize("arch", ["mlp", "conv"])
+@pytest.mark.parametrize("arch", ["mlp", "conv", "broadcast"])
 def test_conditional_vae_on_digits(train_model, arch):
     """A conditional VAE (q(z|x,y), p(x|z,y)) trained on labelled digits: its sampler and scorer
     take the label (parity checked in training), it claims no latent space, the label changes a

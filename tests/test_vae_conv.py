@@ -58,6 +58,8 @@ def test_defaults_follow_the_data_kind(tmp_path):
         VAEConfig(decoder="local").resolve(load_dataset("moons"))
     with pytest.raises(ValueError, match="arch=conv needs image data"):
         VAEConfig(arch="conv").resolve(load_dataset("moons"))
+    with pytest.raises(ValueError, match="arch=broadcast needs image data"):
+        VAEConfig(arch="broadcast").resolve(load_dataset("moons"))
 
 
 @pytest.mark.parametrize("components", [1, 3])
@@ -152,7 +154,7 @@ def _every_image(dim: int, levels: int) -> torch.Tensor:
     return torch.tensor(list(itertools.product(range(levels), repeat=dim)), dtype=torch.float32)
 
 
-def _random_vae(shape, levels, decoder, components=1, classes=0, seed=0) -> VAE:
+def _random_vae(shape, levels, decoder, components=1, classes=0, seed=0, broadcast=False) -> VAE:
     torch.manual_seed(seed)
     config = VAEConfig(arch="conv", decoder=decoder, components=components, latent=1, channels=8, blocks=1)
     vae = VAE(
@@ -165,6 +167,7 @@ def _random_vae(shape, levels, decoder, components=1, classes=0, seed=0) -> VAE:
         classes=classes,
         channels=8,
         blocks=1,
+        broadcast=broadcast,
     )
     vae.mean.fill_((levels - 1) / 2)
     vae.std.fill_(levels / 4)
@@ -185,21 +188,24 @@ def _given(params: tuple[torch.Tensor, ...], i: int, n: int) -> tuple[torch.Tens
 
 
 @pytest.mark.parametrize(
-    ("shape", "levels", "decoder", "components"),
+    ("shape", "levels", "decoder", "components", "broadcast"),
     [
-        ((2, 2, 3), 2, "logistic", 1),
-        ((1, 2, 3), 4, "logistic", 3),
-        ((1, 2, 3), 4, "categorical", 1),
-        ((2, 2, 3), 2, "local", 1),
-        ((1, 2, 3), 4, "local", 3),
-        ((3, 2, 1), 4, "local", 2),
+        ((2, 2, 3), 2, "logistic", 1, False),
+        ((1, 2, 3), 4, "logistic", 3, False),
+        ((1, 2, 3), 4, "categorical", 1, False),
+        ((2, 2, 3), 2, "local", 1, False),
+        ((1, 2, 3), 4, "local", 3, False),
+        ((3, 2, 1), 4, "local", 2, False),
+        ((1, 2, 3), 4, "categorical", 1, True),
+        ((3, 2, 1), 4, "local", 2, True),
     ],
 )
-def test_bounds_on_every_image_of_a_tiny_space(shape, levels, decoder, components):
+def test_bounds_on_every_image_of_a_tiny_space(shape, levels, decoder, components, broadcast):
     """With a 1-D latent, log p(x) = log of the integral of p(x|z) p(z) dz is a quadrature: it sums
     to 1 over the 4,096 images (so p(x|z) is normalised for every z), every image's ELBO (64
-    draws) is below it, the ELBOs' exponentials sum to at most 1, and IWAE(64) is closer."""
-    vae = _random_vae(shape, levels, decoder, components)
+    draws) is below it, the ELBOs' exponentials sum to at most 1, and IWAE(64) is closer. The
+    spatial-broadcast decoder (arch=broadcast) is held to the same."""
+    vae = _random_vae(shape, levels, decoder, components, broadcast=broadcast)
     images = _every_image(math.prod(shape), levels)
     z = torch.linspace(-7, 7, 281)[:, None]
     with torch.no_grad():

@@ -25,10 +25,12 @@ class VAEConfig(FamilyConfig):
     latent: int | None = Field(None, ge=1, le=1024, description="latent dimensions")
     hidden: int = Field(256, ge=8, le=4096, description="mlp: width of the dense layers")
     depth: int = Field(2, ge=1, le=8, description="mlp: hidden layers")
-    arch: Literal["auto", "mlp", "conv"] = Field(
+    arch: Literal["auto", "mlp", "conv", "broadcast"] = Field(
         "auto",
         description="mlp: dense layers over the flat row; conv: residual convolutions over the image "
-        "(image data only); auto: conv on colour images, else mlp",
+        "(image data only); broadcast: conv's encoder, and a spatial-broadcast decoder (z tiled over "
+        "the image beside coordinate planes, convolutions at full size; image data only); auto: conv "
+        "on colour images, else mlp",
     )
     decoder: Literal["auto", "categorical", "logistic", "local", "gaussian"] = Field(
         "auto",
@@ -73,8 +75,8 @@ class VAEConfig(FamilyConfig):
         """
         colour = data.image_shape is not None and data.image_shape[2] > 1
         arch = self.arch if self.arch != "auto" else "conv" if colour else "mlp"
-        if arch == "conv" and data.image_shape is None:
-            raise ValueError(f"arch=conv needs image data; {data.name!r} has no image shape")
+        if arch in ("conv", "broadcast") and data.image_shape is None:
+            raise ValueError(f"arch={arch} needs image data; {data.name!r} has no image shape")
         decoder = self.decoder
         if decoder == "auto":
             many = data.levels is not None and data.levels > CATEGORICAL_LEVELS

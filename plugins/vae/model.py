@@ -1,8 +1,9 @@
 """The VAE's networks: a Gaussian encoder q(z|x) and a decoder of p(x|z)'s parameters.
 
-Two architectures: ``mlp`` (dense layers over the flat row) and ``conv`` (image data: residual
+Three architectures: ``mlp`` (dense layers over the flat row), ``conv`` (image data: residual
 convolutions, halving the height and width down to 4 or less in the encoder and doubling back
-in the decoder). The decoder's outputs are per value, (n, D, per); plugins.vae.likelihood says
+in the decoder) and ``broadcast`` (conv's encoder; the decoder tiles z over the image beside
+coordinate planes and convolves at full size). The decoder's outputs are per value, (n, D, per); plugins.vae.likelihood says
 what they mean (a categorical, a discretised-logistic mixture or a Gaussian).
 
 Every function that the exported graphs use takes its noise as an argument. A conditional VAE
@@ -128,6 +129,37 @@ class ConvDecoder(nn.Module):
         return out.reshape(z.shape[0], h * w * c, self.per)
 
 
+class BroadcastDecoder(nn.Module):
+    """latent -> (n, D, per) per-value outputs through a spatial broadcast (Watters et al. 2019):
+    z tiled over the image, two coordinate planes (-1..1 across and down) beside it, a 3x3 stem
+    to ``channels``, ``blocks`` residual blocks and a 3x3 head, all at full size.
+
+    Every pixel sees the same code and its own coordinates, so a position is a function of the
+    code the convolutions can read off directly; through a dense layer and upsampling (``conv``)
+    it has to be spread over the pixels, and the code tends to mix position with the rest."""
+
+    def __init__(
+        self, shape: tuple[int, int, int], latent: int, channels: int, blocks: int, per: int
+    ) -> None:
+        super().__init__()
+        h, w, c = shape
+        self.shape, self.per = shape, per
+        ys, xs = torch.meshgrid(torch.linspace(-1, 1, h), torch.linspace(-1, 1, w), indexing="ij")
+        self.register_buffer("coords", torch.stack([xs, ys])[None], persistent=False)
+        layers: list[nn.Module] = [nn.Conv2d(latent + 2, channels, 3, padding=1)]
+        layers += [ResBlock(channels) for _ in range(blocks)]
+        layers += [nn.GELU(), nn.Conv2d(channels, c * per, 3, padding=1)]
+        self.conv = nn.Sequential(*layers)
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        h, w, c = self.shape
+        n = z.shape[0]
+        tiled = z[:, :, None, None].expand(-1, -1, h, w)
+        out = self.conv(torch.cat([tiled, self.coords.expand(n, -1, -1, -1)], 1))
+        out = out.reshape(-1, c, self.per, h, w).permute(0, 3, 4, 1, 2)
+        return out.reshape(n, h * w * c, self.per)
+
+
 class VAE(nn.Module):
     def __init__(
         self,
@@ -140,6 +172,7 @@ class VAE(nn.Module):
         classes: int = 0,
         channels: int = 32,
         blocks: int = 1,
+        broadcast: bool = False,
     ) -> None:
         super().__init__()
         self.dim, self.latent, self.classes = dim, latent, classes
@@ -150,7 +183,8 @@ class VAE(nn.Module):
             self.decoder: nn.Module = _mlp(latent + classes, hidden, dim * per, depth)
         else:
             self.encoder = ConvEncoder(conv_shape, channels, blocks, 2 * latent, extra=classes)
-            self.decoder = ConvDecoder(conv_shape, latent + classes, channels, blocks, per)
+            decoder = BroadcastDecoder if broadcast else ConvDecoder
+            self.decoder = decoder(conv_shape, latent + classes, channels, blocks, per)
         self.register_buffer("mean", torch.zeros(dim))
         self.register_buffer("std", torch.ones(dim))
 

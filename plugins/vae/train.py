@@ -50,10 +50,11 @@ def build(data: Dataset, config: VAEConfig) -> VAE:
         config.latent,
         config.hidden,
         config.depth,
-        conv_shape=data.image_shape if config.arch == "conv" else None,
+        conv_shape=data.image_shape if config.arch in ("conv", "broadcast") else None,
         classes=classes,
         channels=config.channels,
         blocks=config.blocks,
+        broadcast=config.arch == "broadcast",
     )
     train = torch.as_tensor(data.train, dtype=torch.float32)
     vae.mean.copy_(train.mean(0))
