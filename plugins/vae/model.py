@@ -95,6 +95,14 @@ class ConvEncoder(nn.Module):
         return self.dense(features if extra is None else torch.cat([features, extra], -1))
 
 
+def _per_value(planes_out: torch.Tensor, shape: tuple[int, int, int], per: int) -> torch.Tensor:
+    """A decoder's (n, c * per, h, w) planes as (n, D, per): (n, c, per, h, w) -> (n, h, w, c,
+    per), a value's numbers together, rows channels last."""
+    h, w, c = shape
+    n = planes_out.shape[0]
+    return planes_out.reshape(n, c, per, h, w).permute(0, 3, 4, 1, 2).reshape(n, h * w * c, per)
+
+
 class ConvDecoder(nn.Module):
     """latent -> (n, D, per) per-value outputs, rows channels last: the encoder mirrored. A
     dense layer to the smallest resolution; at each, ``blocks`` residual blocks and a stride-2
@@ -122,11 +130,7 @@ class ConvDecoder(nn.Module):
         self.conv = nn.Sequential(*layers)
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
-        h, w, c = self.shape
-        out = self.conv(self.dense(z).reshape(-1, *self.top))  # (n, c * per, h, w)
-        # (n, c, per, h, w) -> (n, h, w, c, per): a value's numbers together, rows channels last
-        out = out.reshape(-1, c, self.per, h, w).permute(0, 3, 4, 1, 2)
-        return out.reshape(z.shape[0], h * w * c, self.per)
+        return _per_value(self.conv(self.dense(z).reshape(-1, *self.top)), self.shape, self.per)
 
 
 class BroadcastDecoder(nn.Module):
@@ -152,12 +156,12 @@ class BroadcastDecoder(nn.Module):
         self.conv = nn.Sequential(*layers)
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
-        h, w, c = self.shape
+        h, w, _ = self.shape
         n = z.shape[0]
         tiled = z[:, :, None, None].expand(-1, -1, h, w)
-        out = self.conv(torch.cat([tiled, self.coords.expand(n, -1, -1, -1)], 1))
-        out = out.reshape(-1, c, self.per, h, w).permute(0, 3, 4, 1, 2)
-        return out.reshape(n, h * w * c, self.per)
+        return _per_value(
+            self.conv(torch.cat([tiled, self.coords.expand(n, -1, -1, -1)], 1)), self.shape, self.per
+        )
 
 
 class VAE(nn.Module):
