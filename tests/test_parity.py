@@ -10,17 +10,23 @@ import pytest
 from onnx import TensorProto, helper
 
 from registry.contract.family import Capability, Family, GraphSpec, NoiseInput, StepLoop
-from registry.pipeline.export import PARITY_RELATIVE, PARITY_TOLERANCE, ExportError, check_parity
+from registry.pipeline.export import (
+    PARITY_PER_VALUE,
+    PARITY_RELATIVE,
+    PARITY_TOLERANCE,
+    ExportError,
+    check_parity,
+)
 
 
-def _sum_scorer(path: Path) -> GraphSpec:
+def _sum_scorer(path: Path, width: int = 2) -> GraphSpec:
     """An ONNX scorer whose score is the sum of the row (built with onnx.helper: no torch)."""
     axes = helper.make_tensor("axes", TensorProto.INT64, [1], [1])
     node = helper.make_node("ReduceSum", ["x", "axes"], ["score"], keepdims=0)
     graph = helper.make_graph(
         [node],
         "sum",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 2])],
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", width])],
         [helper.make_tensor_value_info("score", TensorProto.FLOAT, ["batch"])],
         [axes],
     )
@@ -44,11 +50,11 @@ class Offset(Family):
         return out
 
 
-# Row 0 scores -10,000 nats (its allowance 1e-4 + 1e-5 * 1e4 = 0.1001); row 1 scores -1 nat
-# (allowance 1.1e-4). The parity check cycles these two rows over its 1,000.
+# Row 0 scores -10,000 nats (its allowance 1e-4 + 2e-6 + 1e-5 * 1e4 = 0.100102); row 1 scores -1
+# nat (allowance 1.12e-4). The parity check cycles these two rows over its 1,000.
 ROWS = np.array([[-5000.0, -5000.0], [-0.5, -0.5]], dtype=np.float32)
-SMALL_ALLOWANCE = PARITY_TOLERANCE + PARITY_RELATIVE * 1.0
-LARGE_ALLOWANCE = PARITY_TOLERANCE + PARITY_RELATIVE * 1e4
+SMALL_ALLOWANCE = PARITY_TOLERANCE + PARITY_PER_VALUE * 2 + PARITY_RELATIVE * 1.0
+LARGE_ALLOWANCE = PARITY_TOLERANCE + PARITY_PER_VALUE * 2 + PARITY_RELATIVE * 1e4
 
 
 @pytest.mark.parametrize(
@@ -73,6 +79,24 @@ def test_each_row_is_held_to_its_own_allowance(tmp_path, errors, refused):
         report = check_parity(family, None, [spec], tmp_path, ROWS, discrete=False)
         # The record is the measured max abs error, float32 rounding of the sums included.
         assert report["scorer:log_prob"] == pytest.approx(max(errors.values(), default=0.0), abs=1e-3)
+
+
+@pytest.mark.parametrize(("share", "refused"), [(0.9, False), (1.1, True)])
+def test_a_score_over_many_values_is_allowed_their_rounding(tmp_path, share, refused):
+    """A score sums its row's values, each rounded on its own path: 1,000 values scoring about
+    -1 nat in all are allowed 1e-4 + 1,000 x 1e-6 + 1e-5 (~1.1e-3), ten times what the same score
+    over two values is allowed, and no more."""
+    width = 1000
+    spec = _sum_scorer(tmp_path / "scorer.onnx", width)
+    rows = np.full((2, width), -1.0 / width, dtype=np.float32)
+    allowance = PARITY_TOLERANCE + PARITY_PER_VALUE * width + PARITY_RELATIVE * 1.0
+    assert allowance > 9 * SMALL_ALLOWANCE
+    family = Offset({0: share * allowance})
+    if refused:
+        with pytest.raises(ExportError, match="row 0"):
+            check_parity(family, None, [spec], tmp_path, rows, discrete=False)
+    else:
+        check_parity(family, None, [spec], tmp_path, rows, discrete=False)
 
 
 def _rounding_step(path: Path) -> GraphSpec:

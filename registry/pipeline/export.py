@@ -30,6 +30,13 @@ PARITY_TOLERANCE = 1e-4  # max abs error, nats per row (scores) or data units (s
 # value far smaller than themselves), so the allowance grows with the score's magnitude; real
 # export faults are off by whole nats. Figures: benchmarks/RESULTS.md, Dequantisation.
 PARITY_RELATIVE = 1e-5
+# A score is also a sum over the row's values (a decoder's per-value log-probabilities), each
+# rounded on its own path through the network, so its rounding grows with the values summed even
+# where the sum is small: a beta = 4 VAE on shapes (256 values, scores of -9 to -43 nats) put
+# PyTorch's own float32 score up to 1.24e-4 nats from float64 and ONNX Runtime's 1.29e-4; trained
+# longer, ONNX Runtime and PyTorch differed by 3.5e-4 where the two terms above allowed 2.8e-4.
+# 1e-6 a value is twice the reference's own rounding there (RESULTS.md, "The latent space").
+PARITY_PER_VALUE = 1e-6
 # Sampling on discrete data floors to a level; a value within float error of a bin edge may
 # land in the neighbouring level, so discrete samples are compared by the share that differ.
 DISCRETE_MISMATCH_TOLERANCE = 1e-3
@@ -226,7 +233,8 @@ def check_parity(
             raise ExportError(
                 f"{label}: ONNX Runtime and the reference disagree on which values are infinite"
             )
-        report[label] = _within_allowance(label, got, expected, finite)
+        summed = rows.shape[1] if spec.role == "scorer" else 0
+        report[label] = _within_allowance(label, got, expected, finite, summed)
     return report
 
 
@@ -292,21 +300,25 @@ def check_conditions(graphs: list[GraphSpec], classes: int | None) -> None:
         )
 
 
-def row_allowance(expected: np.ndarray) -> np.ndarray:
-    """Each row's parity allowance: PARITY_TOLERANCE + PARITY_RELATIVE * its largest |value|.
+def row_allowance(expected: np.ndarray, summed: int = 0) -> np.ndarray:
+    """Each row's parity allowance: PARITY_TOLERANCE + PARITY_PER_VALUE * the values a score sums
+    (``summed``; 0 for outputs that are not sums over the row) + PARITY_RELATIVE * its largest
+    |value|.
 
     Per row, not the largest row's: one big score must not widen the allowance of small ones.
     """
     rows = np.abs(np.where(np.isfinite(expected), expected, 0.0)).reshape(len(expected), -1)
-    return PARITY_TOLERANCE + PARITY_RELATIVE * rows.max(1, initial=0.0)
+    return PARITY_TOLERANCE + PARITY_PER_VALUE * summed + PARITY_RELATIVE * rows.max(1, initial=0.0)
 
 
-def _within_allowance(label: str, got: np.ndarray, expected: np.ndarray, finite: np.ndarray) -> float:
+def _within_allowance(
+    label: str, got: np.ndarray, expected: np.ndarray, finite: np.ndarray, summed: int = 0
+) -> float:
     """The max abs error (for the record); raises ExportError when a row exceeds its allowance."""
     diff = np.zeros(expected.shape)
     diff[finite] = np.abs(got[finite] - expected[finite])
     diff = diff.reshape(len(expected), -1).max(1, initial=0.0)
-    allowed = row_allowance(expected)
+    allowed = row_allowance(expected, summed)
     worst = int(np.argmax(diff - allowed)) if len(diff) else 0
     if len(diff) and diff[worst] > allowed[worst]:
         raise ExportError(
