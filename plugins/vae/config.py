@@ -16,6 +16,8 @@ from registry.contract.family import FamilyConfig
 # Above this many levels a softmax per value is too big a decoder (256 levels x 3,072 values is
 # 786k logits a row at 32x32x3): the discretised logistic takes over.
 CATEGORICAL_LEVELS = 64
+# The architectures whose networks are convolutions over the image (image data only).
+IMAGE_ARCHS = ("conv", "broadcast")
 
 
 class VAEConfig(FamilyConfig):
@@ -75,7 +77,7 @@ class VAEConfig(FamilyConfig):
         """
         colour = data.image_shape is not None and data.image_shape[2] > 1
         arch = self.arch if self.arch != "auto" else "conv" if colour else "mlp"
-        if arch in ("conv", "broadcast") and data.image_shape is None:
+        if arch in IMAGE_ARCHS and data.image_shape is None:
             raise ValueError(f"arch={arch} needs image data; {data.name!r} has no image shape")
         decoder = self.decoder
         if decoder == "auto":

@@ -3,8 +3,9 @@
 Three architectures: ``mlp`` (dense layers over the flat row), ``conv`` (image data: residual
 convolutions, halving the height and width down to 4 or less in the encoder and doubling back
 in the decoder) and ``broadcast`` (conv's encoder; the decoder tiles z over the image beside
-coordinate planes and convolves at full size). The decoder's outputs are per value, (n, D, per); plugins.vae.likelihood says
-what they mean (a categorical, a discretised-logistic mixture or a Gaussian).
+coordinate planes and convolves at full size). The decoder's outputs are per value, (n, D,
+per); plugins.vae.likelihood says what they mean (a categorical, a discretised-logistic mixture
+or a Gaussian).
 
 Every function that the exported graphs use takes its noise as an argument. A conditional VAE
 (``classes``) takes the label y too: q(z|x, y) and p(x|z, y), the prior N(0, I) is shared. The

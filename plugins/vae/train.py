@@ -11,7 +11,7 @@ import math
 import torch
 
 from plugins.common.training import fit_config, pick_device, split_labels, with_labels
-from plugins.vae.config import VAEConfig, VAEModel
+from plugins.vae.config import IMAGE_ARCHS, VAEConfig, VAEModel
 from plugins.vae.likelihood import Categorical, Gaussian, Likelihood, Logistic
 from plugins.vae.local import LocalLogistic
 from plugins.vae.model import VAE
@@ -50,7 +50,7 @@ def build(data: Dataset, config: VAEConfig) -> VAE:
         config.latent,
         config.hidden,
         config.depth,
-        conv_shape=data.image_shape if config.arch in ("conv", "broadcast") else None,
+        conv_shape=data.image_shape if config.arch in IMAGE_ARCHS else None,
         classes=classes,
         channels=config.channels,
         blocks=config.blocks,
