@@ -146,14 +146,15 @@ def disentanglement(args, plugins, shapes, classifiers) -> None:
     print("|---|---|---|---|---|---|---|---|---|" + "---|" * len(names))
     docs = Path(args.docs)
     docs.mkdir(parents=True, exist_ok=True)
-    runs = [(b, c.split(":")[0], int(c.split(":")[1])) for c in args.configs for b in args.betas]
-    for beta, arch, batch in runs:
+    runs = [((c + ":kl").split(":")[:3], b) for c in args.configs for b in args.betas]
+    for (arch, batch, penalty), beta in runs:
+        tag = f"{arch}-batch{batch}" + ("-tc" if penalty == "tc" else "")
         stored = train_and_store(
             vae,
             shapes,
-            vae.Config(beta=beta, latent=args.latent, batch_size=batch, arch=arch),
+            vae.Config(beta=beta, latent=args.latent, batch_size=int(batch), arch=arch, penalty=penalty),
             TrainControl(seed=args.seed, progress=False),
-            name=f"vae-shapes-beta{beta:g}-{arch}-batch{batch}",
+            name=f"vae-shapes-beta{beta:g}-{tag}",
         )
         loaded = LoadedModel(stored)
         report = stored.metrics["test"]["latent"]
@@ -164,7 +165,7 @@ def disentanglement(args, plugins, shapes, classifiers) -> None:
             share = change / max(change.sum(), 1e-12)
             best = int(np.argmax(share))
             head = (
-                f"| {beta:g} | {arch} | {batch} | {stored.metrics['test']['mig']['mig']:.3f} | "
+                f"| {beta:g} | {arch}{' tc' if penalty == 'tc' else ''} | {batch} | {stored.metrics['test']['mig']['mig']:.3f} | "
                 f"{report['active_units']}"
                 if rank == 0
                 else "| | | | |"
@@ -175,7 +176,7 @@ def disentanglement(args, plugins, shapes, classifiers) -> None:
                 + " |",
                 flush=True,
             )
-        out = docs / f"shapes-beta{beta:g}-{arch}-batch{batch}-traversal.png"
+        out = docs / f"shapes-beta{beta:g}-{tag}-traversal.png"
         env = dict(os.environ)
         subprocess.run(
             [sys.executable, "-m", "registry.cli", "traverse", stored.tag, "--out", str(out), "--row", "70"],
@@ -248,10 +249,12 @@ def main() -> None:
         "--configs",
         nargs="+",
         default=["mlp:64", "mlp:8", "conv:64", "broadcast:16"],
-        help="ARCH:BATCH per run, each at every beta (mlp:64 is the VAE's default; broadcast: "
-        "conv's encoder with the spatial-broadcast decoder)",
+        help="ARCH:BATCH[:PENALTY] per run, each at every beta (mlp:64 is the VAE's default; "
+        "broadcast: conv's encoder with the spatial-broadcast decoder; PENALTY tc: beta weighs "
+        "only the total correlation, beta-TCVAE)",
     )
     parser.add_argument("--top", type=int, default=3)
+    parser.add_argument("--no-round-trips", action="store_true", help="the disentanglement table only")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--docs", default=str(ROOT / "docs" / "latent"))
     args = parser.parse_args()
@@ -267,7 +270,8 @@ def main() -> None:
     )
     print()
     disentanglement(args, plugins, shapes, classifiers)
-    reconstruction_and_round_trips(args, plugins)
+    if not args.no_round_trips:
+        reconstruction_and_round_trips(args, plugins)
 
 
 if __name__ == "__main__":

@@ -61,16 +61,20 @@ def test_iwae_matches_exact_marginal_likelihood_on_a_1d_latent(train_model):
     assert np.abs(iwae - exact).mean() < 0.05, np.abs(iwae - exact).max()
 
 
-def test_surgery_terms_add_up_for_beta_vae(train_model):
-    stored = train_model("vae", "shapes", beta=4.0, latent=6, epochs=10, name="bvae-shapes")
+@pytest.mark.parametrize("penalty", ["kl", "tc"])
+def test_surgery_terms_add_up_for_beta_vae(train_model, penalty):
+    stored = train_model(
+        "vae", "shapes", beta=4.0, latent=6, epochs=10, penalty=penalty, name=f"bvae-shapes-{penalty}"
+    )
     loaded = LoadedModel(get_model(stored.tag))
     x = load_dataset("shapes").test
     s = elbo_surgery(loaded, x, draws=8, seed=1)
-    assert s["beta"] == 4.0
+    assert (s["beta"], s["penalty"]) == (4.0, penalty)
     assert abs(s["sum_minus_elbo_beta"]) <= 4 * s["monte_carlo_stderr"] + 1e-6
     assert 0 <= s["mutual_information"] <= s["log_n"] + 1e-6
     assert s["marginal_kl"] >= -4 * s["monte_carlo_stderr"]
-    assert s["elbo_beta"] == pytest.approx(s["reconstruction"] - 4.0 * s["kl_posterior_prior"])
+    weighed = s["kl_posterior_prior"] if penalty == "kl" else s["total_correlation"]
+    assert s["elbo_beta"] == pytest.approx(s["reconstruction"] - s["kl_posterior_prior"] - 3.0 * weighed)
     stored_metrics = stored.metrics["test"]
     assert "surgery" in stored_metrics and 0 <= stored_metrics["mig"]["mig"] <= 1
     assert stored_metrics["mig"]["factors"] == ["shape", "scale", "x", "y"]
@@ -137,6 +141,78 @@ def test_surgery_terms_match_an_exact_aggregate_posterior():
     rec = weights @ (-0.5 * (math.log(2 * math.pi) + (values - means) ** 2 + scales**2))
     # log p(x|z) varies by well under 1 nat across draws: 0.02 is over 6 standard errors.
     assert s["reconstruction"] == pytest.approx(rec, abs=0.02)
+
+
+class _GivenPosteriors(_LinearGaussianVAE):
+    """q(z|x) = N(x, 0.1^2 I): each row is its own posterior's mean."""
+
+    def __init__(self, penalty: str = "kl", beta: float = 1.0) -> None:
+        super().__init__()
+        self.stored.meta = {"config": {"beta": beta, "penalty": penalty}}
+
+    def run(self, spec: SimpleNamespace, feeds: dict[str, np.ndarray]) -> np.ndarray:
+        if spec.role == "encoder":
+            x = feeds["x"].astype(np.float64)
+            return np.concatenate([x, np.full_like(x, 2 * math.log(0.1))], 1)
+        return np.concatenate([feeds["z"], np.zeros_like(feeds["z"])], -1)
+
+
+@pytest.mark.parametrize(
+    ("means", "total_correlation"),
+    [
+        # Independent dimensions: q(z) is the product of its marginals, TC = 0.
+        ([(-3, -3), (-3, 3), (3, -3), (3, 3)], 0.0),
+        # One bit shared by both dimensions: q(z) has 2 components, each marginal 2, so
+        # log q(z) - log q(z_1) - log q(z_2) = log 1/2 - 2 log 1/2 = log 2 wherever q has mass.
+        ([(-3, -3), (3, 3)], math.log(2)),
+    ],
+)
+def test_surgery_splits_the_marginal_kl_into_total_correlation_and_dimension_kl(means, total_correlation):
+    x = np.repeat(np.asarray(means, np.float32), 200, axis=0)
+    s = elbo_surgery(_GivenPosteriors(), x, draws=4, seed=0)
+    assert s["total_correlation"] == pytest.approx(total_correlation, abs=1e-6)
+    # Both are expectations of log-density differences over the same draws: they add up exactly.
+    assert s["total_correlation"] + s["dimension_kl"] == pytest.approx(s["marginal_kl"], abs=1e-9)
+    # 1-D: the aggregate posterior is its only marginal.
+    one = elbo_surgery(_LinearGaussianVAE(), np.zeros((50, 1), np.float32), draws=2, seed=0)
+    assert one["total_correlation"] == pytest.approx(0.0, abs=1e-12)
+
+
+def test_a_tc_penalised_models_objective_weighs_only_the_total_correlation():
+    x = np.repeat(np.asarray([(-3, -3), (3, 3)], np.float32), 200, axis=0)
+    kl = elbo_surgery(_GivenPosteriors("kl", 4.0), x, draws=8, seed=0)
+    tc = elbo_surgery(_GivenPosteriors("tc", 4.0), x, draws=8, seed=0)
+    assert (kl["penalty"], tc["penalty"]) == ("kl", "tc")
+    assert kl["elbo_beta"] == pytest.approx(kl["reconstruction"] - 4 * kl["kl_posterior_prior"])
+    assert tc["elbo_beta"] == pytest.approx(
+        tc["reconstruction"] - tc["kl_posterior_prior"] - 3 * tc["total_correlation"]
+    )
+    for s in (kl, tc):
+        assert abs(s["sum_minus_elbo_beta"]) <= 4 * s["monte_carlo_stderr"] + 1e-6
+
+
+@pytest.mark.parametrize(
+    ("means", "total_correlation"),
+    [([(-3, -3), (-3, 3), (3, -3), (3, 3)], 0.0), ([(-3, -3), (3, 3)], math.log(2))],
+)
+def test_the_training_penalty_weighs_the_total_correlation_by_beta(means, total_correlation):
+    """beta-TCVAE's training penalty, I_q + beta TC + dimension-wise KL, on the whole data set
+    (the exact mixture): at beta = 1 the Monte-Carlo KL(q(z|x)||p(z)) of each row, exactly, and
+    each unit of beta adds the total correlation, 0 or log 2 as in the surgery's test above."""
+    import torch
+
+    from plugins.vae.train import log_normal, penalised_kl
+
+    mean = torch.tensor(np.repeat(np.asarray(means, np.float64), 100, axis=0))
+    log_var = torch.full_like(mean, 2 * math.log(0.1))
+    z = mean + 0.1 * torch.randn(mean.shape, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    one = penalised_kl(z, mean, log_var, 1.0, None)
+    own = log_normal(z, mean, log_var).sum(-1) - log_normal(z, torch.zeros_like(z), torch.zeros_like(z)).sum(
+        -1
+    )
+    assert torch.allclose(one, own, atol=1e-9)
+    extra = (penalised_kl(z, mean, log_var, 4.0, None) - one).mean().item()
+    assert extra == pytest.approx(3 * total_correlation, abs=1e-6)
 
 
 def test_mig_separates_disentangled_from_random_codes():

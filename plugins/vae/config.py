@@ -24,6 +24,12 @@ class VAEConfig(FamilyConfig):
     """Options for `genreg train vae -o key=value`; unset ones follow the data (see resolve)."""
 
     beta: float = Field(1.0, ge=0, le=1000, description="weight of KL(q(z|x)||p(z)) in training")
+    penalty: Literal["kl", "tc"] = Field(
+        "kl",
+        description="what beta weighs: kl, the whole KL(q(z|x)||p(z)) (beta-VAE); tc, only the "
+        "total correlation of the aggregate posterior q(z), the index-code information and the "
+        "dimension-wise KL kept at weight 1 (beta-TCVAE, Chen et al. 2018)",
+    )
     latent: int | None = Field(None, ge=1, le=1024, description="latent dimensions")
     hidden: int = Field(256, ge=8, le=4096, description="mlp: width of the dense layers")
     depth: int = Field(2, ge=1, le=8, description="mlp: hidden layers")

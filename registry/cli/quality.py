@@ -54,17 +54,19 @@ def evaluate(
         return
     s = result["surgery"]
     typer.echo(
-        f"ELBO surgery of {result['model']} on {split} ({s['n']} points, {s['draws']} draws, beta {s['beta']:g}), nats:"
+        f"ELBO surgery of {result['model']} on {split} ({s['n']} points, {s['draws']} draws, beta {s['beta']:g} on {s['penalty']}), nats:"
     )
     for key in (
         "reconstruction",
         "mutual_information",
         "marginal_kl",
+        "total_correlation",
+        "dimension_kl",
         "kl_posterior_prior",
         "elbo_beta",
         "sum_of_terms",
     ):
-        typer.echo(f"  {key:<20} {s[key]:12.4f}")
+        typer.echo(f"  {key:<20} {s.get(key, float('nan')):12.4f}")
     typer.echo(
         f"  terms - ELBO_beta    {s['sum_minus_elbo_beta']:12.4f}  (Monte-Carlo stderr {s['monte_carlo_stderr']:.4f};"
         f" I_q <= log N = {s['log_n']:.3f})"
