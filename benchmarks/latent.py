@@ -18,7 +18,7 @@
 Everything goes through the runtime's one latent path (registry.runtime.latent), on ONNX
 Runtime, as the service answers /encode and /decode.
 
-Run: .venv/bin/python benchmarks/latent.py [--betas 1 4] [--configs broadcast:16] [--top 3] [--docs docs/latent]
+Run: .venv/bin/python benchmarks/latent.py [--betas 1 4] [--configs broadcast:16 broadcast:16:tc] [--top 3] [--docs docs/latent]
 """
 
 from __future__ import annotations
@@ -248,7 +248,7 @@ def main() -> None:
     parser.add_argument(
         "--configs",
         nargs="+",
-        default=["mlp:64", "mlp:8", "conv:64", "broadcast:16"],
+        default=["mlp:64", "mlp:8", "conv:64", "broadcast:16", "broadcast:16:tc"],
         help="ARCH:BATCH[:PENALTY] per run, each at every beta (mlp:64 is the VAE's default; "
         "broadcast: conv's encoder with the spatial-broadcast decoder; PENALTY tc: beta weighs "
         "only the total correlation, beta-TCVAE)",
