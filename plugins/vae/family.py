@@ -27,8 +27,8 @@ from registry.contract.family import Capability, GraphSpec, TrainControl
 class VAEFamily(TorchFamily):
     name = "vae"
     description = (
-        "VAE / beta-VAE: Gaussian encoder, categorical, discretised-logistic or Gaussian decoder "
-        "(convolutional on colour images); ELBO and IWAE bounds"
+        "VAE / beta-VAE / beta-TCVAE: Gaussian encoder, categorical, discretised-logistic or "
+        "Gaussian decoder (convolutional on colour images); ELBO and IWAE bounds"
     )
     capabilities = frozenset({Capability.SAMPLE, Capability.BOUND, Capability.ENCODE, Capability.DECODE})
     Config = VAEConfig
