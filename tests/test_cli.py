@@ -203,11 +203,14 @@ def test_evaluate_prints_stored_metrics_and_elbo_surgery(trained):
     # The same estimate in-process, on the split and with the draws and seed asked for.
     expected = elbo_surgery(LoadedModel(vae), validation, draws=2, seed=5)
     assert out["model"] == vae.tag and out["surgery"]["n"] == len(validation)
+    assert out["surgery"].pop("penalty") == expected.pop("penalty") == "kl"
     assert out["surgery"] == pytest.approx(expected, rel=1e-9)
     # The table prints the same numbers, one per term.
     text = genreg(*args).stdout.splitlines()
     assert text[0].startswith(f"ELBO surgery of {vae.tag} on validation ({len(validation)} points, 2 draws")
-    table = {line.split()[0]: float(line.split()[1]) for line in text[1:7]}
+    assert "beta 1 on kl" in text[0]
+    table = {line.split()[0]: float(line.split()[1]) for line in text[1:9]}
+    assert {"total_correlation", "dimension_kl", "elbo_beta"} <= set(table)
     for key, val in table.items():
         assert val == pytest.approx(expected[key], abs=1e-4), key
 
