@@ -213,6 +213,33 @@ def test_the_training_penalty_weighs_the_total_correlation_by_beta(means, total_
     assert torch.allclose(one, own, atol=1e-9)
     extra = (penalised_kl(z, mean, log_var, 4.0, None) - one).mean().item()
     assert extra == pytest.approx(3 * total_correlation, abs=1e-6)
+    # A minibatch of M rows out of N: minibatch-weighted sampling divides each mixture by N M,
+    # not M, so I_q rises by log N, TC by (D - 1) log N and the dimension-wise KL falls by D log N:
+    # row for row, (beta - 1)(D - 1) log N above the exact mixture's.
+    size, dims = 5000, mean.shape[1]
+    shift = penalised_kl(z, mean, log_var, 4.0, size) - penalised_kl(z, mean, log_var, 4.0, None)
+    assert torch.allclose(shift, torch.full_like(shift, 3 * (dims - 1) * math.log(size)), atol=1e-9)
+
+
+def test_tc_training_uses_the_tc_penalty_and_refuses_data_parallel(monkeypatch):
+    import plugins.vae.train as vae_train
+    from registry.contract.family import TrainControl
+
+    calls = []
+    real = vae_train.penalised_kl
+    monkeypatch.setattr(vae_train, "penalised_kl", lambda *a, **k: calls.append(a[4]) or real(*a, **k))
+    shapes = load_dataset("shapes")
+    config = vae_train.VAEConfig(penalty="tc", beta=4.0, latent=3, hidden=16, depth=1, epochs=1)
+    vae_train.train_vae(shapes, config.resolve(shapes), TrainControl(seed=0, progress=False))
+    # Minibatches weigh by the training split's size; validation takes its whole split (None).
+    assert set(calls) == {len(shapes.train), None}
+    calls.clear()
+    plain = config.model_copy(update={"penalty": "kl"})
+    vae_train.train_vae(shapes, plain.resolve(shapes), TrainControl(seed=0, progress=False))
+    assert calls == []
+    monkeypatch.setattr(vae_train, "data_parallel_world", lambda: (0, 2))
+    with pytest.raises(ValueError, match="--nproc 1"):
+        vae_train.train_vae(shapes, config.resolve(shapes), TrainControl(seed=0, progress=False))
 
 
 def test_mig_separates_disentangled_from_random_codes():

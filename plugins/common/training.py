@@ -145,7 +145,7 @@ def _rate(rows: int, seconds: float, warm_rows: int, warm_seconds: float) -> flo
     return rows / seconds if seconds > 0 else 0.0
 
 
-def _world() -> tuple[int, int]:
+def data_parallel_world() -> tuple[int, int]:
     """(rank, world size) of a running data-parallel group; (0, 1) outside one."""
     dist = torch.distributed
     if dist.is_available() and dist.is_initialized():
@@ -229,7 +229,7 @@ def fit(
 
     noise = draws(control.seed) if on_device else generator
     precision = train_precision(control, device) if mixed_precision else "float32"
-    rank, world = _world()
+    rank, world = data_parallel_world()
     step_module: torch.nn.Module = module
     if world > 1:
         # Data-dependent initialisation (actnorm) runs on the first forward; run it on the same

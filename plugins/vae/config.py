@@ -23,7 +23,12 @@ IMAGE_ARCHS = ("conv", "broadcast")
 class VAEConfig(FamilyConfig):
     """Options for `genreg train vae -o key=value`; unset ones follow the data (see resolve)."""
 
-    beta: float = Field(1.0, ge=0, le=1000, description="weight of KL(q(z|x)||p(z)) in training")
+    beta: float = Field(
+        1.0,
+        ge=0,
+        le=1000,
+        description="weight in training of KL(q(z|x)||p(z)) (penalty=kl) or of q(z)'s total correlation (tc)",
+    )
     penalty: Literal["kl", "tc"] = Field(
         "kl",
         description="what beta weighs: kl, the whole KL(q(z|x)||p(z)) (beta-VAE); tc, only the "

@@ -13,7 +13,7 @@ import math
 
 import torch
 
-from plugins.common.training import fit_config, pick_device, split_labels, with_labels
+from plugins.common.training import data_parallel_world, fit_config, pick_device, split_labels, with_labels
 from plugins.vae.config import IMAGE_ARCHS, VAEConfig, VAEModel
 from plugins.vae.likelihood import Categorical, Gaussian, Likelihood, Logistic
 from plugins.vae.local import LocalLogistic
@@ -48,9 +48,12 @@ def penalised_kl(
     q(z) and its marginals q(z_j) are the aggregate posterior, estimated on the minibatch by
     minibatch-weighted sampling (Chen et al. 2018): log q(z_n) ~ logsumexp_m log q(z_n|x_m) -
     log(N M), for a batch of M rows out of N; ``dataset_size`` None: the rows are the whole data
-    set, and the mixture is exact, logsumexp_m log q(z_n|x_m) - log M. Each row meets every
-    row's Gaussians: ``chunk`` rows at a time hold chunk x M x latent values (a validation
-    split of thousands would otherwise hold its square)."""
+    set, and the mixture is exact, logsumexp_m log q(z_n|x_m) - log M. All three terms are
+    Monte-Carlo estimates at the one draw z, as in the paper's reference code.
+
+    Each row meets every row's Gaussians. Without gradients (validation) ``chunk`` rows at a time
+    hold chunk x M x latent values; in training autograd keeps every chunk for the backward pass,
+    so a step holds batch x batch x latent values (batch 4,096 at latent 64: 4 GiB in float32)."""
     norm = math.log((dataset_size or 1) * len(z))
     log_qz, log_q_marginals = [], []
     for start in range(0, len(z), chunk):
@@ -106,6 +109,13 @@ def build(data: Dataset, config: VAEConfig) -> VAE:
 
 def train_vae(data: Dataset, config: VAEConfig, control: TrainControl) -> VAEModel:
     """Fit a VAE of a resolved config (VAEConfig.resolve) to ``data``."""
+    if config.penalty == "tc" and data_parallel_world()[1] > 1:
+        # Each rank would estimate q(z) on its own share of the batch: not the objective one
+        # process takes with the same global batch, which is what --nproc promises.
+        raise ValueError(
+            "penalty=tc estimates the aggregate posterior on the whole minibatch; with --nproc above 1 "
+            "each process sees a share of it: train a tc model with --nproc 1"
+        )
     device = pick_device(control)
     torch.manual_seed(control.seed)
     labelled = data.labels is not None

@@ -66,7 +66,7 @@ def evaluate(
         "elbo_beta",
         "sum_of_terms",
     ):
-        typer.echo(f"  {key:<20} {s.get(key, float('nan')):12.4f}")
+        typer.echo(f"  {key:<20} {s[key]:12.4f}")
     typer.echo(
         f"  terms - ELBO_beta    {s['sum_minus_elbo_beta']:12.4f}  (Monte-Carlo stderr {s['monte_carlo_stderr']:.4f};"
         f" I_q <= log N = {s['log_n']:.3f})"
