@@ -37,9 +37,14 @@ LOG_2PI = math.log(2 * math.pi)
 Params = tuple[torch.Tensor, ...]
 
 
+def normal_log_density(z: torch.Tensor, mean: torch.Tensor, log_var: torch.Tensor) -> torch.Tensor:
+    """log N(z | mean, exp(log_var)) per value (broadcasting)."""
+    return -0.5 * (LOG_2PI + log_var + (z - mean) ** 2 * torch.exp(-log_var))
+
+
 def normal_log_pdf(z: torch.Tensor, mean: torch.Tensor, log_var: torch.Tensor) -> torch.Tensor:
     """Sum over the last dimension of log N(z | mean, exp(log_var))."""
-    return (-0.5 * (LOG_2PI + log_var + (z - mean) ** 2 * torch.exp(-log_var))).sum(-1)
+    return normal_log_density(z, mean, log_var).sum(-1)
 
 
 class Likelihood(Protocol):

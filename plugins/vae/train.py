@@ -15,23 +15,16 @@ import torch
 
 from plugins.common.training import data_parallel_world, fit_config, pick_device, split_labels, with_labels
 from plugins.vae.config import IMAGE_ARCHS, VAEConfig, VAEModel
-from plugins.vae.likelihood import Categorical, Gaussian, Likelihood, Logistic
+from plugins.vae.likelihood import Categorical, Gaussian, Likelihood, Logistic, normal_log_density
 from plugins.vae.local import LocalLogistic
 from plugins.vae.model import VAE
 from registry.contract.dataset import Dataset
 from registry.contract.family import TrainControl
 
-LOG_2PI = math.log(2 * math.pi)
-
 
 def kl_to_prior(mean: torch.Tensor, log_var: torch.Tensor) -> torch.Tensor:
     """KL(N(mean, exp(log_var)) || N(0, I)) per row."""
     return 0.5 * (mean**2 + torch.exp(log_var) - 1.0 - log_var).sum(-1)
-
-
-def log_normal(z: torch.Tensor, mean: torch.Tensor, log_var: torch.Tensor) -> torch.Tensor:
-    """log N(z; mean, exp(log_var)) per value (broadcasting)."""
-    return -0.5 * (LOG_2PI + log_var + (z - mean) ** 2 * torch.exp(-log_var))
 
 
 def penalised_kl(
@@ -59,7 +52,9 @@ def penalised_kl(
     norm = math.log((dataset_size or 1) * len(z))
     total_correlation = []
     for start in range(0, len(z), chunk):
-        pairs = log_normal(z[start : start + chunk, None, :], mean[None], log_var[None])  # (c, m, latent)
+        pairs = normal_log_density(
+            z[start : start + chunk, None, :], mean[None], log_var[None]
+        )  # (c, m, latent)
         joint = torch.logsumexp(pairs.sum(-1), dim=1) - norm
         marginals = (torch.logsumexp(pairs, dim=1) - norm).sum(-1)
         total_correlation.append(joint - marginals)
